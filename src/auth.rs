@@ -1,0 +1,117 @@
+//! Client authentication: which configured token, if any, a request carries.
+//!
+//! Clients send `Authorization: Bearer TOKEN` (or `x-api-key: TOKEN`). The token is hashed
+//! with SHA-256 and compared against every configured digest in constant time, without an
+//! early exit, so neither a match nor its position shows in the timing. Errors never echo
+//! the token presented.
+
+use crate::config::Token;
+use crate::secret::{digest_eq, sha256};
+use crate::translate::errors::ApiError;
+
+/// Who a request is from.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// A configured token.
+    Token(&'a Token),
+    /// No valid token, and the config allows that (`allow_anonymous = true`).
+    Anonymous,
+}
+
+/// The token text a request carries, from `Authorization: Bearer …` or `x-api-key`.
+/// `header` looks a header up by its lowercase name.
+pub fn presented_token<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
+    if let Some(value) = header("authorization") {
+        let value = value.trim();
+        let token = match value.get(..6) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer") => value[6..].trim(),
+            _ => value,
+        };
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    header("x-api-key").map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Finds the configured token matching `presented`, or answers why the request is refused.
+pub fn authenticate<'a>(
+    tokens: &'a [Token],
+    presented: Option<&str>,
+    allow_anonymous: bool,
+) -> Result<Caller<'a>, ApiError> {
+    let found = presented.and_then(|text| {
+        let digest = sha256(text);
+        // Visit every token so the time taken does not depend on which one matches.
+        tokens.iter().fold(None, |found, token| match digest_eq(&token.digest, &digest) {
+            true => Some(token),
+            false => found,
+        })
+    });
+    match (found, presented) {
+        (Some(token), _) => Ok(Caller::Token(token)),
+        (None, _) if allow_anonymous => Ok(Caller::Anonymous),
+        (None, None) => Err(ApiError::invalid_api_key(
+            "missing API key: send your gateway token as `Authorization: Bearer <token>`",
+        )),
+        (None, Some(_)) => Err(ApiError::invalid_api_key(
+            "invalid API key: this token is not configured on the gateway (check for typos, or ask \
+             the operator for a token)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::sha256;
+
+    fn tokens() -> Vec<Token> {
+        ["sk-alice", "sk-bob"]
+            .iter()
+            .map(|t| Token { name: t[3..].to_string(), digest: sha256(t), pool: "default".into() })
+            .collect()
+    }
+
+    #[test]
+    fn bearer_and_x_api_key_are_both_read() {
+        let headers = |auth: Option<&'static str>, key: Option<&'static str>| {
+            move |name: &str| match name {
+                "authorization" => auth,
+                "x-api-key" => key,
+                _ => None,
+            }
+        };
+        assert_eq!(presented_token(headers(Some("Bearer sk-a"), None)), Some("sk-a"));
+        assert_eq!(presented_token(headers(Some("bearer  sk-a "), None)), Some("sk-a"));
+        assert_eq!(presented_token(headers(None, Some("sk-b"))), Some("sk-b"));
+        assert_eq!(presented_token(headers(Some("Bearer "), Some("sk-b"))), Some("sk-b"));
+        assert_eq!(presented_token(headers(None, None)), None);
+    }
+
+    #[test]
+    fn the_matching_token_is_found() {
+        let tokens = tokens();
+        match authenticate(&tokens, Some("sk-bob"), false) {
+            Ok(Caller::Token(token)) => assert_eq!(token.name, "bob"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_and_wrong_tokens_get_401_without_echo() {
+        let tokens = tokens();
+        let missing = authenticate(&tokens, None, false).unwrap_err();
+        assert_eq!((missing.status, missing.code), (401, Some("invalid_api_key")));
+        let wrong = authenticate(&tokens, Some("sk-mallory-secret"), false).unwrap_err();
+        assert_eq!(wrong.status, 401);
+        assert!(!wrong.message.contains("mallory"));
+    }
+
+    #[test]
+    fn anonymous_is_served_only_when_allowed() {
+        assert!(matches!(authenticate(&[], None, true), Ok(Caller::Anonymous)));
+        assert!(matches!(authenticate(&tokens(), Some("sk-nope"), true), Ok(Caller::Anonymous)));
+        assert!(authenticate(&[], None, false).is_err());
+    }
+}

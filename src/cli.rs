@@ -1,0 +1,288 @@
+//! The command line: parsing arguments into a [`Command`] and running it.
+//!
+//! Exit codes: 0 on success, 2 on a usage or config error (a bad flag, a bad line in
+//! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
+
+use crate::config::{Config, RawConfig, DEFAULT_CONFIG_PATH};
+use crate::gateway::Gateway;
+use crate::keys;
+use crate::secret::{self, sha256};
+use crate::server::Server;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// The token in `config.example.toml`. It is public, so the gateway warns when it is accepted.
+pub const EXAMPLE_TOKEN: &str = "sk-ollama-gateway-example-change-me";
+
+const USAGE: &str = "\
+ollama-gateway: an OpenAI-compatible gateway in front of Ollama and Ollama Cloud
+
+Usage:
+  ollama-gateway [serve] [--config PATH]     serve the API (the default command)
+  ollama-gateway keys [--config PATH]        show how keys.txt was read, keys masked
+  ollama-gateway token new [--name NAME]     make a new client token and its config entry
+  ollama-gateway token hash TOKEN            print the sha256 of a token, for config.toml
+  ollama-gateway --help | --version
+
+The config path defaults to ./config.toml, or $OLLAMA_GATEWAY_CONFIG when set.
+Logging follows RUST_LOG (default: info).
+";
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Serve the API.
+    Serve {
+        /// Config file path.
+        config: PathBuf,
+    },
+    /// Print the parsed keys file.
+    Keys {
+        /// Config file path.
+        config: PathBuf,
+    },
+    /// Make a new token.
+    TokenNew {
+        /// Name for the `[[tokens]]` entry.
+        name: String,
+    },
+    /// Hash a token.
+    TokenHash {
+        /// The token text.
+        token: String,
+    },
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses arguments (without the program name). `env_config` is `$OLLAMA_GATEWAY_CONFIG`.
+pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, String> {
+    let default_config =
+        || PathBuf::from(env_config.clone().unwrap_or_else(|| DEFAULT_CONFIG_PATH.to_string()));
+    let mut words = args.iter().map(String::as_str).peekable();
+    if let Some(first) = words.peek() {
+        match *first {
+            "-h" | "--help" | "help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
+        }
+    }
+    let subcommand = match words.peek() {
+        Some(word) if !word.starts_with('-') => words.next().unwrap_or("serve"),
+        _ => "serve",
+    };
+    let rest: Vec<&str> = words.collect();
+    if rest.iter().any(|w| *w == "-h" || *w == "--help") {
+        return Ok(Command::Help);
+    }
+    match subcommand {
+        "serve" | "keys" => {
+            let config = match rest.as_slice() {
+                [] => default_config(),
+                ["--config", path] => PathBuf::from(path),
+                [flag] if flag.starts_with("--config=") => PathBuf::from(&flag["--config=".len()..]),
+                ["--config"] => return Err("--config needs a path".to_string()),
+                [other, ..] => return Err(format!("unknown argument '{other}' for '{subcommand}'")),
+            };
+            Ok(if subcommand == "serve" { Command::Serve { config } } else { Command::Keys { config } })
+        }
+        "token" => match rest.as_slice() {
+            ["new"] => Ok(Command::TokenNew { name: "client".to_string() }),
+            ["new", "--name", name] => Ok(Command::TokenNew { name: name.to_string() }),
+            ["new", "--name"] => Err("--name needs a value".to_string()),
+            ["hash", token] => Ok(Command::TokenHash { token: token.to_string() }),
+            ["hash"] => Err("token hash needs the token: ollama-gateway token hash TOKEN".to_string()),
+            [other, ..] => Err(format!("unknown argument '{other}' for 'token' (expected 'new' or 'hash')")),
+            [] => Err("token needs 'new' or 'hash'".to_string()),
+        },
+        other => Err(format!("unknown command '{other}' (expected serve, keys or token)")),
+    }
+}
+
+/// Runs a command and returns the process exit code.
+pub fn run(command: Command) -> ExitCode {
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("ollama-gateway {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::TokenHash { token } => {
+            println!("{}", secret::sha256_hex(&token));
+            ExitCode::SUCCESS
+        }
+        Command::TokenNew { name } => token_new(&name),
+        Command::Keys { config } => show_keys(&config),
+        Command::Serve { config } => serve(&config),
+    }
+}
+
+fn token_new(name: &str) -> ExitCode {
+    let mut bytes = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if let Err(err) = read {
+        eprintln!("error: cannot read the OS random source /dev/urandom: {err}");
+        return ExitCode::from(1);
+    }
+    let token = format!("sk-{}", hex::encode(bytes));
+    let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+    println!("{token}");
+    println!();
+    println!("# Give the token above to the client. Add this to config.toml (it stores only the hash):");
+    println!("[[tokens]]");
+    println!("name = \"{name}\"");
+    println!("sha256 = \"{}\"", secret::sha256_hex(&token));
+    println!("pool = \"{}\"", keys::DEFAULT_POOL);
+    ExitCode::SUCCESS
+}
+
+fn show_keys(config_path: &Path) -> ExitCode {
+    let raw = match std::fs::read_to_string(config_path)
+        .map_err(|err| format!("{}: cannot read the config file: {err}", config_path.display()))
+        .and_then(|text| RawConfig::parse(&text, config_path).map_err(|err| err.to_string()))
+    {
+        Ok(raw) => raw,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys_path = config_path.parent().unwrap_or(Path::new("")).join(&raw.keys_file);
+    let parsed = match keys::load(&keys_path, &raw.upstream.base_url) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            eprintln!("error: {}: cannot read the keys file: {err}", keys_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let pools = parsed.pools();
+    println!("{}: {} upstreams in {} pools", keys_path.display(), parsed.entries.len(), pools.len());
+    for pool in &pools {
+        println!("[{pool}]");
+        for entry in parsed.entries.iter().filter(|e| e.pool == *pool) {
+            let key = entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string());
+            println!("  line {:<4} {key:<12} {}", entry.line, entry.base_url);
+        }
+    }
+    for duplicate in &parsed.duplicates {
+        println!(
+            "{}:{}: duplicate of line {} in pool '{}', ignored",
+            keys_path.display(),
+            duplicate.line,
+            duplicate.first_line,
+            duplicate.pool
+        );
+    }
+    for error in &parsed.errors {
+        eprintln!("error: {}:{}: {}", keys_path.display(), error.line, error.message);
+    }
+    if parsed.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+fn serve(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    for duplicate in &config.duplicate_keys {
+        log::warn!(
+            "{}:{}: duplicate of line {} in pool '{}', ignored",
+            config.keys_file.display(),
+            duplicate.line,
+            duplicate.first_line,
+            duplicate.pool
+        );
+    }
+    if config.tokens.is_empty() {
+        log::warn!(
+            "allow_anonymous = true and no [[tokens]]: anyone who can reach this port can use your keys"
+        );
+    }
+    let example = sha256(EXAMPLE_TOKEN);
+    if config.tokens.iter().any(|t| secret::digest_eq(&t.digest, &example)) {
+        log::warn!(
+            "config accepts the example token {EXAMPLE_TOKEN}, which is public: replace it with one from \
+             `ollama-gateway token new` before exposing this port"
+        );
+    }
+    let server = match Server::bind(config.raw.listen) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("error: cannot listen on {}: {err}", config.raw.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let pools = config.keys.iter().map(|k| k.pool.as_str()).collect::<std::collections::BTreeSet<_>>().len();
+    log::info!(
+        "ollama-gateway {} listening on http://{} ({} workers, {} upstreams in {pools} pools, {} tokens)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        config.raw.workers,
+        config.keys.len(),
+        config.tokens.len()
+    );
+    server.run(Arc::new(Gateway::new(config)));
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn commands_and_defaults() {
+        let config = |p: &str| PathBuf::from(p);
+        let cases = [
+            ("", Command::Serve { config: config("config.toml") }),
+            ("serve", Command::Serve { config: config("config.toml") }),
+            ("--config /etc/g.toml", Command::Serve { config: config("/etc/g.toml") }),
+            ("serve --config=a.toml", Command::Serve { config: config("a.toml") }),
+            ("keys --config k.toml", Command::Keys { config: config("k.toml") }),
+            ("token new", Command::TokenNew { name: "client".into() }),
+            ("token new --name laptop", Command::TokenNew { name: "laptop".into() }),
+            ("token hash sk-abc", Command::TokenHash { token: "sk-abc".into() }),
+            ("--help", Command::Help),
+            ("keys -h", Command::Help),
+            ("--version", Command::Version),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse(&args(line), None), Ok(want), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn env_sets_the_default_config_path_but_the_flag_wins() {
+        let env = Some("/srv/gw.toml".to_string());
+        assert_eq!(parse(&[], env.clone()), Ok(Command::Serve { config: PathBuf::from("/srv/gw.toml") }));
+        assert_eq!(
+            parse(&args("--config x.toml"), env),
+            Ok(Command::Serve { config: PathBuf::from("x.toml") })
+        );
+    }
+
+    #[test]
+    fn unknown_words_are_one_line_errors() {
+        for line in ["frobnicate", "--verbose", "serve --port 1", "token", "token mint", "keys --config"] {
+            let err = parse(&args(line), None).expect_err(line);
+            assert!(!err.contains('\n') && !err.is_empty(), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The configuration: `config.toml` as written ([`RawConfig`]) and as resolved ([`Config`]).
+//!
+//! [`RawConfig`] is what serde reads: defaults and validation of single values, no IO, so a
+//! typo or a wrong type is reported with the file, line and key. [`Config::load`] then
+//! resolves paths against the config file's folder, reads `keys.txt` through [`crate::keys`],
+//! and checks what spans both files (every token's pool exists, tokens are unique).
+//! Building agents, pools and threads from a [`Config`] is the server's business, not this
+//! module's.
+
+use crate::keys::{self, KeyEntry, ParsedKeys};
+use crate::secret;
+use crate::translate::ReasoningField;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The config path used when neither `--config` nor `OLLAMA_GATEWAY_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
+
+/// `config.toml` exactly as written, with defaults filled in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Requests served at once (worker threads); a stream holds one while it runs.
+    #[serde(default = "default_workers", deserialize_with = "workers")]
+    pub workers: usize,
+    /// Requests that may wait for a free worker before new ones get 503.
+    #[serde(default = "default_queue_size", deserialize_with = "queue_size")]
+    pub queue_size: usize,
+    /// The upstream keys file, relative to the config file's folder.
+    #[serde(default = "default_keys_file")]
+    pub keys_file: PathBuf,
+    /// Where what the gateway learns about keys is kept, relative to the config file's folder.
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+    /// Serve requests without a token (only when no `[[tokens]]` are set).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes", deserialize_with = "positive_u64")]
+    pub max_body_bytes: u64,
+    /// Field name(s) of thinking text in replies.
+    #[serde(default)]
+    pub reasoning_field: ReasoningField,
+    /// How upstreams are reached.
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    /// Client tokens.
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+/// The `[upstream]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Base URL for key lines that carry none.
+    #[serde(default = "default_base_url", deserialize_with = "base_url")]
+    pub base_url: String,
+    /// Longest wait to connect to an upstream.
+    #[serde(default = "default_connect_timeout", deserialize_with = "positive_u64")]
+    pub connect_timeout_secs: u64,
+    /// Longest upstream silence, waiting for the answer or in the middle of it.
+    #[serde(default = "default_idle_timeout", deserialize_with = "positive_u64")]
+    pub idle_timeout_secs: u64,
+    /// Different keys tried for one request.
+    #[serde(default = "default_max_attempts", deserialize_with = "max_attempts")]
+    pub max_attempts: u32,
+    /// How a pool spreads requests over its keys.
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            base_url: default_base_url(),
+            connect_timeout_secs: default_connect_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_attempts: default_max_attempts(),
+            strategy: Strategy::default(),
+        }
+    }
+}
+
+/// One `[[tokens]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// Shown in logs instead of the token.
+    pub name: String,
+    /// SHA-256 of the token, 64 hex characters (`ollama-gateway token hash TOKEN`).
+    #[serde(deserialize_with = "sha256_digest")]
+    pub sha256: [u8; 32],
+    /// The keys.txt section this token draws keys from.
+    #[serde(default = "default_pool")]
+    pub pool: String,
+}
+
+/// How a pool picks the first key to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Each request starts at the key after the previous request's first key.
+    #[default]
+    RoundRobin,
+    /// Each request starts at a random key.
+    Random,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 11435))
+}
+fn default_workers() -> usize {
+    256
+}
+fn default_queue_size() -> usize {
+    1024
+}
+fn default_keys_file() -> PathBuf {
+    PathBuf::from("keys.txt")
+}
+fn default_state_file() -> PathBuf {
+    PathBuf::from("state.json")
+}
+fn default_max_body_bytes() -> u64 {
+    32 * 1024 * 1024
+}
+fn default_base_url() -> String {
+    "https://ollama.com".to_string()
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_pool() -> String {
+    keys::DEFAULT_POOL.to_string()
+}
+
+fn in_range<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<u64, D::Error> {
+    let value = u64::deserialize(d)?;
+    if value < min || value > max {
+        return Err(serde::de::Error::custom(format!("must be between {min} and {max}, got {value}")));
+    }
+    Ok(value)
+}
+fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 1, 16_384).map(|v| v as usize)
+}
+fn queue_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 0, 1_000_000).map(|v| v as usize)
+}
+fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 1, 100).map(|v| v as u32)
+}
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(d, 1, u64::MAX)
+}
+fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    keys::normalise_base_url(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!("'{text}' is not an http:// or https:// URL with a host"))
+    })
+}
+fn sha256_digest<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+    let text = String::deserialize(d)?;
+    let mut digest = [0u8; 32];
+    match hex::decode_to_slice(text.trim(), &mut digest) {
+        Ok(()) => Ok(digest),
+        Err(_) => Err(serde::de::Error::custom(
+            "must be 64 hex characters, the SHA-256 of the token (run `ollama-gateway token hash TOKEN`)",
+        )),
+    }
+}
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file at fault (config.toml or keys.txt).
+    pub file: PathBuf,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key at fault, when known.
+    pub key: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: file.to_path_buf(), line: None, key: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl RawConfig {
+    /// Parses config text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let mut error = ConfigError::new(file, err.message().trim().to_string());
+            if let Some(span) = err.span() {
+                let start = span.start.min(text.len());
+                let line_no = text[..start].matches('\n').count() + 1;
+                error.line = Some(line_no);
+                error.key = key_on_line(text.lines().nth(line_no - 1).unwrap_or(""));
+            }
+            error
+        })
+    }
+}
+
+/// The key of a `key = value` line, for naming it in an error.
+fn key_on_line(line: &str) -> Option<String> {
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
+}
+
+/// A client token as the gateway checks it.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name, for logs.
+    pub name: String,
+    /// SHA-256 of the token text.
+    pub digest: [u8; 32],
+    /// The pool it draws keys from.
+    pub pool: String,
+}
+
+/// The resolved configuration: paths made absolute, keys read, cross-file checks done.
+#[derive(Debug)]
+pub struct Config {
+    /// The config file it came from.
+    pub path: PathBuf,
+    /// The values as written.
+    pub raw: RawConfig,
+    /// The keys file, resolved.
+    pub keys_file: PathBuf,
+    /// The state file, resolved.
+    pub state_file: PathBuf,
+    /// Every upstream key, in keys.txt order.
+    pub keys: Vec<KeyEntry>,
+    /// Duplicate key lines (kept once), for a warning.
+    pub duplicate_keys: Vec<keys::Duplicate>,
+    /// Client tokens.
+    pub tokens: Vec<Token>,
+}
+
+impl Config {
+    /// Reads the config file and the keys file it names, and checks them together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            let hint = if err.kind() == std::io::ErrorKind::NotFound {
+                " (copy config.example.toml to start, or pass --config PATH)"
+            } else {
+                ""
+            };
+            ConfigError::new(path, format!("cannot read the config file: {err}{hint}"))
+        })?;
+        let raw = RawConfig::parse(&text, path)?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let keys_file = dir.join(&raw.keys_file);
+        let state_file = dir.join(&raw.state_file);
+        let parsed = keys::load(&keys_file, &raw.upstream.base_url).map_err(|err| {
+            ConfigError::new(&keys_file, format!("cannot read the keys file named by keys_file: {err}"))
+        })?;
+        Config::resolve(path, raw, keys_file, state_file, parsed, &text)
+    }
+
+    /// The cross-file checks of [`Config::load`], on already-read parts.
+    pub fn resolve(
+        path: &Path,
+        raw: RawConfig,
+        keys_file: PathBuf,
+        state_file: PathBuf,
+        parsed: ParsedKeys,
+        config_text: &str,
+    ) -> Result<Config, ConfigError> {
+        if let Some(first) = parsed.errors.first() {
+            let mut error = ConfigError::new(&keys_file, first.message.clone());
+            error.line = Some(first.line);
+            if parsed.errors.len() > 1 {
+                error.message.push_str(&format!(
+                    " (and {} more bad lines: run `ollama-gateway keys` to see them all)",
+                    parsed.errors.len() - 1
+                ));
+            }
+            return Err(error);
+        }
+        let token_line = |name: &str| {
+            config_text
+                .lines()
+                .position(|line| key_on_line(line).as_deref() == Some("name") && line.contains(name))
+                .map(|index| index + 1)
+        };
+        let pools = parsed.pools();
+        let mut tokens: Vec<Token> = Vec::with_capacity(raw.tokens.len());
+        for raw_token in &raw.tokens {
+            let fail = |message: String| ConfigError {
+                file: path.to_path_buf(),
+                line: token_line(&raw_token.name),
+                key: Some("tokens".to_string()),
+                message,
+            };
+            if raw_token.name.trim().is_empty() {
+                return Err(fail("a token has an empty name; names appear in logs instead of tokens".into()));
+            }
+            if tokens.iter().any(|t| t.name == raw_token.name) {
+                return Err(fail(format!(
+                    "two tokens are named '{}'; give each its own name",
+                    raw_token.name
+                )));
+            }
+            if tokens.iter().any(|t| secret::digest_eq(&t.digest, &raw_token.sha256)) {
+                return Err(fail(format!("token '{}' has the same sha256 as another token", raw_token.name)));
+            }
+            if !pools.contains(&raw_token.pool.as_str()) {
+                return Err(fail(format!(
+                    "token '{}' draws from pool '{}', but {} has no keys in it (pools: {})",
+                    raw_token.name,
+                    raw_token.pool,
+                    keys_file.display(),
+                    if pools.is_empty() { "none".to_string() } else { pools.join(", ") }
+                )));
+            }
+            tokens.push(Token {
+                name: raw_token.name.clone(),
+                digest: raw_token.sha256,
+                pool: raw_token.pool.clone(),
+            });
+        }
+        if tokens.is_empty() && !raw.allow_anonymous {
+            return Err(ConfigError::new(
+                path,
+                "no [[tokens]] are configured, so every request would be refused: add one \
+                 (`ollama-gateway token new` prints it) or set allow_anonymous = true",
+            ));
+        }
+        if tokens.is_empty() && !pools.contains(&keys::DEFAULT_POOL) {
+            return Err(ConfigError::new(
+                &keys_file,
+                "allow_anonymous serves the 'default' pool, but it has no keys: add lines before any [section]",
+            ));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            raw,
+            keys_file,
+            state_file,
+            keys: parsed.entries,
+            duplicate_keys: parsed.duplicates,
+            tokens,
+        })
+    }
+
+    /// The keys of one pool, in keys.txt order.
+    pub fn pool_keys(&self, pool: &str) -> Vec<KeyEntry> {
+        self.keys.iter().filter(|k| k.pool == pool).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+        RawConfig::parse(text, Path::new("config.toml"))
+    }
+
+    #[test]
+    fn empty_config_takes_every_default() {
+        let raw = parse("").unwrap();
+        assert_eq!(raw.listen.to_string(), "127.0.0.1:11435");
+        assert_eq!(raw.workers, 256);
+        assert_eq!(raw.keys_file, PathBuf::from("keys.txt"));
+        assert_eq!(raw.upstream.base_url, "https://ollama.com");
+        assert_eq!(raw.upstream.max_attempts, 3);
+        assert_eq!(raw.upstream.strategy, Strategy::RoundRobin);
+        assert_eq!(raw.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(raw.reasoning_field, ReasoningField::ReasoningContent);
+    }
+
+    #[test]
+    fn full_config_is_read() {
+        let raw = parse(&format!(
+            "listen = \"0.0.0.0:8080\"\nworkers = 8\nreasoning_field = \"both\"\n\
+             [upstream]\nbase_url = \"http://10.0.0.2:11434/api/\"\nstrategy = \"random\"\n\
+             [[tokens]]\nname = \"laptop\"\nsha256 = \"{HASH}\"\npool = \"team\"\n"
+        ))
+        .unwrap();
+        assert_eq!(raw.listen.port(), 8080);
+        assert_eq!(raw.workers, 8);
+        assert_eq!(raw.reasoning_field, ReasoningField::Both);
+        assert_eq!(raw.upstream.base_url, "http://10.0.0.2:11434");
+        assert_eq!(raw.upstream.strategy, Strategy::Random);
+        assert_eq!(raw.tokens[0].pool, "team");
+        assert_eq!(hex::encode(raw.tokens[0].sha256), HASH);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("workers = 8\nworkerz = 3\n", 2, Some("workerz"), "unknown field"),
+            ("workers = \"many\"\n", 1, Some("workers"), "invalid type"),
+            ("workers = 0\n", 1, Some("workers"), "between 1 and"),
+            ("listen = \"localhost\"\n", 1, Some("listen"), "address"),
+            ("\n[upstream]\nstrategy = \"fastest\"\n", 3, Some("strategy"), "unknown variant"),
+            ("[upstream]\nbase_url = \"ftp://x\"\n", 2, Some("base_url"), "http://"),
+            ("[[tokens]]\nname = \"a\"\nsha256 = \"abc\"\n", 3, Some("sha256"), "64 hex"),
+            ("reasoning_field = \"thoughts\"\n", 1, Some("reasoning_field"), "unknown variant"),
+        ];
+        for (text, line, key, needle) in cases {
+            let err = parse(text).expect_err(text);
+            assert_eq!(err.line, Some(line), "{text}: {err}");
+            assert_eq!(err.key.as_deref(), key, "{text}: {err}");
+            assert!(err.to_string().contains(needle), "{text}: {err}");
+            assert!(err.to_string().starts_with(&format!("config.toml:{line}: ")), "{err}");
+        }
+    }
+
+    fn resolve(config: &str, keys_text: &str) -> Result<Config, ConfigError> {
+        let raw = parse(config)?;
+        let parsed = keys::parse_str(keys_text, &raw.upstream.base_url);
+        Config::resolve(
+            Path::new("config.toml"),
+            raw,
+            PathBuf::from("keys.txt"),
+            PathBuf::from("state.json"),
+            parsed,
+            config,
+        )
+    }
+
+    #[test]
+    fn no_tokens_refuses_to_start_unless_anonymous_is_allowed() {
+        let err = resolve("", "http://127.0.0.1:11434\n").unwrap_err();
+        assert!(err.message.contains("allow_anonymous"), "{err}");
+        assert!(resolve("allow_anonymous = true", "http://127.0.0.1:11434\n").is_ok());
+    }
+
+    #[test]
+    fn a_token_must_draw_from_an_existing_pool() {
+        let config = format!("[[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\npool = \"team\"\n");
+        let err = resolve(&config, "http://127.0.0.1:11434\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("pool 'team'") && err.message.contains("pools: default"), "{err}");
+        assert!(resolve(&config, "[team]\nhttp://127.0.0.1:11434\n").is_ok());
+    }
+
+    #[test]
+    fn duplicate_token_names_and_hashes_are_refused() {
+        let one = format!("[[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\n");
+        let same_name = format!("{one}[[tokens]]\nname = \"a\"\nsha256 = \"{}\"\n", "0".repeat(64));
+        assert!(resolve(&same_name, "http://h:1\n").unwrap_err().message.contains("two tokens"));
+        let same_hash = format!("{one}[[tokens]]\nname = \"b\"\nsha256 = \"{HASH}\"\n");
+        assert!(resolve(&same_hash, "http://h:1\n").unwrap_err().message.contains("same sha256"));
+    }
+
+    #[test]
+    fn a_bad_keys_line_is_reported_with_its_file_and_line() {
+        let config = format!("[[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\n");
+        let err = resolve(&config, "# keys\nhttp://h:1\nnot a key\n").unwrap_err();
+        assert_eq!(err.file, PathBuf::from("keys.txt"));
+        assert_eq!(err.line, Some(3));
+        assert!(err.to_string().starts_with("keys.txt:3: "), "{err}");
+    }
+}

@@ -1,0 +1,109 @@
+//! Failover: one request tried on the keys of a pool until one answers.
+//!
+//! [`post_json`] walks the pool's attempt order. An attempt that fails before anything was
+//! sent to the client (connect error, timeout, 401, 403, 408, 429, 5xx) moves on to the next
+//! key, up to `max_attempts`; a 400, 404 or other client error goes straight back, because
+//! the request is wrong, not the key. After the last attempt the last error is answered.
+
+use crate::keys::KeyEntry;
+use crate::pool::Pool;
+use crate::translate::errors::ApiError;
+use crate::upstream::{self, UpstreamError, UpstreamResponse};
+
+/// What the relay did, for the request log.
+#[derive(Debug, Default, Clone)]
+pub struct Trace {
+    /// Upstream requests made.
+    pub attempts: u32,
+    /// The masked label of the key that answered last.
+    pub key: Option<String>,
+}
+
+/// Whether another key might succeed where this one failed.
+pub fn should_fail_over(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Status { status, .. } => matches!(status, 401 | 402 | 403 | 408 | 429 | 500..=599),
+        UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Protocol(_) => true,
+    }
+}
+
+/// The answer a client gets for an upstream failure.
+pub fn to_api_error(error: &UpstreamError) -> ApiError {
+    match error {
+        UpstreamError::Status { status, body, .. } => ApiError::from_upstream(*status, body),
+        UpstreamError::Timeout(text) => ApiError::server(
+            504,
+            format!(
+                "the upstream did not answer in time ({text}); try again, or raise the upstream timeouts"
+            ),
+        ),
+        UpstreamError::Connect(text) => {
+            ApiError::server(502, format!("could not reach the upstream ({text}); is it running?"))
+        }
+        UpstreamError::Protocol(text) => {
+            ApiError::server(502, format!("the upstream sent an answer the gateway could not read ({text})"))
+        }
+    }
+}
+
+/// Posts `body` to `path` on the pool's keys in turn until one gives a 2xx answer.
+pub fn post_json(
+    agent: &ureq::Agent,
+    pool: &Pool,
+    max_attempts: u32,
+    path: &str,
+    body: &[u8],
+    trace: &mut Trace,
+) -> Result<UpstreamResponse, ApiError> {
+    let mut last_error = None;
+    for index in pool.attempt_order(max_attempts as usize) {
+        let entry: &KeyEntry = &pool.keys[index];
+        trace.attempts += 1;
+        trace.key = Some(entry.label());
+        match upstream::post_json(agent, entry, path, body) {
+            Ok(response) => return Ok(response),
+            Err(error) => {
+                let fail_over = should_fail_over(&error);
+                log::warn!("pool '{}': {} failed: {error}", pool.name, entry.label());
+                if !fail_over {
+                    return Err(to_api_error(&error));
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(match last_error {
+        Some(error) => to_api_error(&error),
+        None => {
+            ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16) -> UpstreamError {
+        UpstreamError::Status { status, body: br#"{"error":"x"}"#.to_vec(), retry_after: None }
+    }
+
+    #[test]
+    fn key_failures_fail_over_and_request_errors_do_not() {
+        for code in [401, 403, 429, 500, 502, 503] {
+            assert!(should_fail_over(&status(code)), "{code}");
+        }
+        for code in [400, 404, 405, 413, 422] {
+            assert!(!should_fail_over(&status(code)), "{code}");
+        }
+        assert!(should_fail_over(&UpstreamError::Connect("refused".into())));
+        assert!(should_fail_over(&UpstreamError::Timeout("read".into())));
+    }
+
+    #[test]
+    fn transport_failures_map_to_502_and_504() {
+        assert_eq!(to_api_error(&UpstreamError::Connect("refused".into())).status, 502);
+        assert_eq!(to_api_error(&UpstreamError::Timeout("read".into())).status, 504);
+        assert_eq!(to_api_error(&status(429)).status, 429);
+    }
+}

@@ -1,0 +1,245 @@
+//! The HTTP server: tiny_http, a pool of worker threads, and the one adapter between them
+//! and the handlers in `api`.
+//!
+//! One dispatcher thread takes requests from tiny_http and hands them to `workers` threads
+//! through a bounded queue; when the queue is full the dispatcher answers 503 at once. Each
+//! worker reads the body (up to `max_body_bytes`), calls [`api::handle`] under
+//! `catch_unwind`, writes the [`Reply`] (streams through [`LiveWriter`]), and logs one line.
+//! Nothing here parses JSON bodies.
+
+use crate::api::{self, LogFields, Reply, Req, StreamReply};
+use crate::gateway::Gateway;
+use crate::sse::{self, LiveWriter};
+use crate::translate::errors::ApiError;
+use crate::translate::Flow;
+use std::io::{self, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+/// Stack of each worker thread; handlers are shallow, and untouched stack costs no memory.
+const WORKER_STACK: usize = 512 * 1024;
+
+/// A bound, not yet serving, HTTP server.
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds the listening socket.
+    pub fn bind(addr: SocketAddr) -> io::Result<Server> {
+        let listener = nodelay_listener(TcpListener::bind(addr)?)?;
+        let addr = listener.local_addr()?;
+        let http = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
+        Ok(Server { http: Arc::new(http), addr })
+    }
+
+    /// The address actually bound (the port, when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the process ends.
+    pub fn run(self, gateway: Arc<Gateway>) {
+        let config = &gateway.config.raw;
+        let (sender, receiver) = sync_channel::<tiny_http::Request>(config.queue_size);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..config.workers {
+            let (gateway, receiver) = (Arc::clone(&gateway), Arc::clone(&receiver));
+            let spawned = thread::Builder::new()
+                .name(format!("worker-{index}"))
+                .stack_size(WORKER_STACK)
+                .spawn(move || work(&receiver, &gateway));
+            if let Err(err) = spawned {
+                log::error!("could not start worker {index} ({err}); serving with {index} workers");
+                break;
+            }
+        }
+        for request in self.http.incoming_requests() {
+            match sender.try_send(request) {
+                Ok(()) => {}
+                Err(TrySendError::Full(request)) => {
+                    let error = ApiError::server(
+                        503,
+                        "the gateway is at capacity (every worker busy and the queue full); retry shortly",
+                    );
+                    log::warn!("{} {} 503 queue full", request.method(), path_of(request.url()));
+                    let _ = request.respond(json_response(error.status, error.body(), Vec::new(), None));
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            }
+        }
+    }
+}
+
+/// Sets TCP_NODELAY on the listening socket; Linux copies it to every accepted socket, so
+/// each flushed event leaves at once instead of waiting on Nagle's algorithm. std has no
+/// setter on listeners, but a socket is a socket: the option is set through a `TcpStream`
+/// view of the same descriptor.
+fn nodelay_listener(listener: TcpListener) -> io::Result<TcpListener> {
+    let stream = TcpStream::from(OwnedFd::from(listener));
+    stream.set_nodelay(true)?;
+    Ok(TcpListener::from(OwnedFd::from(stream)))
+}
+
+fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway) {
+    loop {
+        let request = {
+            let queue = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match queue.recv() {
+                Ok(request) => request,
+                Err(_) => return,
+            }
+        };
+        // A panic in one request must cost that request, not the worker.
+        if catch_unwind(AssertUnwindSafe(|| serve_one(request, gateway))).is_err() {
+            log::error!("a request handler panicked; the worker goes on");
+        }
+    }
+}
+
+static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn path_of(url: &str) -> &str {
+    url.split('?').next().unwrap_or("")
+}
+
+fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
+    let started = Instant::now();
+    let id = format!("{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed) + 1);
+    let method = request.method().as_str().to_ascii_uppercase();
+    let path = path_of(request.url()).to_string();
+    let mut log = LogFields::default();
+    let (reply, http10, close) = match read_request(&mut request, gateway.config.raw.max_body_bytes) {
+        Ok(req) => {
+            let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+            let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let reply = catch_unwind(AssertUnwindSafe(|| api::handle(&req, gateway, &mut log)))
+                .unwrap_or_else(|_| {
+                    Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
+                });
+            (reply, http10, close)
+        }
+        Err(error) => (Reply::error(&error), false, true),
+    };
+    let (status, note) = match reply {
+        Reply::Full { status, body, headers } => {
+            let _ = request.respond(json_response(status, body, headers, Some(&id)));
+            (status, "")
+        }
+        Reply::Stream(stream) => (200, write_stream(request, stream, http10, close, &id)),
+    };
+    log::info!(
+        "{id} {method} {path} token={} key={} model={} status={status} attempts={} {:.1}ms{note}",
+        log.token.as_deref().unwrap_or("-"),
+        log.trace.key.as_deref().unwrap_or("-"),
+        log.model.as_deref().unwrap_or("-"),
+        log.trace.attempts,
+        started.elapsed().as_secs_f64() * 1000.0,
+    );
+}
+
+/// Turns a tiny_http request into a [`Req`], reading at most `max_body` bytes of body.
+fn read_request(request: &mut tiny_http::Request, max_body: u64) -> Result<Req, ApiError> {
+    if request.body_length().is_some_and(|declared| declared as u64 > max_body) {
+        return Err(ApiError::too_large(max_body));
+    }
+    let headers = request
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .collect();
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(max_body + 1)
+        .read_to_end(&mut body)
+        .map_err(|err| ApiError::bad_request(format!("could not read the request body: {err}"), None))?;
+    if body.len() as u64 > max_body {
+        return Err(ApiError::too_large(max_body));
+    }
+    Ok(Req {
+        method: request.method().as_str().to_ascii_uppercase(),
+        url: request.url().to_string(),
+        headers,
+        body,
+    })
+}
+
+fn json_response(
+    status: u16,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+    request_id: Option<&str>,
+) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let mut response = tiny_http::Response::from_data(body).with_status_code(status);
+    let mut add = |name: &str, value: &str| {
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    };
+    add("Content-Type", "application/json");
+    if let Some(id) = request_id {
+        add("X-Request-Id", id);
+    }
+    for (name, value) in &headers {
+        add(name, value);
+    }
+    response
+}
+
+/// Relays a stream to the client line by line; returns a note for the log line.
+fn write_stream(
+    request: tiny_http::Request,
+    stream: StreamReply,
+    http10: bool,
+    close: bool,
+    id: &str,
+) -> &'static str {
+    let StreamReply { content_type, upstream, mut translator } = stream;
+    let headers = [("X-Request-Id", id.to_string())];
+    let mut writer = match LiveWriter::start(request.into_writer(), http10, close, content_type, &headers) {
+        Ok(writer) => writer,
+        Err(_) => return " client gone before the stream started",
+    };
+    let mut upstream = BufReader::with_capacity(16 * 1024, upstream);
+    let (mut line, mut out) = (Vec::new(), Vec::new());
+    loop {
+        out.clear();
+        let flow = match sse::read_line(&mut upstream, &mut line, sse::MAX_LINE_BYTES) {
+            Ok(true) => translator.push_line(&line, &mut out),
+            Ok(false) => {
+                translator.upstream_ended(None, &mut out);
+                Flow::Done
+            }
+            Err(err) => {
+                let text = if err.kind() == io::ErrorKind::TimedOut {
+                    "the upstream went silent for longer than idle_timeout_secs; the reply is incomplete"
+                        .to_string()
+                } else {
+                    format!("reading the upstream stream failed ({err}); the reply is incomplete")
+                };
+                translator.upstream_ended(Some(&text), &mut out);
+                Flow::Done
+            }
+        };
+        if writer.send(&out).is_err() {
+            // The client went away: dropping the upstream reader closes that connection,
+            // which stops the generation (and its token spend) upstream.
+            return " client disconnected mid-stream";
+        }
+        if flow == Flow::Done {
+            break;
+        }
+    }
+    match writer.finish() {
+        Ok(()) => "",
+        Err(_) => " client disconnected at the end",
+    }
+}

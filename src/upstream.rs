@@ -1,0 +1,139 @@
+//! Upstream HTTP: one shared ureq agent, one request per call, errors classified.
+//!
+//! In scope: building the agent (keep-alive pool, connect and idle timeouts), sending one
+//! request to one key's upstream, and turning every way it can fail into an
+//! [`UpstreamError`] whose text never holds the key. Out of scope: choosing keys and
+//! retrying (`relay`), and what the bodies mean (`translate`).
+
+use crate::keys::KeyEntry;
+use std::fmt;
+use std::io::Read;
+use std::time::Duration;
+
+/// Longest upstream error body read, to quote in the answer.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// Builds the one agent all upstream calls share.
+pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connections: usize) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        // Statuses are ours to judge: a 429 is a fact about a key, not an exception.
+        .http_status_as_error(false)
+        // A POST must not silently turn into a GET on someone else's host.
+        .max_redirects(0)
+        .timeout_connect(Some(connect_timeout))
+        // Applies to every read: waiting for the answer, and each gap inside a stream.
+        .timeout_per_read(Some(idle_timeout))
+        .timeout_per_write(Some(idle_timeout))
+        .max_idle_connections(max_idle_connections.max(8))
+        .max_idle_connections_per_host(max_idle_connections.max(8))
+        .user_agent(concat!("ollama-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// Why an upstream call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The upstream answered with a non-success status.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of its body (at most 64 KiB), key removed.
+        body: Vec<u8>,
+        /// `Retry-After` in seconds, when sent.
+        retry_after: Option<u64>,
+    },
+    /// Connecting, or waiting for a byte, took longer than configured.
+    Timeout(String),
+    /// The upstream could not be reached (refused, DNS, TLS, reset).
+    Connect(String),
+    /// The upstream answered something that is not HTTP as expected.
+    Protocol(String),
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Status { status, body, .. } => {
+                write!(f, "upstream answered {status}: {}", crate::translate::errors::upstream_message(body))
+            }
+            UpstreamError::Timeout(text) => write!(f, "upstream timed out: {text}"),
+            UpstreamError::Connect(text) => write!(f, "upstream unreachable: {text}"),
+            UpstreamError::Protocol(text) => write!(f, "upstream protocol error: {text}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+/// A successful (2xx) upstream answer whose body has not been read yet.
+pub struct UpstreamResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The upstream `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// The body, read as it arrives.
+    pub body: Box<dyn Read + Send>,
+}
+
+/// Sends `body` as JSON to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key.
+pub fn post_json(
+    agent: &ureq::Agent,
+    entry: &KeyEntry,
+    path: &str,
+    body: &[u8],
+) -> Result<UpstreamResponse, UpstreamError> {
+    let url = format!("{}{}", entry.base_url, path);
+    let mut request = agent.post(&url).header("content-type", "application/json");
+    if let Some(key) = &entry.key {
+        request = request.header("authorization", format!("Bearer {}", key.expose()));
+    }
+    let response = request.send(body).map_err(|err| classify(err, entry))?;
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type");
+    let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+    let mut reader = response.into_body().into_reader();
+    if !(200..300).contains(&status) {
+        let mut body = Vec::new();
+        // A broken error body still leaves us the status, which is what matters.
+        let _ = (&mut reader).take(MAX_ERROR_BODY).read_to_end(&mut body);
+        return Err(UpstreamError::Status { status, body: redact(body, entry), retry_after });
+    }
+    Ok(UpstreamResponse { status, content_type, body: Box::new(reader) })
+}
+
+/// Sorts a ureq error into our classes, with a text that never holds the key.
+fn classify(err: ureq::Error, entry: &KeyEntry) -> UpstreamError {
+    use std::io::ErrorKind;
+    let text = scrub(&err.to_string(), entry);
+    match err {
+        ureq::Error::Timeout(_) => UpstreamError::Timeout(text),
+        ureq::Error::Io(io) if matches!(io.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            UpstreamError::Timeout(text)
+        }
+        ureq::Error::Io(_)
+        | ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_) => UpstreamError::Connect(text),
+        _ => UpstreamError::Protocol(text),
+    }
+}
+
+/// Removes the key from text an upstream or a library produced, in case it echoes it.
+pub fn scrub(text: &str, entry: &KeyEntry) -> String {
+    match &entry.key {
+        Some(key) if !key.expose().is_empty() && text.contains(key.expose()) => {
+            text.replace(key.expose(), &key.mask())
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn redact(body: Vec<u8>, entry: &KeyEntry) -> Vec<u8> {
+    match (&entry.key, std::str::from_utf8(&body)) {
+        (Some(key), Ok(text)) if text.contains(key.expose()) => scrub(text, entry).into_bytes(),
+        _ => body,
+    }
+}
