@@ -136,7 +136,7 @@ fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
         Reply::Stream(stream) => (200, write_stream(request, stream, http10, close, &id)),
     };
     log::info!(
-        "{id} {method} {path} token={} key={} model={} status={status} attempts={} {:.1}ms{note}",
+        "{id} {method} {path} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{note}",
         log.token.as_deref().unwrap_or("-"),
         log.trace.key.as_deref().unwrap_or("-"),
         log.model.as_deref().unwrap_or("-"),
