@@ -12,11 +12,11 @@
 //! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
 
 use super::errors::ApiError;
-use super::{rfc3339_to_unix, sse_data, Flow, LineTranslator, ReasoningField, Usage};
+use super::fields::{describe, expected, field, join, opt_bool, opt_integer, opt_number, opt_str};
+use super::reply::{error_event, upstream_error_text, usage_json, FINGERPRINT, QUOTED_LINE_CHARS};
+pub use super::reply::{usage_of, ReplyContext};
+use super::{sse_data, Flow, LineTranslator, Usage};
 use serde_json::{json, Map, Value};
-
-/// Ollama's constant `system_fingerprint`.
-const FINGERPRINT: &str = "fp_ollama";
 
 /// Ollama's text for `http(s)://` image URLs (the gateway never fetches them: SSRF).
 const IMAGE_URL_UNSUPPORTED: &str =
@@ -25,9 +25,6 @@ const IMAGE_URL_UNSUPPORTED: &str =
 /// Any other image URL that is not a usable base64 data URL.
 const INVALID_IMAGE: &str =
     "invalid image input: send a base64 data URL such as data:image/png;base64,... (JPEG, PNG or WebP)";
-
-/// The most characters of a bad upstream line quoted in an error event.
-const QUOTED_LINE_CHARS: usize = 200;
 
 // ---------------------------------------------------------------------------------------
 // Request: OpenAI -> native
@@ -443,120 +440,8 @@ fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Request field helpers
-// ---------------------------------------------------------------------------------------
-
-/// The value of `key`, with JSON `null` read as absent.
-fn field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    obj.get(key).filter(|value| !value.is_null())
-}
-
-/// `prefix.key`, or `key` at the top level.
-fn join(prefix: &str, key: &str) -> String {
-    if prefix.is_empty() {
-        key.to_string()
-    } else {
-        format!("{prefix}.{key}")
-    }
-}
-
-/// What a client sent, in words, for error messages.
-fn describe(value: Option<&Value>) -> &'static str {
-    match value {
-        None | Some(Value::Null) => "nothing",
-        Some(Value::Bool(_)) => "a boolean",
-        Some(Value::Number(_)) => "a number",
-        Some(Value::String(text)) if text.trim().is_empty() => "an empty string",
-        Some(Value::String(_)) => "a string",
-        Some(Value::Array(list)) if list.is_empty() => "an empty array",
-        Some(Value::Array(_)) => "an array",
-        Some(Value::Object(_)) => "an object",
-    }
-}
-
-/// A 400 saying what `param` must be and what was sent instead.
-fn expected(param: &str, what: &str, got: Option<&Value>) -> ApiError {
-    ApiError::bad_request(format!("{param} must be {what}, got {}", describe(got)), Some(param))
-}
-
-fn opt_bool(obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<bool>, ApiError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(Value::Bool(flag)) => Ok(Some(*flag)),
-        other => Err(expected(&join(prefix, key), "true or false", other)),
-    }
-}
-
-fn opt_str<'a>(obj: &'a Map<String, Value>, prefix: &str, key: &str) -> Result<Option<&'a str>, ApiError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text)),
-        other => Err(expected(&join(prefix, key), "a string", other)),
-    }
-}
-
-/// An integer field, as the JSON number sent.
-fn opt_integer(obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<Value>, ApiError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(number @ Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(number.clone())),
-        other => Err(expected(&join(prefix, key), "an integer", other)),
-    }
-}
-
-/// A top-level number field, as the JSON number sent.
-fn opt_number(obj: &Map<String, Value>, key: &str) -> Result<Option<Value>, ApiError> {
-    match field(obj, key) {
-        None => Ok(None),
-        Some(number @ Value::Number(_)) => Ok(Some(number.clone())),
-        other => Err(expected(key, "a number", other)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Reply: native -> OpenAI
 // ---------------------------------------------------------------------------------------
-
-/// What the reply needs to know that upstream does not say.
-#[derive(Debug, Clone)]
-pub struct ReplyContext {
-    /// The completion id (`chatcmpl-…`), constant for the whole reply.
-    pub id: String,
-    /// Unix seconds used as `created` when upstream has no `created_at`.
-    pub created_fallback: i64,
-    /// When set, the model name to report instead of upstream's.
-    pub response_model: Option<String>,
-    /// Where thinking text goes.
-    pub reasoning_field: ReasoningField,
-    /// Whether a stream ends with a usage chunk (`stream_options.include_usage`).
-    pub include_usage: bool,
-}
-
-impl ReplyContext {
-    /// The `created` of a native object: its `created_at`, else the fallback.
-    fn created(&self, native: &Value) -> i64 {
-        native
-            .get("created_at")
-            .and_then(Value::as_str)
-            .and_then(rfc3339_to_unix)
-            .unwrap_or(self.created_fallback)
-    }
-
-    /// The `model` to report for a native object.
-    fn model(&self, native: &Value) -> String {
-        match &self.response_model {
-            Some(model) => model.clone(),
-            None => native.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
-        }
-    }
-
-    /// Writes thinking text under the configured field name(s).
-    fn put_reasoning(&self, target: &mut Map<String, Value>, thinking: &str) {
-        for name in self.reasoning_field.names() {
-            target.insert((*name).into(), thinking.into());
-        }
-    }
-}
 
 /// Non-streaming: an upstream `/api/chat` reply (`stream:false`) as a `chat.completion`.
 pub fn from_ollama(native: &Value, ctx: &ReplyContext) -> Value {
@@ -595,26 +480,6 @@ pub fn from_ollama(native: &Value, ctx: &ReplyContext) -> Value {
         "choices": [choice],
         "usage": usage_json(native),
     })
-}
-
-/// Token counts of a native final object (`prompt_eval_count` / `eval_count`, 0 when absent).
-pub fn usage_of(native: &Value) -> Usage {
-    let count = |key: &str| native.get(key).and_then(Value::as_u64).unwrap_or(0);
-    Usage { prompt: count("prompt_eval_count"), completion: count("eval_count") }
-}
-
-/// The OpenAI `usage` object of a native final object.
-fn usage_json(native: &Value) -> Value {
-    let usage = usage_of(native);
-    let mut json = json!({
-        "prompt_tokens": usage.prompt,
-        "completion_tokens": usage.completion,
-        "total_tokens": usage.prompt.saturating_add(usage.completion),
-    });
-    if let Some(cached) = native.get("prompt_eval_cached_count").and_then(Value::as_u64) {
-        json["prompt_tokens_details"] = json!({"cached_tokens": cached});
-    }
-    json
 }
 
 /// `done_reason`, `"stop"` when missing, relabelled `"tool_calls"` when a call was made.
@@ -662,28 +527,6 @@ fn call_id() -> String {
     let mut id = String::from("call_");
     id.extend((0..8).map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())])));
     id
-}
-
-/// Appends the SSE error event that ends a broken stream.
-fn error_event(message: &str, out: &mut Vec<u8>) {
-    sse_data(&ApiError::server(502, message).to_json().to_string(), out);
-}
-
-/// The text of an upstream `{"error": …}` line (a string or an object with `message`).
-fn upstream_error_text(error: &Value) -> String {
-    let text = match error {
-        Value::String(text) => text.clone(),
-        Value::Object(obj) => match obj.get("message") {
-            Some(Value::String(text)) => text.clone(),
-            _ => error.to_string(),
-        },
-        other => other.to_string(),
-    };
-    if text.trim().is_empty() {
-        "upstream reported an error without a message".to_string()
-    } else {
-        text
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -865,6 +708,7 @@ impl LineTranslator for ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::ReasoningField;
 
     // -- helpers --------------------------------------------------------------------
 

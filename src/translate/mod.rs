@@ -6,7 +6,14 @@
 //! anything about keys or tokens. `translate` never does IO; `server` never parses bodies.
 
 pub mod chat;
+pub mod completions;
+pub mod embeddings;
 pub mod errors;
+mod fields;
+pub mod models;
+mod reply;
+
+pub use reply::ReplyContext;
 
 use serde::Deserialize;
 
