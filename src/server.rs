@@ -238,8 +238,15 @@ fn write_stream(
             break;
         }
     }
-    match writer.finish() {
+    let note = match writer.finish() {
         Ok(()) => "",
         Err(_) => " client disconnected at the end",
+    };
+    // Read the upstream's end of body (the last chunk after the done line), so ureq can
+    // put the connection back in its pool instead of opening a new one (a TLS handshake,
+    // for ollama.com) for the next stream. Bounded, in case an upstream goes on talking.
+    if translator.usage().is_some() {
+        let _ = io::copy(&mut upstream.take(64 * 1024), &mut io::sink());
     }
+    note
 }

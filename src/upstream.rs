@@ -24,6 +24,11 @@ pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connect
         // Applies to every read: waiting for the answer, and each gap inside a stream.
         .timeout_per_read(Some(idle_timeout))
         .timeout_per_write(Some(idle_timeout))
+        // ureq's default 128 KiB buffers are zero-filled per connection: 256 streams held
+        // 64 MiB in them. Ollama's lines and headers are small; 16 KiB is plenty.
+        .input_buffer_size(16 * 1024)
+        .output_buffer_size(16 * 1024)
+        .max_response_header_size(16 * 1024)
         .max_idle_connections(max_idle_connections.max(8))
         .max_idle_connections_per_host(max_idle_connections.max(8))
         .user_agent(concat!("ollama-gateway/", env!("CARGO_PKG_VERSION")))

@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // ollama-gateway fix: 0.12.0 compared the idle count with 0 only, but a notified
+        // thread counts as idle until it wakes, so a burst of connections was queued behind
+        // one thread, and each queued connection waited until an earlier one closed. Every
+        // queued task has an idle thread spoken for; start a thread when none is left over.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
