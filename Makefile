@@ -15,8 +15,7 @@ run:
 	$(CARGO) run --release -- serve --config config.toml
 
 test:
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test
 
 lint:
 	$(CARGO) fmt --check

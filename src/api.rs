@@ -208,7 +208,7 @@ fn chat_completions(
 fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
     let mut bytes = Vec::new();
     body.take(MAX_UPSTREAM_BODY).read_to_end(&mut bytes).map_err(|err| {
-        let status = if err.kind() == std::io::ErrorKind::TimedOut { 504 } else { 502 };
+        let status = if crate::upstream::is_timeout(&err) { 504 } else { 502 };
         ApiError::server(status, format!("reading the upstream answer failed: {err}"))
     })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|err| {

@@ -219,7 +219,7 @@ fn write_stream(
                 Flow::Done
             }
             Err(err) => {
-                let text = if err.kind() == io::ErrorKind::TimedOut {
+                let text = if crate::upstream::is_timeout(&err) {
                     "the upstream went silent for longer than idle_timeout_secs; the reply is incomplete"
                         .to_string()
                 } else {

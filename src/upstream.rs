@@ -126,6 +126,16 @@ fn classify(err: ureq::Error, entry: &KeyEntry) -> UpstreamError {
     }
 }
 
+/// Whether an error from reading an upstream body is a timeout. ureq reports its own
+/// timeouts inside an `io::Error` of kind `Other`, so the kind alone does not tell.
+pub fn is_timeout(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::TimedOut
+        || error.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()).is_some_and(|inner| {
+            matches!(inner, ureq::Error::Timeout(_))
+                || matches!(inner, ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+        })
+}
+
 /// Removes the key from text an upstream or a library produced, in case it echoes it.
 pub fn scrub(text: &str, entry: &KeyEntry) -> String {
     match &entry.key {

@@ -1,0 +1,357 @@
+//! A fake Ollama: a tiny_http server on `127.0.0.1:0` whose answers a test scripts with a
+//! closure, and which records every request it receives.
+//!
+//! Each request is served on its own thread, so many streams can be open at once. NDJSON
+//! streams write the HTTP head and chunked frames by hand through `Request::into_writer()`
+//! and flush after every line (tiny_http's `respond` would hold small chunks back), and
+//! record per stream how many lines went out and whether a write failed (the gateway
+//! closed the upstream connection). A stream "ends without a done line" simply by not
+//! having one among its lines: the body then ends cleanly after the last line.
+
+use serde_json::Value;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// The longest a thread waits at a [`Gate`] before it carries on regardless.
+const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// The URL path (and query).
+    pub path: String,
+    /// Headers, names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub raw: String,
+    /// The body as JSON, when it is JSON.
+    pub json: Option<Value>,
+}
+
+impl Recorded {
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The `Authorization` header.
+    pub fn authorization(&self) -> Option<&str> {
+        self.header("authorization")
+    }
+
+    /// The JSON body (panics when the body is not JSON).
+    pub fn body(&self) -> &Value {
+        self.json.as_ref().unwrap_or_else(|| panic!("upstream body is not JSON: {:?}", self.raw))
+    }
+
+    /// Whether the request asked for a stream (`"stream": true`).
+    pub fn wants_stream(&self) -> bool {
+        self.json.as_ref().and_then(|j| j.get("stream")).and_then(Value::as_bool) == Some(true)
+    }
+
+    /// The requested model.
+    pub fn model(&self) -> &str {
+        self.json.as_ref().and_then(|j| j.get("model")).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// What the fake answers.
+pub enum FakeReply {
+    /// A JSON body with a status.
+    Json {
+        /// HTTP status.
+        status: u16,
+        /// The body.
+        body: Value,
+    },
+    /// A plain-text body with a status.
+    Text {
+        /// HTTP status.
+        status: u16,
+        /// The body.
+        body: String,
+    },
+    /// A 200 NDJSON stream written line by line.
+    Ndjson(Ndjson),
+}
+
+/// A scripted NDJSON stream.
+pub struct Ndjson {
+    /// The lines, each written with a trailing `\n` (a line need not be JSON).
+    pub lines: Vec<String>,
+    /// The pause before each line after the first.
+    pub delay: Duration,
+    /// When set, the stream waits at this gate after writing its first line.
+    pub gate: Option<Arc<Gate>>,
+}
+
+impl FakeReply {
+    /// A 200 JSON answer.
+    pub fn ok(body: Value) -> FakeReply {
+        FakeReply::Json { status: 200, body }
+    }
+
+    /// Ollama's error shape, `{"error": message}`, with a status.
+    pub fn error(status: u16, message: &str) -> FakeReply {
+        FakeReply::Json { status, body: serde_json::json!({ "error": message }) }
+    }
+
+    /// A stream of JSON lines, sent without pauses.
+    pub fn ndjson(lines: &[Value]) -> FakeReply {
+        FakeReply::Ndjson(Ndjson {
+            lines: lines.iter().map(Value::to_string).collect(),
+            delay: Duration::ZERO,
+            gate: None,
+        })
+    }
+}
+
+/// What happened to one NDJSON stream.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Lines written and flushed without error.
+    pub lines_written: AtomicUsize,
+    /// A write failed: the reader went away.
+    pub write_failed: AtomicBool,
+    /// The stream was written to its end.
+    pub completed: AtomicBool,
+}
+
+impl StreamStats {
+    /// Lines written so far.
+    pub fn written(&self) -> usize {
+        self.lines_written.load(Ordering::SeqCst)
+    }
+
+    /// Whether a write failed.
+    pub fn failed(&self) -> bool {
+        self.write_failed.load(Ordering::SeqCst)
+    }
+}
+
+/// A gate that held threads pass once it is opened (or after a minute, so a failing test
+/// cannot leave them behind forever).
+#[derive(Debug, Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Arc<Gate> {
+        Arc::new(Gate::default())
+    }
+
+    /// Lets every held thread go on, and every later one pass at once.
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the gate is open.
+    pub fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let _unused = self.changed.wait_timeout_while(open, GATE_TIMEOUT, |open| !*open).unwrap();
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> FakeReply + Send + Sync;
+
+/// A running fake Ollama.
+pub struct Fake {
+    /// Its base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    server: Arc<tiny_http::Server>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    streams: Arc<Mutex<Vec<Arc<StreamStats>>>>,
+}
+
+impl Fake {
+    /// Starts a fake that answers every request with `handler`.
+    pub fn start(handler: impl Fn(&Recorded) -> FakeReply + Send + Sync + 'static) -> Fake {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake"));
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (accept, records, stats) = (Arc::clone(&server), Arc::clone(&requests), Arc::clone(&streams));
+        thread::spawn(move || {
+            for request in accept.incoming_requests() {
+                let (handler, records, stats) =
+                    (Arc::clone(&handler), Arc::clone(&records), Arc::clone(&stats));
+                thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || serve(request, &*handler, &records, &stats))
+                    .expect("spawn a fake request thread");
+            }
+        });
+        Fake { url: format!("http://127.0.0.1:{port}"), server, requests, streams }
+    }
+
+    /// A fake that answers every request with the same JSON.
+    pub fn always(status: u16, body: Value) -> Fake {
+        Fake::start(move |_| FakeReply::Json { status, body: body.clone() })
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// How many requests were received.
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// The only request received (panics unless there was exactly one).
+    #[track_caller]
+    pub fn only_request(&self) -> Recorded {
+        let requests = self.requests();
+        assert_eq!(requests.len(), 1, "expected exactly one upstream request, got {requests:#?}");
+        requests.into_iter().next().unwrap()
+    }
+
+    /// The NDJSON streams started so far.
+    pub fn streams(&self) -> Vec<Arc<StreamStats>> {
+        self.streams.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+fn serve(
+    mut request: tiny_http::Request,
+    handler: &Handler,
+    records: &Mutex<Vec<Recorded>>,
+    streams: &Mutex<Vec<Arc<StreamStats>>>,
+) {
+    let mut raw = String::new();
+    let _ = request.as_reader().read_to_string(&mut raw);
+    let recorded = Recorded {
+        method: request.method().as_str().to_ascii_uppercase(),
+        path: request.url().to_string(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+            .collect(),
+        json: serde_json::from_str(&raw).ok(),
+        raw,
+    };
+    records.lock().unwrap().push(recorded.clone());
+    match handler(&recorded) {
+        FakeReply::Json { status, body } => respond(request, status, "application/json", body.to_string()),
+        FakeReply::Text { status, body } => respond(request, status, "text/plain", body),
+        FakeReply::Ndjson(script) => {
+            let stats = Arc::new(StreamStats::default());
+            streams.lock().unwrap().push(Arc::clone(&stats));
+            write_ndjson(request.into_writer(), &script, &stats);
+        }
+    }
+}
+
+fn respond(request: tiny_http::Request, status: u16, content_type: &str, body: String) {
+    let header = tiny_http::Header::from_bytes("Content-Type", content_type).unwrap();
+    let _ =
+        request.respond(tiny_http::Response::from_string(body).with_status_code(status).with_header(header));
+}
+
+fn write_ndjson(mut writer: Box<dyn Write + Send>, script: &Ndjson, stats: &StreamStats) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
+    if writer.write_all(head.as_bytes()).and_then(|_| writer.flush()).is_err() {
+        stats.write_failed.store(true, Ordering::SeqCst);
+        return;
+    }
+    for (i, line) in script.lines.iter().enumerate() {
+        if i > 0 && !script.delay.is_zero() {
+            thread::sleep(script.delay);
+        }
+        let data = format!("{line}\n");
+        let written = write!(writer, "{:x}\r\n", data.len())
+            .and_then(|_| writer.write_all(data.as_bytes()))
+            .and_then(|_| writer.write_all(b"\r\n"))
+            .and_then(|_| writer.flush());
+        if written.is_err() {
+            stats.write_failed.store(true, Ordering::SeqCst);
+            return;
+        }
+        stats.lines_written.fetch_add(1, Ordering::SeqCst);
+        if i == 0 {
+            if let Some(gate) = &script.gate {
+                gate.wait();
+            }
+        }
+    }
+    match writer.write_all(b"0\r\n\r\n").and_then(|_| writer.flush()) {
+        Ok(()) => stats.completed.store(true, Ordering::SeqCst),
+        Err(_) => stats.write_failed.store(true, Ordering::SeqCst),
+    }
+}
+
+/// An `http://` URL on which nothing listens: connecting is refused at once.
+pub fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Native Ollama lines
+// ---------------------------------------------------------------------------------------
+
+/// A native `/api/chat` stream line carrying `content`.
+pub fn content_line(content: &str) -> Value {
+    serde_json::json!({
+        "model": "llama3.2",
+        "created_at": "2023-11-14T22:13:20Z",
+        "message": {"role": "assistant", "content": content},
+        "done": false,
+    })
+}
+
+/// A native final (`done: true`) line with token counts.
+pub fn done_line(done_reason: &str, prompt_eval_count: u64, eval_count: u64) -> Value {
+    serde_json::json!({
+        "model": "llama3.2",
+        "created_at": "2023-11-14T22:13:21Z",
+        "message": {"role": "assistant", "content": ""},
+        "done": true,
+        "done_reason": done_reason,
+        "prompt_eval_count": prompt_eval_count,
+        "eval_count": eval_count,
+    })
+}
+
+/// A native non-streamed `/api/chat` answer with `content`.
+pub fn chat_answer(content: &str) -> Value {
+    serde_json::json!({
+        "model": "llama3.2",
+        "created_at": "2023-11-14T22:13:20.123Z",
+        "message": {"role": "assistant", "content": content},
+        "done": true,
+        "done_reason": "stop",
+        "prompt_eval_count": 3,
+        "eval_count": 5,
+    })
+}
+
+/// A handler that answers like a healthy Ollama: a stream when one is asked for.
+pub fn healthy(recorded: &Recorded) -> FakeReply {
+    if recorded.wants_stream() {
+        FakeReply::ndjson(&[content_line("Hello"), done_line("stop", 3, 1)])
+    } else {
+        FakeReply::ok(chat_answer("Hello"))
+    }
+}

@@ -1,0 +1,24 @@
+//! Integration tests: the real `ollama-gateway` binary in front of a fake Ollama.
+//!
+//! One test binary (`cargo test --test it`) with one module per theme. Every test starts
+//! its own gateway and fake on free ports, so tests run in parallel and share nothing.
+
+// Shared helpers: the gateway process, HTTP/SSE clients, wire types, `eqnice!`.
+#[macro_use]
+mod util;
+// The fake Ollama upstream that records requests and scripts answers.
+mod fake;
+// Non-streamed chat: request translation and the `chat.completion` reply.
+mod chat;
+// SSE chat streams: framing, chunks, tool calls, live delivery, errors, disconnects.
+mod stream;
+// Client tokens, upstream keys and pools, and keeping secrets out of logs.
+mod auth;
+// Failing over between upstream keys, and what the client sees when all fail.
+mod failover;
+// Bad requests the gateway refuses before calling upstream.
+mod validation;
+// The command line: help, version, token, keys, and config errors at start-up.
+mod cli;
+// Concurrency and capacity: many streams at once, a full queue, request logs.
+mod serving;
