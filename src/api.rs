@@ -1,23 +1,21 @@
 //! The HTTP API as plain functions: a [`Req`] in, a [`Reply`] out.
 //!
-//! In scope: routing, authentication, and each endpoint's glue (validate, translate, relay,
-//! translate back). Out of scope: sockets and HTTP framing (`server` turns tiny_http requests
-//! into [`Req`] and writes [`Reply`]s, streams included), JSON mapping (`translate`), and key
-//! choice (`relay`, `pool`).
+//! In scope: the route table (canonical `/v1/…` paths, their aliases without `/v1`, repeated
+//! slashes), method checks (405 with `Allow`), authentication, CORS headers, and dispatch to
+//! the endpoint handlers in `endpoints`. Out of scope: sockets and HTTP framing (`server`
+//! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
+//! mapping (`translate`) and key choice (`relay`, `pool`).
 
 use crate::auth::{self, Caller};
+use crate::cors;
+use crate::endpoints;
 use crate::gateway::Gateway;
 use crate::keys;
-use crate::relay::{self, Trace};
-use crate::translate::chat::{self, ChatStream, ReplyContext};
+use crate::relay::Trace;
 use crate::translate::errors::ApiError;
-use crate::translate::{random_id, LineTranslator};
+use crate::translate::LineTranslator;
 use serde_json::{json, Value};
 use std::io::Read;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Longest non-streamed upstream answer read into memory.
-const MAX_UPSTREAM_BODY: u64 = 256 * 1024 * 1024;
 
 /// A request as the handlers see it: no sockets, body already read.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +48,7 @@ pub enum Reply {
     Full {
         /// HTTP status.
         status: u16,
-        /// Its body, JSON.
+        /// Its body, JSON (empty for 204).
         body: Vec<u8>,
         /// Extra headers beyond `Content-Type: application/json`.
         headers: Vec<(&'static str, String)>,
@@ -63,6 +61,8 @@ pub enum Reply {
 pub struct StreamReply {
     /// The `Content-Type` to send (`text/event-stream` for SSE).
     pub content_type: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
     /// The upstream body.
     pub upstream: Box<dyn Read + Send>,
     /// Turns each upstream line into what the client receives.
@@ -79,6 +79,22 @@ impl Reply {
     pub fn error(error: &ApiError) -> Reply {
         Reply::Full { status: error.status, body: error.body(), headers: Vec::new() }
     }
+
+    /// A stream of SSE events.
+    pub fn sse(upstream: Box<dyn Read + Send>, translator: Box<dyn LineTranslator>) -> Reply {
+        Reply::Stream(StreamReply {
+            content_type: "text/event-stream",
+            headers: Vec::new(),
+            upstream,
+            translator,
+        })
+    }
+
+    fn add_headers(&mut self, extra: Vec<(&'static str, String)>) {
+        match self {
+            Reply::Full { headers, .. } | Reply::Stream(StreamReply { headers, .. }) => headers.extend(extra),
+        }
+    }
 }
 
 /// What a request log line says beyond method, path and status.
@@ -92,30 +108,163 @@ pub struct LogFields {
     pub trace: Trace,
 }
 
+/// Who is asking, once authenticated: the pool to draw from and the models allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'g> {
+    /// The pool this client's requests use.
+    pub pool: &'g str,
+    /// Model globs it may use (`None`: all).
+    pub models: Option<&'g [String]>,
+    /// Its token's name, for messages.
+    pub name: &'g str,
+}
+
+/// The endpoints, each reachable at `/v1/…` and at the same path without `/v1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /`: who is here.
+    Root,
+    /// `GET /health`: liveness, no auth.
+    Health,
+    /// `GET /v1`: a small answer for GUI clients' connection tests.
+    V1Root,
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models`.
+    Models,
+    /// `GET /v1/models/{id}`; the id may hold `/` and `:`.
+    Model(String),
+}
+
+impl Endpoint {
+    /// The endpoint a path names: repeated slashes collapsed, a trailing slash ignored,
+    /// `/v1` optional on the API routes.
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        let mut normal = String::with_capacity(path.len());
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            normal.push('/');
+            normal.push_str(segment);
+        }
+        match normal.as_str() {
+            "" => return Some(Endpoint::Root),
+            "/health" => return Some(Endpoint::Health),
+            "/v1" => return Some(Endpoint::V1Root),
+            _ => {}
+        }
+        let rest = normal.strip_prefix("/v1").filter(|r| r.starts_with('/')).unwrap_or(&normal);
+        match rest {
+            "/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/completions" => Some(Endpoint::Completions),
+            "/embeddings" => Some(Endpoint::Embeddings),
+            "/models" => Some(Endpoint::Models),
+            _ => {
+                let id = rest.strip_prefix("/models/")?;
+                Some(Endpoint::Model(percent_decode(id)))
+            }
+        }
+    }
+
+    /// The methods it answers.
+    pub fn methods(&self) -> &'static [&'static str] {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => &["POST"],
+            _ => &["GET", "HEAD"],
+        }
+    }
+
+    /// Whether it needs a token.
+    pub fn needs_token(&self) -> bool {
+        !matches!(self, Endpoint::Root | Endpoint::Health)
+    }
+}
+
+/// Decodes `%XX` escapes (SDKs may escape the `/` and `:` of a model id); bad escapes are
+/// kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Answers one request.
 pub fn handle(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Reply {
-    match route(req, gateway, log) {
-        Ok(reply) => reply,
-        Err(error) => Reply::error(&error),
-    }
+    let mut reply = route(req, gateway, log).unwrap_or_else(|error| Reply::error(&error));
+    let preflight =
+        (req.method == "OPTIONS").then(|| req.header("access-control-request-headers").unwrap_or(""));
+    reply.add_headers(cors::headers(&gateway.config.raw.cors.allow_origins, req.header("origin"), preflight));
+    reply
 }
 
 fn route(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Result<Reply, ApiError> {
     let path = req.path();
-    match (req.method.as_str(), path) {
-        ("GET" | "HEAD", "/health") => Ok(health(gateway)),
-        ("POST", "/v1/chat/completions") => {
-            let pool = authorize(req, gateway, log)?;
-            chat_completions(req, gateway, pool, log)
-        }
-        (_, "/v1/chat/completions") => Err(ApiError {
+    let Some(endpoint) = Endpoint::from_path(path) else {
+        return Err(ApiError::not_found(format!(
+            "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models)",
+            req.method
+        )));
+    };
+    let methods = endpoint.methods();
+    if req.method == "OPTIONS" {
+        // A CORS preflight: answered without a token, the CORS headers are added by `handle`.
+        let allow = format!("{}, OPTIONS", methods.join(", "));
+        return Ok(Reply::Full { status: 204, body: Vec::new(), headers: vec![("Allow", allow)] });
+    }
+    if !methods.contains(&req.method.as_str()) {
+        let error = ApiError {
             status: 405,
             kind: "invalid_request_error",
-            message: format!("{} is not allowed on {path}; use POST", req.method),
+            message: format!("{} is not allowed on {path}; use {}", req.method, methods.join(" or ")),
             param: None,
             code: Some("method_not_allowed"),
-        }),
-        _ => Err(ApiError::not_found(format!("no route for {} {path}", req.method))),
+        };
+        return Ok(Reply::Full {
+            status: 405,
+            body: error.body(),
+            headers: vec![("Allow", format!("{}, OPTIONS", methods.join(", ")))],
+        });
+    }
+    if !endpoint.needs_token() {
+        return Ok(match endpoint {
+            Endpoint::Health => health(gateway),
+            _ => Reply::json(
+                200,
+                &json!({"status": "ok", "service": "ollama-gateway", "version": env!("CARGO_PKG_VERSION"), "api": "/v1"}),
+            ),
+        });
+    }
+    let client = authorize(req, gateway, log)?;
+    match endpoint {
+        Endpoint::V1Root => Ok(Reply::json(
+            200,
+            &json!({
+                "status": "ok",
+                "service": "ollama-gateway",
+                "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"],
+            }),
+        )),
+        Endpoint::ChatCompletions => endpoints::chat_completions(req, gateway, client, log),
+        Endpoint::Completions => endpoints::completions(req, gateway, client, log),
+        Endpoint::Embeddings => endpoints::embeddings(req, gateway, client, log),
+        Endpoint::Models => endpoints::list_models(gateway, client, log),
+        Endpoint::Model(id) => endpoints::retrieve_model(&id, gateway, client, log),
+        Endpoint::Root | Endpoint::Health => Err(ApiError::server(500, "unreachable route")),
     }
 }
 
@@ -130,20 +279,18 @@ fn health(gateway: &Gateway) -> Reply {
     )
 }
 
-/// Checks the caller's token and names the pool it draws from.
-fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<&'g str, ApiError> {
+/// Checks the caller's token and says what it may use.
+fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Client<'g>, ApiError> {
     let presented = auth::presented_token(|name| req.header(name));
     let config = &gateway.config;
-    match auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous)? {
+    let client = match auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous)? {
         Caller::Token(token) => {
-            log.token = Some(token.name.clone());
-            Ok(&token.pool)
+            Client { pool: &token.pool, models: token.models.as_deref(), name: &token.name }
         }
-        Caller::Anonymous => {
-            log.token = Some("anonymous".to_string());
-            Ok(keys::DEFAULT_POOL)
-        }
-    }
+        Caller::Anonymous => Client { pool: keys::DEFAULT_POOL, models: None, name: "anonymous" },
+    };
+    log.token = Some(client.name.to_string());
+    Ok(client)
 }
 
 /// Parses a request body as a JSON object.
@@ -159,67 +306,46 @@ pub fn parse_json_body(body: &[u8]) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn chat_completions(
-    req: &Req,
-    gateway: &Gateway,
-    pool_name: &str,
-    log: &mut LogFields,
-) -> Result<Reply, ApiError> {
-    let body = parse_json_body(&req.body)?;
-    let request = chat::to_ollama(&body)?;
-    log.model = Some(request.model.clone());
-    let pool = gateway
-        .pools
-        .get(pool_name)
-        .ok_or_else(|| ApiError::server(503, format!("pool '{pool_name}' has no upstream keys")))?;
-    let native = request.native.to_string();
-    let config = &gateway.config.raw;
-    let response = relay::post_json(
-        &gateway.agent,
-        pool,
-        config.upstream.max_attempts,
-        "/api/chat",
-        native.as_bytes(),
-        &mut log.trace,
-    )?;
-    let context = ReplyContext {
-        id: random_id("chatcmpl-"),
-        created_fallback: unix_now(),
-        response_model: None,
-        reasoning_field: config.reasoning_field,
-        include_usage: request.include_usage,
-    };
-    if request.stream {
-        return Ok(Reply::Stream(StreamReply {
-            content_type: "text/event-stream",
-            upstream: response.body,
-            translator: Box::new(ChatStream::new(context)),
-        }));
+    #[test]
+    fn paths_aliases_and_slashes() {
+        use Endpoint::*;
+        let cases = [
+            ("/v1/chat/completions", Some(ChatCompletions)),
+            ("/chat/completions", Some(ChatCompletions)),
+            ("//v1/chat/completions", Some(ChatCompletions)),
+            ("/v1//chat//completions/", Some(ChatCompletions)),
+            ("/v1/completions", Some(Completions)),
+            ("/completions", Some(Completions)),
+            ("/embeddings", Some(Embeddings)),
+            ("/v1//models", Some(Models)),
+            ("/models", Some(Models)),
+            ("/v1/models/llama3.2:latest", Some(Model("llama3.2:latest".into()))),
+            ("/v1/models/hf.co/org/model:Q4_K_M", Some(Model("hf.co/org/model:Q4_K_M".into()))),
+            ("/v1/models/hf.co%2Forg%2Fmodel%3AQ4_K_M", Some(Model("hf.co/org/model:Q4_K_M".into()))),
+            ("/models/a%zz", Some(Model("a%zz".into()))),
+            ("/v1", Some(V1Root)),
+            ("/v1/", Some(V1Root)),
+            ("/", Some(Root)),
+            ("/health", Some(Health)),
+            ("/v1/health", None),
+            ("/v2/chat/completions", None),
+            ("/v1/responses", None),
+            ("/v1/models/", Some(Models)),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Endpoint::from_path(path), want, "{path}");
+        }
     }
-    let native = read_upstream_json(response.body)?;
-    Ok(Reply::json(200, &chat::from_ollama(&native, &context)))
-}
 
-/// Reads a whole non-streamed upstream answer as JSON.
-fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
-    let mut bytes = Vec::new();
-    body.take(MAX_UPSTREAM_BODY).read_to_end(&mut bytes).map_err(|err| {
-        let status = if crate::upstream::is_timeout(&err) { 504 } else { 502 };
-        ApiError::server(status, format!("reading the upstream answer failed: {err}"))
-    })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
-        ApiError::server(
-            502,
-            format!("the upstream answer is not valid JSON ({err}); is base_url an Ollama server?"),
-        )
-    })?;
-    if let Some(error) = value.get("error") {
-        let text = error.as_str().map(str::to_string).unwrap_or_else(|| error.to_string());
-        return Err(ApiError::server(502, text));
+    #[test]
+    fn only_root_and_health_are_open() {
+        for path in ["/v1", "/v1/chat/completions", "/completions", "/embeddings", "/models", "/models/x"] {
+            assert!(Endpoint::from_path(path).unwrap().needs_token(), "{path}");
+        }
+        assert!(!Endpoint::Root.needs_token() && !Endpoint::Health.needs_token());
     }
-    Ok(value)
 }

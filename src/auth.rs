@@ -69,7 +69,12 @@ mod tests {
     fn tokens() -> Vec<Token> {
         ["sk-alice", "sk-bob"]
             .iter()
-            .map(|t| Token { name: t[3..].to_string(), digest: sha256(t), pool: "default".into() })
+            .map(|t| Token {
+                name: t[3..].to_string(),
+                digest: sha256(t),
+                pool: "default".into(),
+                models: None,
+            })
             .collect()
     }
 

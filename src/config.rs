@@ -11,6 +11,7 @@ use crate::keys::{self, KeyEntry, ParsedKeys};
 use crate::secret;
 use crate::translate::ReasoningField;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,9 +50,25 @@ pub struct RawConfig {
     /// How upstreams are reached.
     #[serde(default)]
     pub upstream: RawUpstream,
+    /// Browser access (CORS).
+    #[serde(default)]
+    pub cors: RawCors,
+    /// Model names clients may use for other models: `"gpt-4o-mini" = "gpt-oss:20b"`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
     /// Client tokens.
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+}
+
+/// The `[cors]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// Origins (`https://chat.example.com`) allowed to call the API from a browser; `"*"`
+    /// allows any. Empty: no CORS headers at all.
+    #[serde(default, deserialize_with = "origins")]
+    pub allow_origins: Vec<String>,
 }
 
 /// The `[upstream]` table.
@@ -99,6 +116,9 @@ pub struct RawToken {
     /// The keys.txt section this token draws keys from.
     #[serde(default = "default_pool")]
     pub pool: String,
+    /// Models this token may use, as globs (`"gpt-oss:*"`); absent: every model.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
 }
 
 /// How a pool picks the first key to try.
@@ -170,6 +190,22 @@ fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     keys::normalise_base_url(&text).ok_or_else(|| {
         serde::de::Error::custom(format!("'{text}' is not an http:// or https:// URL with a host"))
     })
+}
+fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let origins = Vec::<String>::deserialize(d)?;
+    for origin in &origins {
+        let valid = origin == "*"
+            || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.contains(char::is_whitespace)
+                && origin.matches('/').count() == 2);
+        if !valid {
+            return Err(serde::de::Error::custom(format!(
+                "'{origin}' is not an origin: write it as the browser sends it, scheme://host[:port] \
+                 with no path (for example \"https://chat.example.com\"), or \"*\" for any"
+            )));
+        }
+    }
+    Ok(origins)
 }
 fn sha256_digest<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
     let text = String::deserialize(d)?;
@@ -249,6 +285,8 @@ pub struct Token {
     pub digest: [u8; 32],
     /// The pool it draws keys from.
     pub pool: String,
+    /// Model globs it may use; `None`: every model.
+    pub models: Option<Vec<String>>,
 }
 
 /// The resolved configuration: paths made absolute, keys read, cross-file checks done.
@@ -351,6 +389,7 @@ impl Config {
                 name: raw_token.name.clone(),
                 digest: raw_token.sha256,
                 pool: raw_token.pool.clone(),
+                models: raw_token.models.clone(),
             });
         }
         if tokens.is_empty() && !raw.allow_anonymous {

@@ -1,11 +1,12 @@
 //! Failover: one request tried on the keys of a pool until one answers.
 //!
-//! [`post_json`] walks the pool's attempt order. An attempt that fails before anything was
+//! [`send`] walks the pool's attempt order. An attempt that fails before anything was
 //! sent to the client (connect error, timeout, 401, 403, 408, 429, 5xx) moves on to the next
 //! key, up to `max_attempts`; a 400, 404 or other client error goes straight back, because
 //! the request is wrong, not the key. After the last attempt the last error is answered.
 
 use crate::keys::KeyEntry;
+use crate::model_policy;
 use crate::pool::Pool;
 use crate::translate::errors::ApiError;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
@@ -46,13 +47,45 @@ pub fn to_api_error(error: &UpstreamError) -> ApiError {
     }
 }
 
-/// Posts `body` to `path` on the pool's keys in turn until one gives a 2xx answer.
-pub fn post_json(
+/// One request to relay: the same for every key, except that Ollama Cloud upstreams may
+/// get their own body (model names without the local `-cloud` suffix).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Upstream path, such as `/api/chat`.
+    pub path: &'a str,
+    /// JSON body, if any.
+    pub body: Option<&'a [u8]>,
+    /// The body for Ollama Cloud upstreams, when it differs from `body`.
+    pub cloud_body: Option<&'a [u8]>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A request without a body.
+    pub fn get(path: &'a str) -> Outgoing<'a> {
+        Outgoing { method: "GET", path, body: None, cloud_body: None }
+    }
+
+    /// A POST of a JSON body.
+    pub fn post(path: &'a str, body: &'a [u8]) -> Outgoing<'a> {
+        Outgoing { method: "POST", path, body: Some(body), cloud_body: None }
+    }
+
+    fn body_for(&self, entry: &KeyEntry) -> Option<&'a [u8]> {
+        match self.cloud_body {
+            Some(cloud) if model_policy::is_ollama_cloud(&entry.base_url) => Some(cloud),
+            _ => self.body,
+        }
+    }
+}
+
+/// Sends `request` on the pool's keys in turn until one gives a 2xx answer.
+pub fn send(
     agent: &ureq::Agent,
     pool: &Pool,
     max_attempts: u32,
-    path: &str,
-    body: &[u8],
+    request: Outgoing<'_>,
     trace: &mut Trace,
 ) -> Result<UpstreamResponse, ApiError> {
     let mut last_error = None;
@@ -60,7 +93,7 @@ pub fn post_json(
         let entry: &KeyEntry = &pool.keys[index];
         trace.attempts += 1;
         trace.key = Some(entry.label());
-        match upstream::post_json(agent, entry, path, body) {
+        match upstream::send(agent, entry, request.method, request.path, request.body_for(entry)) {
             Ok(response) => return Ok(response),
             Err(error) => {
                 let fail_over = should_fail_over(&error);

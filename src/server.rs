@@ -8,6 +8,7 @@
 //! Nothing here parses JSON bodies.
 
 use crate::api::{self, LogFields, Reply, Req, StreamReply};
+use crate::cors;
 use crate::gateway::Gateway;
 use crate::sse::{self, LiveWriter};
 use crate::translate::errors::ApiError;
@@ -70,7 +71,10 @@ impl Server {
                         "the gateway is at capacity (every worker busy and the queue full); retry shortly",
                     );
                     log::warn!("{} {} 503 queue full", request.method(), path_of(request.url()));
-                    let _ = request.respond(json_response(error.status, error.body(), Vec::new(), None));
+                    let origin = request.headers().iter().find(|h| h.field.equiv("Origin"));
+                    let origin = origin.map(|h| h.value.as_str());
+                    let headers = cors::headers(&config.cors.allow_origins, origin, None);
+                    let _ = request.respond(json_response(error.status, error.body(), headers, None));
                 }
                 Err(TrySendError::Disconnected(_)) => break,
             }
@@ -202,8 +206,8 @@ fn write_stream(
     close: bool,
     id: &str,
 ) -> &'static str {
-    let StreamReply { content_type, upstream, mut translator } = stream;
-    let headers = [("X-Request-Id", id.to_string())];
+    let StreamReply { content_type, mut headers, upstream, mut translator } = stream;
+    headers.push(("X-Request-Id", id.to_string()));
     let mut writer = match LiveWriter::start(request.into_writer(), http10, close, content_type, &headers) {
         Ok(writer) => writer,
         Err(_) => return " client gone before the stream started",

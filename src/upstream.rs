@@ -81,19 +81,32 @@ pub struct UpstreamResponse {
     pub body: Box<dyn Read + Send>,
 }
 
-/// Sends `body` as JSON to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key.
-pub fn post_json(
+/// Sends one request to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key:
+/// `body`, when given, as JSON.
+pub fn send(
     agent: &ureq::Agent,
     entry: &KeyEntry,
+    method: &str,
     path: &str,
-    body: &[u8],
+    body: Option<&[u8]>,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let url = format!("{}{}", entry.base_url, path);
-    let mut request = agent.post(&url).header("content-type", "application/json");
+    let mut request = ureq::http::Request::builder().method(method).uri(&url);
     if let Some(key) = &entry.key {
         request = request.header("authorization", format!("Bearer {}", key.expose()));
     }
-    let response = request.send(body).map_err(|err| classify(err, entry))?;
+    let sent = match body {
+        Some(body) => request
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|err| UpstreamError::Protocol(scrub(&err.to_string(), entry)))
+            .and_then(|request| agent.run(request).map_err(|err| classify(err, entry))),
+        None => request
+            .body(())
+            .map_err(|err| UpstreamError::Protocol(scrub(&err.to_string(), entry)))
+            .and_then(|request| agent.run(request).map_err(|err| classify(err, entry))),
+    };
+    let response = sent?;
     let status = response.status().as_u16();
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header("content-type");

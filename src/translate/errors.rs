@@ -72,10 +72,17 @@ impl ApiError {
     /// The error of an upstream answer with a non-success status, its body read as
     /// native Ollama's `{"error":"…"}` (or as raw text when it is not JSON).
     pub fn from_upstream(status: u16, body: &[u8]) -> ApiError {
-        let message = upstream_message(body);
+        let mut message = upstream_message(body);
+        if status == 401 {
+            // The client's token was fine (it got this far): the upstream refused our key.
+            message = format!(
+                "the upstream refused the gateway's key ({message}); the gateway operator should \
+                 check keys.txt (`ollama-gateway keys`)"
+            );
+        }
         let (kind, code) = match status {
             400 => ("invalid_request_error", None),
-            401 => ("authentication_error", None),
+            401 => ("invalid_request_error", Some("invalid_api_key")),
             403 => ("permission_error", None),
             404 => {
                 ("not_found_error", if message.contains("model") { Some("model_not_found") } else { None })

@@ -1,0 +1,213 @@
+//! The OpenAI endpoints: validate, route the model, relay, translate back.
+//!
+//! Each handler takes the request and the authenticated [`Client`], and returns a
+//! [`Reply`] or an [`ApiError`]. Validation and the model allowlist are checked before any
+//! upstream call. JSON shapes live in `translate`; choosing and retrying keys in `relay`.
+
+use crate::api::{parse_json_body, Client, LogFields, Reply, Req};
+use crate::gateway::Gateway;
+use crate::model_policy;
+use crate::pool::Pool;
+use crate::relay::{self, Outgoing};
+use crate::translate::chat::{self, ChatStream};
+use crate::translate::completions::{self, CompletionStream};
+use crate::translate::errors::ApiError;
+use crate::translate::{embeddings, models, random_id, ReplyContext};
+use crate::upstream::{self, UpstreamResponse};
+use serde_json::Value;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest non-streamed upstream answer read into memory.
+const MAX_UPSTREAM_BODY: u64 = 256 * 1024 * 1024;
+
+/// A native request body with its model routed: alias resolved, allowlist checked, and a
+/// second spelling for Ollama Cloud when the name carries a local `-cloud` suffix.
+struct Routed {
+    body: Vec<u8>,
+    cloud_body: Option<Vec<u8>>,
+    /// The name to report back when it differs from what upstream will say.
+    response_model: Option<String>,
+}
+
+impl Routed {
+    fn outgoing<'a>(&'a self, path: &'a str) -> Outgoing<'a> {
+        Outgoing { method: "POST", path, body: Some(&self.body), cloud_body: self.cloud_body.as_deref() }
+    }
+}
+
+/// Resolves `requested` for `client`, or refuses it with 403, and writes the model into
+/// `native` (under `field`).
+fn route_model(
+    mut native: Value,
+    field: &str,
+    requested: &str,
+    gateway: &Gateway,
+    client: Client<'_>,
+) -> Result<Routed, ApiError> {
+    let target = check_model(requested, gateway, client)?;
+    native[field] = Value::from(target);
+    let body = native.to_string().into_bytes();
+    let cloud = model_policy::cloud_name(target);
+    let cloud_body = (cloud != target).then(|| {
+        native[field] = Value::from(cloud.as_ref());
+        native.to_string().into_bytes()
+    });
+    let response_model = (requested != target || cloud_body.is_some()).then(|| requested.to_string());
+    Ok(Routed { body, cloud_body, response_model })
+}
+
+/// The model `requested` stands for, if `client` may use it.
+fn check_model<'g>(
+    requested: &'g str,
+    gateway: &'g Gateway,
+    client: Client<'_>,
+) -> Result<&'g str, ApiError> {
+    let target = model_policy::resolve(&gateway.config.raw.aliases, requested);
+    if model_policy::is_allowed(client.models, requested, target) {
+        return Ok(target);
+    }
+    Err(ApiError {
+        status: 403,
+        kind: "permission_error",
+        message: format!(
+            "token '{}' may not use model '{requested}' (allowed: {}); ask the gateway operator to add it",
+            client.name,
+            client.models.unwrap_or_default().join(", ")
+        ),
+        param: Some("model".to_string()),
+        code: Some("model_not_allowed"),
+    })
+}
+
+fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
+    gateway.pools.get(client.pool).ok_or_else(|| {
+        ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", client.pool))
+    })
+}
+
+fn relay(
+    gateway: &Gateway,
+    client: Client<'_>,
+    request: Outgoing<'_>,
+    log: &mut LogFields,
+) -> Result<UpstreamResponse, ApiError> {
+    let max_attempts = gateway.config.raw.upstream.max_attempts;
+    relay::send(&gateway.agent, pool(gateway, client)?, max_attempts, request, &mut log.trace)
+}
+
+fn reply_context(gateway: &Gateway, id_prefix: &str, routed: &Routed, include_usage: bool) -> ReplyContext {
+    ReplyContext {
+        id: random_id(id_prefix),
+        created_fallback: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        response_model: routed.response_model.clone(),
+        reasoning_field: gateway.config.raw.reasoning_field,
+        include_usage,
+    }
+}
+
+/// `POST /v1/chat/completions` → `POST /api/chat`.
+pub fn chat_completions(
+    req: &Req,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    let request = chat::to_ollama(&parse_json_body(&req.body)?)?;
+    log.model = Some(request.model.clone());
+    let routed = route_model(request.native, "model", &request.model, gateway, client)?;
+    let response = relay(gateway, client, routed.outgoing("/api/chat"), log)?;
+    let context = reply_context(gateway, "chatcmpl-", &routed, request.include_usage);
+    if request.stream {
+        return Ok(Reply::sse(response.body, Box::new(ChatStream::new(context))));
+    }
+    Ok(Reply::json(200, &chat::from_ollama(&read_upstream_json(response.body)?, &context)))
+}
+
+/// `POST /v1/completions` → `POST /api/generate`.
+pub fn completions(
+    req: &Req,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    let request = completions::to_ollama(&parse_json_body(&req.body)?)?;
+    log.model = Some(request.model.clone());
+    let routed = route_model(request.native, "model", &request.model, gateway, client)?;
+    let response = relay(gateway, client, routed.outgoing("/api/generate"), log)?;
+    let context = reply_context(gateway, "cmpl-", &routed, request.include_usage);
+    if request.stream {
+        return Ok(Reply::sse(response.body, Box::new(CompletionStream::new(context))));
+    }
+    Ok(Reply::json(200, &completions::from_ollama(&read_upstream_json(response.body)?, &context)))
+}
+
+/// `POST /v1/embeddings` → `POST /api/embed`.
+pub fn embeddings(
+    req: &Req,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    let request = embeddings::to_ollama(&parse_json_body(&req.body)?)?;
+    log.model = Some(request.model.clone());
+    let routed = route_model(request.native, "model", &request.model, gateway, client)?;
+    let response = relay(gateway, client, routed.outgoing("/api/embed"), log)?;
+    let native = read_upstream_json(response.body)?;
+    Ok(Reply::json(200, &embeddings::from_ollama(&native, &request.model, request.encoding)?))
+}
+
+/// `GET /v1/models` ← `GET /api/tags`, filtered by the token's allowlist, with aliases.
+pub fn list_models(gateway: &Gateway, client: Client<'_>, log: &mut LogFields) -> Result<Reply, ApiError> {
+    let response = relay(gateway, client, Outgoing::get("/api/tags"), log)?;
+    let tags = read_upstream_json(response.body)?;
+    let aliases = &gateway.config.raw.aliases;
+    let mut listed: Vec<(String, i64)> = models::ids_from_tags(&tags)
+        .into_iter()
+        .filter(|(id, _)| model_policy::is_allowed(client.models, id, id))
+        .collect();
+    for (alias, target) in aliases {
+        let known = listed.iter().any(|(id, _)| id == alias);
+        if !known && model_policy::is_allowed(client.models, alias, target) {
+            let created = listed.iter().find(|(id, _)| id == target).map_or(0, |(_, created)| *created);
+            listed.push((alias.clone(), created));
+        }
+    }
+    Ok(Reply::json(200, &models::list(&listed)))
+}
+
+/// `GET /v1/models/{id}` ← `POST /api/show`.
+pub fn retrieve_model(
+    id: &str,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    log.model = Some(id.to_string());
+    let routed = route_model(models::show_request(id), "model", id, gateway, client)?;
+    let show = read_upstream_json(relay(gateway, client, routed.outgoing("/api/show"), log)?.body)?;
+    Ok(Reply::json(200, &models::from_show(id, &show)))
+}
+
+/// Reads a whole non-streamed upstream answer as JSON.
+fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
+    let mut bytes = Vec::new();
+    body.take(MAX_UPSTREAM_BODY).read_to_end(&mut bytes).map_err(|err| {
+        let status = if upstream::is_timeout(&err) { 504 } else { 502 };
+        ApiError::server(status, format!("reading the upstream answer failed: {err}"))
+    })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
+        ApiError::server(
+            502,
+            format!("the upstream answer is not valid JSON ({err}); is base_url an Ollama server?"),
+        )
+    })?;
+    if let Some(error) = value.get("error") {
+        let text = error.as_str().map(str::to_string).unwrap_or_else(|| error.to_string());
+        return Err(ApiError::server(502, text));
+    }
+    Ok(value)
+}
