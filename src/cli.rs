@@ -107,21 +107,27 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
 pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Help => {
-            print!("{USAGE}");
+            emit(USAGE);
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("ollama-gateway {}", env!("CARGO_PKG_VERSION"));
+            emit(&format!("ollama-gateway {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::TokenHash { token } => {
-            println!("{}", secret::sha256_hex(&token));
+            emit(&format!("{}\n", secret::sha256_hex(&token)));
             ExitCode::SUCCESS
         }
         Command::TokenNew { name } => token_new(&name),
         Command::Keys { config } => show_keys(&config),
         Command::Serve { config } => serve(&config),
     }
+}
+
+/// Writes to stdout; a closed pipe (`ollama-gateway keys | head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn token_new(name: &str) -> ExitCode {
@@ -133,13 +139,12 @@ fn token_new(name: &str) -> ExitCode {
     }
     let token = format!("sk-{}", hex::encode(bytes));
     let name = name.replace('\\', "\\\\").replace('"', "\\\"");
-    println!("{token}");
-    println!();
-    println!("# Give the token above to the client. Add this to config.toml (it stores only the hash):");
-    println!("[[tokens]]");
-    println!("name = \"{name}\"");
-    println!("sha256 = \"{}\"", secret::sha256_hex(&token));
-    println!("pool = \"{}\"", keys::DEFAULT_POOL);
+    emit(&format!(
+        "{token}\n\n# Give the token above to the client. Add this to config.toml (it stores only the hash):\n\
+         [[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\npool = \"{}\"\n",
+        secret::sha256_hex(&token),
+        keys::DEFAULT_POOL
+    ));
     ExitCode::SUCCESS
 }
 
@@ -163,23 +168,25 @@ fn show_keys(config_path: &Path) -> ExitCode {
         }
     };
     let pools = parsed.pools();
-    println!("{}: {} upstreams in {} pools", keys_path.display(), parsed.entries.len(), pools.len());
+    let mut out =
+        format!("{}: {} upstreams in {} pools\n", keys_path.display(), parsed.entries.len(), pools.len());
     for pool in &pools {
-        println!("[{pool}]");
+        out.push_str(&format!("[{pool}]\n"));
         for entry in parsed.entries.iter().filter(|e| e.pool == *pool) {
             let key = entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string());
-            println!("  line {:<4} {key:<12} {}", entry.line, entry.base_url);
+            out.push_str(&format!("  line {:<4} {key:<12} {}\n", entry.line, entry.base_url));
         }
     }
     for duplicate in &parsed.duplicates {
-        println!(
-            "{}:{}: duplicate of line {} in pool '{}', ignored",
+        out.push_str(&format!(
+            "{}:{}: duplicate of line {} in pool '{}', ignored\n",
             keys_path.display(),
             duplicate.line,
             duplicate.first_line,
             duplicate.pool
-        );
+        ));
     }
+    emit(&out);
     for error in &parsed.errors {
         eprintln!("error: {}:{}: {}", keys_path.display(), error.line, error.message);
     }
