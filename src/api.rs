@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::io::Read;
 
 /// A request as the handlers see it: no sockets, body already read.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Req {
     /// HTTP method, upper case.
     pub method: String,
@@ -28,6 +28,28 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+}
+
+/// Headers whose values are secrets: `Debug` shows them masked.
+const SECRET_HEADERS: &[&str] = &["authorization", "x-api-key", "cookie"];
+
+impl std::fmt::Debug for Req {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| match SECRET_HEADERS.contains(&name.as_str()) {
+                true => (name.as_str(), crate::secret::mask(value)),
+                false => (name.as_str(), value.clone()),
+            })
+            .collect();
+        f.debug_struct("Req")
+            .field("method", &self.method)
+            .field("url", &self.path())
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl Req {
@@ -205,26 +227,57 @@ fn percent_decode(text: &str) -> String {
 
 /// Answers one request.
 pub fn handle(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Reply {
-    let mut reply = route(req, gateway, log).unwrap_or_else(|error| Reply::error(&error));
+    let reply = match admit(req, gateway, log) {
+        Ok(Admitted::Open(endpoint)) => Ok(open_endpoint(&endpoint, gateway)),
+        Ok(Admitted::Client(endpoint, client)) => dispatch(endpoint, req, gateway, client, log),
+        Err(early) => Ok(early),
+    };
+    with_cors(req, gateway, reply.unwrap_or_else(|error| Reply::error(&error)))
+}
+
+/// The answer to a request that needs none of its body: an unknown route, a wrong method,
+/// a preflight, a missing or wrong token. `server` asks this before reading a body, so a
+/// client without a token cannot make a worker wait for (or hold) a large upload.
+pub fn screen(head: &Req, gateway: &Gateway, log: &mut LogFields) -> Option<Reply> {
+    match admit(head, gateway, log) {
+        Ok(_) => None,
+        Err(early) => Some(with_cors(head, gateway, early)),
+    }
+}
+
+/// The error answer for `req`, with its CORS headers.
+pub fn error_reply(req: &Req, gateway: &Gateway, error: &ApiError) -> Reply {
+    with_cors(req, gateway, Reply::error(error))
+}
+
+fn with_cors(req: &Req, gateway: &Gateway, mut reply: Reply) -> Reply {
     let preflight =
         (req.method == "OPTIONS").then(|| req.header("access-control-request-headers").unwrap_or(""));
     reply.add_headers(cors::headers(&gateway.config.raw.cors.allow_origins, req.header("origin"), preflight));
     reply
 }
 
-fn route(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Result<Reply, ApiError> {
+/// A request that may go on to its endpoint.
+enum Admitted<'g> {
+    /// An endpoint open to all.
+    Open(Endpoint),
+    /// An endpoint for an authenticated client.
+    Client(Endpoint, Client<'g>),
+}
+
+fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admitted<'g>, Reply> {
     let path = req.path();
     let Some(endpoint) = Endpoint::from_path(path) else {
-        return Err(ApiError::not_found(format!(
+        return Err(Reply::error(&ApiError::not_found(format!(
             "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models)",
             req.method
-        )));
+        ))));
     };
     let methods = endpoint.methods();
+    let allow = || vec![("Allow", format!("{}, OPTIONS", methods.join(", ")))];
     if req.method == "OPTIONS" {
-        // A CORS preflight: answered without a token, the CORS headers are added by `handle`.
-        let allow = format!("{}, OPTIONS", methods.join(", "));
-        return Ok(Reply::Full { status: 204, body: Vec::new(), headers: vec![("Allow", allow)] });
+        // A CORS preflight: answered without a token; `with_cors` adds the CORS headers.
+        return Err(Reply::Full { status: 204, body: Vec::new(), headers: allow() });
     }
     if !methods.contains(&req.method.as_str()) {
         let error = ApiError {
@@ -234,24 +287,41 @@ fn route(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Result<Reply, Api
             param: None,
             code: Some("method_not_allowed"),
         };
-        return Ok(Reply::Full {
-            status: 405,
-            body: error.body(),
-            headers: vec![("Allow", format!("{}, OPTIONS", methods.join(", ")))],
-        });
+        return Err(Reply::Full { status: 405, body: error.body(), headers: allow() });
     }
     if !endpoint.needs_token() {
-        return Ok(match endpoint {
-            Endpoint::Health => health(gateway),
-            _ => Reply::json(
-                200,
-                &json!({"status": "ok", "service": "ollama-gateway", "version": env!("CARGO_PKG_VERSION"), "api": "/v1"}),
-            ),
-        });
+        return Ok(Admitted::Open(endpoint));
     }
-    let client = authorize(req, gateway, log)?;
+    match authorize(req, gateway, log) {
+        Ok(client) => Ok(Admitted::Client(endpoint, client)),
+        Err(error) => Err(Reply::error(&error)),
+    }
+}
+
+fn open_endpoint(endpoint: &Endpoint, gateway: &Gateway) -> Reply {
     match endpoint {
-        Endpoint::V1Root => Ok(Reply::json(
+        Endpoint::Health => health(gateway),
+        _ => Reply::json(
+            200,
+            &json!({"status": "ok", "service": "ollama-gateway", "version": env!("CARGO_PKG_VERSION"), "api": "/v1"}),
+        ),
+    }
+}
+
+fn dispatch(
+    endpoint: Endpoint,
+    req: &Req,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    match endpoint {
+        Endpoint::ChatCompletions => endpoints::chat_completions(req, gateway, client, log),
+        Endpoint::Completions => endpoints::completions(req, gateway, client, log),
+        Endpoint::Embeddings => endpoints::embeddings(req, gateway, client, log),
+        Endpoint::Models => endpoints::list_models(gateway, client, log),
+        Endpoint::Model(id) => endpoints::retrieve_model(&id, gateway, client, log),
+        Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(Reply::json(
             200,
             &json!({
                 "status": "ok",
@@ -259,12 +329,6 @@ fn route(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Result<Reply, Api
                 "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"],
             }),
         )),
-        Endpoint::ChatCompletions => endpoints::chat_completions(req, gateway, client, log),
-        Endpoint::Completions => endpoints::completions(req, gateway, client, log),
-        Endpoint::Embeddings => endpoints::embeddings(req, gateway, client, log),
-        Endpoint::Models => endpoints::list_models(gateway, client, log),
-        Endpoint::Model(id) => endpoints::retrieve_model(&id, gateway, client, log),
-        Endpoint::Root | Endpoint::Health => Err(ApiError::server(500, "unreachable route")),
     }
 }
 
@@ -339,6 +403,21 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let req = Req {
+            method: "POST".into(),
+            url: "/v1/chat/completions".into(),
+            headers: vec![
+                ("authorization".into(), "Bearer sk-secret-token-0123456789".into()),
+                ("x-api-key".into(), "sk-secret-token-0123456789".into()),
+            ],
+            body: Vec::new(),
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("secret-token"), "{shown}");
     }
 
     #[test]

@@ -50,7 +50,11 @@ pub fn authenticate<'a>(
     });
     match (found, presented) {
         (Some(token), _) => Ok(Caller::Token(token)),
-        (None, _) if allow_anonymous => Ok(Caller::Anonymous),
+        // With tokens configured, a wrong one is refused even when anonymous use is
+        // allowed: a typo must show, not silently land in the anonymous pool. With none
+        // configured, clients that insist on sending some key ("ollama") are let through.
+        (None, None) if allow_anonymous => Ok(Caller::Anonymous),
+        (None, Some(_)) if allow_anonymous && tokens.is_empty() => Ok(Caller::Anonymous),
         (None, None) => Err(ApiError::invalid_api_key(
             "missing API key: send your gateway token as `Authorization: Bearer <token>`",
         )),
@@ -116,7 +120,9 @@ mod tests {
     #[test]
     fn anonymous_is_served_only_when_allowed() {
         assert!(matches!(authenticate(&[], None, true), Ok(Caller::Anonymous)));
-        assert!(matches!(authenticate(&tokens(), Some("sk-nope"), true), Ok(Caller::Anonymous)));
+        assert!(matches!(authenticate(&[], Some("ollama"), true), Ok(Caller::Anonymous)));
+        assert!(matches!(authenticate(&tokens(), None, true), Ok(Caller::Anonymous)));
+        assert!(authenticate(&tokens(), Some("sk-nope"), true).is_err(), "a wrong token is still refused");
         assert!(authenticate(&[], None, false).is_err());
     }
 }

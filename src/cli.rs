@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The token in `config.example.toml`. It is public, so the gateway warns when it is accepted.
 pub const EXAMPLE_TOKEN: &str = "sk-ollama-gateway-example-change-me";
@@ -214,9 +215,11 @@ fn serve(config_path: &Path) -> ExitCode {
             duplicate.pool
         );
     }
-    if config.tokens.is_empty() {
+    if config.raw.allow_anonymous {
         log::warn!(
-            "allow_anonymous = true and no [[tokens]]: anyone who can reach this port can use your keys"
+            "allow_anonymous = true: requests without a token are served from pool 'default'; anyone who \
+             can reach {} can use those keys",
+            config.raw.listen
         );
     }
     let example = sha256(EXAMPLE_TOKEN);
@@ -226,7 +229,7 @@ fn serve(config_path: &Path) -> ExitCode {
              `ollama-gateway token new` before exposing this port"
         );
     }
-    let server = match Server::bind(config.raw.listen) {
+    let server = match Server::bind(config.raw.listen, Duration::from_secs(config.raw.client_timeout_secs)) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("error: cannot listen on {}: {err}", config.raw.listen);

@@ -41,6 +41,9 @@ pub struct RawConfig {
     /// Serve requests without a token (only when no `[[tokens]]` are set).
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Longest wait for a client's next bytes (a request, its body) or for it to take ours.
+    #[serde(default = "default_client_timeout", deserialize_with = "seconds")]
+    pub client_timeout_secs: u64,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes", deserialize_with = "positive_u64")]
     pub max_body_bytes: u64,
@@ -79,10 +82,10 @@ pub struct RawUpstream {
     #[serde(default = "default_base_url", deserialize_with = "base_url")]
     pub base_url: String,
     /// Longest wait to connect to an upstream.
-    #[serde(default = "default_connect_timeout", deserialize_with = "positive_u64")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "seconds")]
     pub connect_timeout_secs: u64,
     /// Longest upstream silence, waiting for the answer or in the middle of it.
-    #[serde(default = "default_idle_timeout", deserialize_with = "positive_u64")]
+    #[serde(default = "default_idle_timeout", deserialize_with = "seconds")]
     pub idle_timeout_secs: u64,
     /// Different keys tried for one request.
     #[serde(default = "default_max_attempts", deserialize_with = "max_attempts")]
@@ -153,6 +156,9 @@ fn default_max_body_bytes() -> u64 {
 fn default_base_url() -> String {
     "https://ollama.com".to_string()
 }
+fn default_client_timeout() -> u64 {
+    60
+}
 fn default_connect_timeout() -> u64 {
     10
 }
@@ -181,6 +187,10 @@ fn queue_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 }
 fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     in_range(d, 1, 100).map(|v| v as u32)
+}
+/// A duration in seconds: at least 1, at most a day.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(d, 1, 86_400)
 }
 fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     in_range(d, 1, u64::MAX)
@@ -399,7 +409,7 @@ impl Config {
                  (`ollama-gateway token new` prints it) or set allow_anonymous = true",
             ));
         }
-        if tokens.is_empty() && !pools.contains(&keys::DEFAULT_POOL) {
+        if raw.allow_anonymous && !pools.contains(&keys::DEFAULT_POOL) {
             return Err(ConfigError::new(
                 &keys_file,
                 "allow_anonymous serves the 'default' pool, but it has no keys: add lines before any [section]",

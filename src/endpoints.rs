@@ -31,8 +31,14 @@ struct Routed {
 }
 
 impl Routed {
-    fn outgoing<'a>(&'a self, path: &'a str) -> Outgoing<'a> {
-        Outgoing { method: "POST", path, body: Some(&self.body), cloud_body: self.cloud_body.as_deref() }
+    fn outgoing<'a>(&'a self, path: &'a str, stream: bool) -> Outgoing<'a> {
+        Outgoing {
+            method: "POST",
+            path,
+            body: Some(&self.body),
+            cloud_body: self.cloud_body.as_deref(),
+            stream,
+        }
     }
 }
 
@@ -119,7 +125,7 @@ pub fn chat_completions(
     let request = chat::to_ollama(&parse_json_body(&req.body)?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
-    let response = relay(gateway, client, routed.outgoing("/api/chat"), log)?;
+    let response = relay(gateway, client, routed.outgoing("/api/chat", request.stream), log)?;
     let context = reply_context(gateway, "chatcmpl-", &routed, request.include_usage);
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(ChatStream::new(context))));
@@ -137,7 +143,7 @@ pub fn completions(
     let request = completions::to_ollama(&parse_json_body(&req.body)?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
-    let response = relay(gateway, client, routed.outgoing("/api/generate"), log)?;
+    let response = relay(gateway, client, routed.outgoing("/api/generate", request.stream), log)?;
     let context = reply_context(gateway, "cmpl-", &routed, request.include_usage);
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(CompletionStream::new(context))));
@@ -155,7 +161,7 @@ pub fn embeddings(
     let request = embeddings::to_ollama(&parse_json_body(&req.body)?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
-    let response = relay(gateway, client, routed.outgoing("/api/embed"), log)?;
+    let response = relay(gateway, client, routed.outgoing("/api/embed", false), log)?;
     let native = read_upstream_json(response.body)?;
     Ok(Reply::json(200, &embeddings::from_ollama(&native, &request.model, request.encoding)?))
 }
@@ -188,7 +194,7 @@ pub fn retrieve_model(
 ) -> Result<Reply, ApiError> {
     log.model = Some(id.to_string());
     let routed = route_model(models::show_request(id), "model", id, gateway, client)?;
-    let show = read_upstream_json(relay(gateway, client, routed.outgoing("/api/show"), log)?.body)?;
+    let show = read_upstream_json(relay(gateway, client, routed.outgoing("/api/show", false), log)?.body)?;
     Ok(Reply::json(200, &models::from_show(id, &show)))
 }
 

@@ -8,8 +8,10 @@
 use crate::keys::KeyEntry;
 use crate::model_policy;
 use crate::pool::Pool;
+use crate::sse;
 use crate::translate::errors::ApiError;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
+use std::io::{BufReader, Cursor, Read};
 
 /// What the relay did, for the request log.
 #[derive(Debug, Default, Clone)]
@@ -59,17 +61,20 @@ pub struct Outgoing<'a> {
     pub body: Option<&'a [u8]>,
     /// The body for Ollama Cloud upstreams, when it differs from `body`.
     pub cloud_body: Option<&'a [u8]>,
+    /// The answer is an NDJSON stream: its first line is read before the attempt counts as
+    /// a success, so an error there still fails over (nothing has reached the client yet).
+    pub stream: bool,
 }
 
 impl<'a> Outgoing<'a> {
     /// A request without a body.
     pub fn get(path: &'a str) -> Outgoing<'a> {
-        Outgoing { method: "GET", path, body: None, cloud_body: None }
+        Outgoing { method: "GET", path, body: None, cloud_body: None, stream: false }
     }
 
     /// A POST of a JSON body.
     pub fn post(path: &'a str, body: &'a [u8]) -> Outgoing<'a> {
-        Outgoing { method: "POST", path, body: Some(body), cloud_body: None }
+        Outgoing { method: "POST", path, body: Some(body), cloud_body: None, stream: false }
     }
 
     fn body_for(&self, entry: &KeyEntry) -> Option<&'a [u8]> {
@@ -93,7 +98,12 @@ pub fn send(
         let entry: &KeyEntry = &pool.keys[index];
         trace.attempts += 1;
         trace.key = Some(entry.label());
-        match upstream::send(agent, entry, request.method, request.path, request.body_for(entry)) {
+        let sent = upstream::send(agent, entry, request.method, request.path, request.body_for(entry));
+        let sent = match sent {
+            Ok(response) if request.stream => first_line_checked(response),
+            other => other,
+        };
+        match sent {
             Ok(response) => return Ok(response),
             Err(error) => {
                 let fail_over = should_fail_over(&error);
@@ -106,11 +116,47 @@ pub fn send(
         }
     }
     Err(match last_error {
+        Some(error) if trace.attempts > 1 => {
+            let mut answer = to_api_error(&error);
+            answer.message = format!(
+                "all {} keys tried in pool '{}' failed; the last one: {}",
+                trace.attempts, pool.name, answer.message
+            );
+            answer
+        }
         Some(error) => to_api_error(&error),
         None => {
             ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name))
         }
     })
+}
+
+/// Reads a stream's first line: an `{"error":…}` there (a model that fails at once) or an
+/// upstream that ends or stalls before any line is a failed attempt, not a 200.
+fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, UpstreamError> {
+    let UpstreamResponse { status, content_type, body } = response;
+    let mut reader = BufReader::new(body);
+    let mut line = Vec::new();
+    loop {
+        match sse::read_line(&mut reader, &mut line, sse::MAX_LINE_BYTES) {
+            Ok(true) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(true) => break,
+            Ok(false) => {
+                return Err(UpstreamError::Protocol("the upstream ended the stream before any line".into()))
+            }
+            Err(err) if upstream::is_timeout(&err) => return Err(UpstreamError::Timeout(err.to_string())),
+            Err(err) => return Err(UpstreamError::Protocol(err.to_string())),
+        }
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) {
+        if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+            // Kept as a body, so it reads like any upstream error.
+            let body = serde_json::json!({ "error": error }).to_string().into_bytes();
+            return Err(UpstreamError::Status { status: 502, body, retry_after: None });
+        }
+    }
+    line.push(b'\n');
+    Ok(UpstreamResponse { status, content_type, body: Box::new(Cursor::new(line).chain(reader)) })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Stack of each worker thread; handlers are shallow, and untouched stack costs no memory.
 const WORKER_STACK: usize = 512 * 1024;
@@ -33,9 +33,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listening socket.
-    pub fn bind(addr: SocketAddr) -> io::Result<Server> {
-        let listener = nodelay_listener(TcpListener::bind(addr)?)?;
+    /// Binds the listening socket. `client_timeout` bounds every wait on a client: for its
+    /// next request on a kept-alive connection, for its body, and for it to take our bytes.
+    pub fn bind(addr: SocketAddr, client_timeout: Duration) -> io::Result<Server> {
+        let listener = tune_listener(TcpListener::bind(addr)?, client_timeout)?;
         let addr = listener.local_addr()?;
         let http = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
         Ok(Server { http: Arc::new(http), addr })
@@ -82,13 +83,16 @@ impl Server {
     }
 }
 
-/// Sets TCP_NODELAY on the listening socket; Linux copies it to every accepted socket, so
-/// each flushed event leaves at once instead of waiting on Nagle's algorithm. std has no
-/// setter on listeners, but a socket is a socket: the option is set through a `TcpStream`
-/// view of the same descriptor.
-fn nodelay_listener(listener: TcpListener) -> io::Result<TcpListener> {
+/// Sets options on the listening socket that Linux copies to every accepted socket
+/// (tiny_http offers no hook on accept): TCP_NODELAY, so each flushed event leaves at once
+/// instead of waiting on Nagle's algorithm, and read and write timeouts, so a client that
+/// goes quiet cannot hold a thread or a worker forever. std has no setters on listeners,
+/// but a socket is a socket: they are set through a `TcpStream` view of the descriptor.
+fn tune_listener(listener: TcpListener, client_timeout: Duration) -> io::Result<TcpListener> {
     let stream = TcpStream::from(OwnedFd::from(listener));
     stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(client_timeout))?;
+    stream.set_write_timeout(Some(client_timeout))?;
     Ok(TcpListener::from(OwnedFd::from(stream)))
 }
 
@@ -117,30 +121,43 @@ fn path_of(url: &str) -> &str {
 fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
     let started = Instant::now();
     let id = format!("{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed) + 1);
-    let method = request.method().as_str().to_ascii_uppercase();
-    let path = path_of(request.url()).to_string();
+    let mut req = head_of(&request);
     let mut log = LogFields::default();
-    let (reply, http10, close) = match read_request(&mut request, gateway.config.raw.max_body_bytes) {
-        Ok(req) => {
-            let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
-            let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-            let reply = catch_unwind(AssertUnwindSafe(|| api::handle(&req, gateway, &mut log)))
-                .unwrap_or_else(|_| {
-                    Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
-                });
-            (reply, http10, close)
+    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+    let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let mut body_read = false;
+    let reply = catch_unwind(AssertUnwindSafe(|| {
+        if let Some(early) = api::screen(&req, gateway, &mut log) {
+            return early;
         }
-        Err(error) => (Reply::error(&error), false, true),
-    };
+        match read_body(&mut request, gateway.config.raw.max_body_bytes) {
+            Ok(body) => {
+                req.body = body;
+                body_read = true;
+                api::handle(&req, gateway, &mut log)
+            }
+            Err(error) => api::error_reply(&req, gateway, &error),
+        }
+    }))
+    .unwrap_or_else(|_| {
+        Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
+    });
     let (status, note) = match reply {
-        Reply::Full { status, body, headers } => {
+        Reply::Full { status, body, mut headers } => {
+            if !body_read && has_body(&req) {
+                // The body was never read, so the connection cannot carry another request
+                // (the vendored tiny_http closes it); say so, so the client does not try.
+                headers.push(("Connection", "close".to_string()));
+            }
             let _ = request.respond(json_response(status, body, headers, Some(&id)));
             (status, "")
         }
         Reply::Stream(stream) => (200, write_stream(request, stream, http10, close, &id)),
     };
     log::info!(
-        "{id} {method} {path} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{note}",
+        "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{note}",
+        req.method,
+        req.path(),
         log.token.as_deref().unwrap_or("-"),
         log.trace.key.as_deref().unwrap_or("-"),
         log.model.as_deref().unwrap_or("-"),
@@ -149,16 +166,32 @@ fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
     );
 }
 
-/// Turns a tiny_http request into a [`Req`], reading at most `max_body` bytes of body.
-fn read_request(request: &mut tiny_http::Request, max_body: u64) -> Result<Req, ApiError> {
+/// Whether a request declares a body.
+fn has_body(req: &Req) -> bool {
+    req.header("transfer-encoding").is_some()
+        || req.header("content-length").is_some_and(|len| len.trim() != "0")
+}
+
+/// A tiny_http request's method, URL and headers as a [`Req`] without its body.
+fn head_of(request: &tiny_http::Request) -> Req {
+    Req {
+        method: request.method().as_str().to_ascii_uppercase(),
+        url: request.url().to_string(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+            .collect(),
+        body: Vec::new(),
+    }
+}
+
+/// Reads at most `max_body` bytes of body; more is a 413 (and the rest is never read: the
+/// vendored tiny_http then closes the connection).
+fn read_body(request: &mut tiny_http::Request, max_body: u64) -> Result<Vec<u8>, ApiError> {
     if request.body_length().is_some_and(|declared| declared as u64 > max_body) {
         return Err(ApiError::too_large(max_body));
     }
-    let headers = request
-        .headers()
-        .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
-        .collect();
     let mut body = Vec::new();
     request
         .as_reader()
@@ -168,12 +201,7 @@ fn read_request(request: &mut tiny_http::Request, max_body: u64) -> Result<Req, 
     if body.len() as u64 > max_body {
         return Err(ApiError::too_large(max_body));
     }
-    Ok(Req {
-        method: request.method().as_str().to_ascii_uppercase(),
-        url: request.url().to_string(),
-        headers,
-        body,
-    })
+    Ok(body)
 }
 
 fn json_response(
@@ -242,14 +270,16 @@ fn write_stream(
             break;
         }
     }
-    let note = match writer.finish() {
-        Ok(()) => "",
-        Err(_) => " client disconnected at the end",
+    let finished = translator.usage().is_some();
+    let note = match (writer.finish(), finished) {
+        (Err(_), _) => " client disconnected at the end",
+        (Ok(()), true) => "",
+        (Ok(()), false) => " stream ended early with an error event",
     };
     // Read the upstream's end of body (the last chunk after the done line), so ureq can
     // put the connection back in its pool instead of opening a new one (a TLS handshake,
     // for ollama.com) for the next stream. Bounded, in case an upstream goes on talking.
-    if translator.usage().is_some() {
+    if finished {
         let _ = io::copy(&mut upstream.take(64 * 1024), &mut io::sink());
     }
     note

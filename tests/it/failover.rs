@@ -84,7 +84,13 @@ fn when_every_key_fails_the_client_gets_the_last_failure() {
     let error = assert_envelope(&gateway.chat(&chat_body("m", false)), 503);
     let seen = keys_seen(&fake);
     eqnice!(2, seen.len(), "each key tried once: {seen:?}");
-    eqnice!(format!("overloaded behind key {}", &seen[1][..2]), error.message, "the last attempt's error");
+    let last = format!("overloaded behind key {}", &seen[1][..2]);
+    assert!(
+        error.message.starts_with("all 2 keys tried in pool 'default' failed")
+            && error.message.ends_with(&last),
+        "the message says the pool is spent and quotes the last attempt's error: {}",
+        error.message
+    );
     eqnice!("api_error", error.kind);
 }
 

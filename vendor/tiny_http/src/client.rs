@@ -11,6 +11,15 @@ use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Longest request line or header line accepted.
+const MAX_HEADER_LINE: usize = 16 * 1024;
+/// Most header lines accepted in one request.
+const MAX_HEADERS: usize = 128;
+/// Most bytes of an unread request body discarded before its connection is closed.
+const LINGER_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,6 +43,10 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // ollama-gateway: set when a request is dropped before its body was read to the end;
+    // the connection then serves no further request (see `read`)
+    body_unread: Arc<AtomicBool>,
 }
 
 /// Error that can happen when reading a request.
@@ -65,6 +78,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            body_unread: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -82,6 +96,11 @@ impl ClientConnection {
         let mut prev_byte_was_cr = false;
 
         loop {
+            // ollama-gateway: a header line without end made 0.12.0 grow this buffer until
+            // memory ran out (tiny-http issue 56).
+            if buf.len() > MAX_HEADER_LINE {
+                return Err(IoError::new(ErrorKind::InvalidData, "header line too long"));
+            }
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
@@ -104,6 +123,27 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        // ollama-gateway: wait until the previous request is done with the socket, and
+        // close the connection if it left part of its body unread: those bytes are not a
+        // request, and must not be parsed as one (request smuggling).
+        self.next_header_source.wait_for_turn();
+        if self.body_unread.load(Ordering::Acquire) {
+            // A lingering close: read and drop what the client is still sending, so that
+            // closing with unread data does not reset the connection (a TCP RST can make
+            // the client lose the answer it was sent, such as a 413), then close.
+            let mut sink = [0u8; 8192];
+            let mut discarded = 0;
+            while discarded < LINGER_LIMIT {
+                match self.next_header_source.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => discarded += read,
+                }
+            }
+            return Err(ReadError::ReadIoError(IoError::new(
+                ErrorKind::ConnectionAborted,
+                "the previous request's body was not read; closing",
+            )));
+        }
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
@@ -123,6 +163,9 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() >= MAX_HEADERS {
+                        return Err(ReadError::WrongHeader(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -153,6 +196,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.body_unread.clone(),
         )
         .map_err(|e| {
             use crate::request;
@@ -203,14 +247,14 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
+                Err(ReadError::ReadIoError(ref err))
+                    if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+                {
+                    // ollama-gateway: an idle keep-alive connection timed out. 0.12.0 wrote a
+                    // 408 here, which a client reusing the connection reads as the answer to
+                    // its next request (and which waits behind a long stream on the same
+                    // connection); close quietly instead, as nginx does.
+                    return None;
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
@@ -247,15 +291,13 @@ impl Iterator for ClientConnection {
 
             let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
 
+            // ollama-gateway: HTTP/1.0 keep-alive needs a Content-Length, and a live stream
+            // has none: it ends when the connection closes. Serve one request per HTTP/1.0
+            // connection, whatever its Connection header says.
             match lowercase {
                 Some(ref val) if val.contains("close") => self.no_more_requests = true,
                 Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+                _ if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
                 _ => (),
             };
 

@@ -5,7 +5,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::io::Result as IoResult;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -135,6 +138,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    body_unread: Arc<AtomicBool>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -212,13 +216,17 @@ where
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, _) = EqualReader::new(source_data, content_length, body_unread);
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        Box::new(UntilEof {
+            inner: FusedReader::new(Decoder::new(source_data)),
+            at_eof: false,
+            body_unread,
+        }) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -482,6 +490,32 @@ impl fmt::Debug for Request {
             "Request({} {} from {:?})",
             self.method, self.path, self.remote_addr
         )
+    }
+}
+
+/// ollama-gateway: a chunked body that marks its connection to close when it is dropped
+/// before its end, so the unread chunks are never parsed as a new request.
+struct UntilEof<R: Read> {
+    inner: R,
+    at_eof: bool,
+    body_unread: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for UntilEof<R> {
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        let read = self.inner.read(buf)?;
+        if read == 0 && !buf.is_empty() {
+            self.at_eof = true;
+        }
+        Ok(read)
+    }
+}
+
+impl<R: Read> Drop for UntilEof<R> {
+    fn drop(&mut self) {
+        if !self.at_eof {
+            self.body_unread.store(true, Ordering::Release);
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 use std::io::Read;
 use std::io::Result as IoResult;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
 /// If the limit is reached, it returns EOF. If the limit is not reached
-/// when the destructor is called, the remaining bytes will be read and
-/// thrown away.
+/// when the destructor is called, the connection is marked to close (see `Drop`).
 pub struct EqualReader<R>
 where
     R: Read,
@@ -15,19 +16,25 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    body_unread: Arc<AtomicBool>,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
+    pub fn new(
+        reader: R,
+        size: usize,
+        body_unread: Arc<AtomicBool>,
+    ) -> (EqualReader<R>, Receiver<IoResult<()>>) {
         let (tx, rx) = channel();
 
         let r = EqualReader {
             reader,
             size,
             last_read_signal: tx,
+            body_unread,
         };
 
         (r, rx)
@@ -64,29 +71,16 @@ where
     R: Read,
 {
     fn drop(&mut self) {
-        // ollama-gateway fix: the upstream code allocated `vec![0; remaining]` here, sized by
-        // the client's Content-Length, so one request declaring a huge body aborted the
-        // process. Drain through a fixed buffer, and give up past DRAIN_LIMIT: the
-        // connection then cannot be reused, and its next parse fails and closes it.
-        const DRAIN_LIMIT: usize = 1024 * 1024;
-        let mut remaining_to_read = self.size.min(DRAIN_LIMIT);
-        let mut buf = [0u8; 8 * 1024];
-
-        while remaining_to_read > 0 {
-            let want = remaining_to_read.min(buf.len());
-            match self.reader.read(&mut buf[..want]) {
-                Err(e) => {
-                    self.last_read_signal.send(Err(e)).ok();
-                    break;
-                }
-                Ok(0) => {
-                    self.last_read_signal.send(Ok(())).ok();
-                    break;
-                }
-                Ok(other) => {
-                    remaining_to_read -= other;
-                }
-            }
+        // ollama-gateway fix: 0.12.0 drained the unread rest of the body into
+        // `vec![0; remaining]`, sized by the client's Content-Length (one request declaring a
+        // huge body aborted the process), and a bounded drain lets the bytes after the limit
+        // be parsed as a new request. Instead, nothing is drained: the connection is marked
+        // so that it serves no further request and closes.
+        if self.size > 0 {
+            self.body_unread.store(true, Ordering::Release);
+            self.last_read_signal.send(Ok(())).ok();
+        } else {
+            self.last_read_signal.send(Ok(())).ok();
         }
     }
 }
@@ -103,7 +97,7 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
@@ -122,7 +116,7 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();
