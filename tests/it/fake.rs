@@ -355,3 +355,101 @@ pub fn healthy(recorded: &Recorded) -> FakeReply {
         FakeReply::ok(chat_answer("Hello"))
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A whole Ollama
+// ---------------------------------------------------------------------------------------
+
+/// The models [`ollama`] has, in the order `/api/tags` lists them. Its other endpoints
+/// answer 404 `model '<name>' not found` for any other name (`llama3.2` stands for
+/// `llama3.2:latest`, as in Ollama).
+pub const MODELS: [&str; 5] =
+    ["llama3.2:latest", "gpt-oss:20b", "qwen3:8b", "all-minilm:latest", "hf.co/org/model:Q4_K_M"];
+
+/// The `modified_at` (and `created_at`) [`ollama`] reports: Unix time 1_700_000_000.
+pub const MODIFIED_AT: &str = "2023-11-14T22:13:20Z";
+
+/// The vector [`ollama`] embeds the `i`-th input as: `[0.1, -0.2, 0.3]` (spec §6.2's
+/// example) shifted by `i`.
+pub fn embedding_of(i: usize) -> Vec<f64> {
+    let shift = i as f64;
+    vec![0.1 + shift, -0.2 + shift, 0.3 + shift]
+}
+
+/// The prompt tokens [`ollama`] counts per embedded input.
+pub const EMBED_TOKENS_PER_INPUT: u64 = 4;
+
+/// An `/api/tags` answer listing `names`.
+pub fn tags(names: &[&str]) -> Value {
+    let models: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            serde_json::json!({
+                "name": name, "model": name, "modified_at": MODIFIED_AT, "size": 1234, "digest": "sha256:0",
+                "details": {"format": "gguf", "family": "llama", "parameter_size": "3B"},
+            })
+        })
+        .collect();
+    serde_json::json!({ "models": models })
+}
+
+/// A native `/api/generate` line; the `done` one carries `done_reason: stop` and 5 prompt
+/// and 2 completion tokens.
+pub fn generate_line(model: &str, response: &str, done: bool) -> Value {
+    let mut line =
+        serde_json::json!({"model": model, "created_at": MODIFIED_AT, "response": response, "done": done});
+    if done {
+        line["done_reason"] = "stop".into();
+        line["context"] = serde_json::json!([1, 2, 3]);
+        line["prompt_eval_count"] = 5.into();
+        line["eval_count"] = 2.into();
+    }
+    line
+}
+
+/// A handler that answers like an Ollama holding [`MODELS`]: `/api/tags`, `/api/show`,
+/// `/api/chat` (`Hello`, streamed as `Hel`, `lo`), `/api/generate` (`Hi there`, streamed
+/// as `Hi`, ` there`, then an empty done line) and `/api/embed` (one [`embedding_of`] per
+/// input). Replies name the model asked for.
+pub fn ollama(recorded: &Recorded) -> FakeReply {
+    let model = recorded.model();
+    let known = MODELS.iter().any(|m| *m == model || m.strip_suffix(":latest") == Some(model));
+    let with_model = |mut line: Value| {
+        line["model"] = model.into();
+        line
+    };
+    match (recorded.method.as_str(), recorded.path.as_str()) {
+        ("GET", "/api/tags") => FakeReply::ok(tags(&MODELS)),
+        ("POST", "/api/show" | "/api/chat" | "/api/generate" | "/api/embed") if !known => {
+            FakeReply::error(404, &format!("model '{model}' not found"))
+        }
+        ("POST", "/api/show") => FakeReply::ok(serde_json::json!({
+            "modified_at": MODIFIED_AT,
+            "details": {"format": "gguf", "family": "llama"},
+            "capabilities": ["completion"],
+        })),
+        ("POST", "/api/chat") if recorded.wants_stream() => FakeReply::ndjson(
+            &[content_line("Hel"), content_line("lo"), done_line("stop", 3, 2)].map(with_model),
+        ),
+        ("POST", "/api/chat") => FakeReply::ok(with_model(chat_answer("Hello"))),
+        ("POST", "/api/generate") if recorded.wants_stream() => FakeReply::ndjson(&[
+            generate_line(model, "Hi", false),
+            generate_line(model, " there", false),
+            generate_line(model, "", true),
+        ]),
+        ("POST", "/api/generate") => FakeReply::ok(generate_line(model, "Hi there", true)),
+        ("POST", "/api/embed") => {
+            let inputs = match recorded.body().get("input") {
+                Some(Value::Array(inputs)) => inputs.len(),
+                _ => 1,
+            };
+            FakeReply::ok(serde_json::json!({
+                "model": model,
+                "embeddings": (0..inputs).map(embedding_of).collect::<Vec<_>>(),
+                "total_duration": 14143917,
+                "prompt_eval_count": EMBED_TOKENS_PER_INPUT * inputs as u64,
+            }))
+        }
+        _ => FakeReply::Text { status: 404, body: "404 page not found".to_string() },
+    }
+}

@@ -22,3 +22,9 @@ mod validation;
 mod cli;
 // Concurrency and capacity: many streams at once, a full queue, request logs.
 mod serving;
+// Completions, embeddings, models, probes, path aliases, 404/405, CORS, model aliases, allowlists.
+mod surface;
+// The official `openai` Python SDK driving the gateway (skipped when Python lacks it).
+mod sdk;
+// Bugs found in review, each pinned by the test that would have caught it.
+mod regression;

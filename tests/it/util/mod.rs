@@ -317,6 +317,14 @@ impl Gateway {
         JsonReply::from(request.send(body))
     }
 
+    /// `method path` over a fresh socket, the path sent exactly as written (`//v1/models`
+    /// stays so), with these headers and body, and `Connection: close`; the whole reply.
+    pub fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> JsonReply {
+        let mut all = headers.to_vec();
+        all.push(("Connection", "close"));
+        SseConn::request(&self.addr, method, path, &all, body).into_reply()
+    }
+
     /// Opens a streaming `POST /v1/chat/completions` as [`TOKEN`] over a raw socket.
     pub fn open_stream(&self, body: &Value) -> SseConn {
         SseConn::open(&self.addr, "/v1/chat/completions", Some(TOKEN), body)

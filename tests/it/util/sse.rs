@@ -40,23 +40,35 @@ impl SseConn {
 
     /// Sends `POST path` with these extra headers and body, and reads the response head.
     pub fn open_raw(addr: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> SseConn {
+        SseConn::request(addr, "POST", path, headers, body)
+    }
+
+    /// Sends `method path` byte for byte (nothing normalises the path, so `//v1/models`
+    /// arrives as written) with these extra headers and body, and reads the response head.
+    pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> SseConn {
         let stream = TcpStream::connect(addr).expect("connect to the gateway");
-        SseConn::send(stream, path, headers, body)
+        SseConn::send(stream, method, path, headers, body)
     }
 
     /// Sends `POST path` as [`super::TOKEN`] on an already connected socket, and reads
     /// the response head.
     pub fn post_on(stream: TcpStream, path: &str, body: &Value) -> SseConn {
         let auth = format!("Bearer {}", super::TOKEN);
-        SseConn::send(stream, path, &[("Authorization", auth.as_str())], body.to_string().as_bytes())
+        SseConn::send(stream, "POST", path, &[("Authorization", auth.as_str())], body.to_string().as_bytes())
     }
 
-    fn send(mut stream: TcpStream, path: &str, headers: &[(&str, &str)], body: &[u8]) -> SseConn {
+    fn send(
+        mut stream: TcpStream,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> SseConn {
         let addr = stream.peer_addr().expect("a connected socket");
         stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         stream.set_nodelay(true).unwrap();
         let mut head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
         for (name, value) in headers {

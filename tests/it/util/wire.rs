@@ -175,3 +175,78 @@ pub fn completion(reply: &JsonReply) -> Completion {
     assert_eq!(completion.object, "chat.completion");
     completion
 }
+
+/// A `text_completion`: the reply of `/v1/completions`, and each chunk of its stream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<TextChoice>,
+    pub usage: Option<Usage>,
+}
+
+/// `choices[i]` of a `text_completion`.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TextChoice {
+    pub text: String,
+    pub index: u32,
+    pub finish_reason: Option<String>,
+}
+
+/// The `/v1/embeddings` reply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// One vector of an [`EmbeddingList`]: numbers, or a base64 string.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedding {
+    pub object: String,
+    pub embedding: Value,
+    pub index: u32,
+}
+
+/// Token counts of an embeddings reply.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// The `/v1/models` reply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+/// A model object, in the list or alone (`/v1/models/{id}`).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub owned_by: String,
+}
+
+/// Decodes a 200 reply strictly as `T`.
+#[track_caller]
+pub fn decode<T: serde::de::DeserializeOwned>(reply: &JsonReply) -> T {
+    assert_eq!(reply.status, 200, "status; body: {}", reply.text);
+    serde_json::from_value(reply.body.clone())
+        .unwrap_or_else(|e| panic!("not a {} ({e}): {}", std::any::type_name::<T>(), reply.text))
+}
