@@ -17,8 +17,8 @@ use std::io::{self, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -50,37 +50,50 @@ impl Server {
     /// Serves until the process ends.
     pub fn run(self, gateway: Arc<Gateway>) {
         let config = &gateway.config.raw;
-        let (sender, receiver) = sync_channel::<tiny_http::Request>(config.queue_size);
+        // Requests taken but not finished: at most `workers` being served and `queue_size`
+        // waiting. Counting them (rather than sizing a channel) makes "full" exact: a
+        // worker between two requests still counts as free.
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let capacity = config.workers + config.queue_size;
+        let (sender, receiver) = channel::<tiny_http::Request>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..config.workers {
             let (gateway, receiver) = (Arc::clone(&gateway), Arc::clone(&receiver));
+            let in_flight = Arc::clone(&in_flight);
             let spawned = thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&receiver, &gateway));
+                .spawn(move || work(&receiver, &gateway, &in_flight));
             if let Err(err) = spawned {
                 log::error!("could not start worker {index} ({err}); serving with {index} workers");
                 break;
             }
         }
         for request in self.http.incoming_requests() {
-            match sender.try_send(request) {
-                Ok(()) => {}
-                Err(TrySendError::Full(request)) => {
-                    let error = ApiError::server(
-                        503,
-                        "the gateway is at capacity (every worker busy and the queue full); retry shortly",
-                    );
-                    log::warn!("{} {} 503 queue full", request.method(), path_of(request.url()));
-                    let origin = request.headers().iter().find(|h| h.field.equiv("Origin"));
-                    let origin = origin.map(|h| h.value.as_str());
-                    let headers = cors::headers(&config.cors.allow_origins, origin, None);
-                    let _ = request.respond(json_response(error.status, error.body(), headers, None));
+            if in_flight.fetch_add(1, Ordering::AcqRel) < capacity {
+                if sender.send(request).is_err() {
+                    break;
                 }
-                Err(TrySendError::Disconnected(_)) => break,
+                continue;
             }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            refuse_at_capacity(request, &config.cors.allow_origins);
         }
     }
+}
+
+/// Answers 503 on the dispatcher thread, without reading the body, and closes the
+/// connection (shedding load; the vendored tiny_http closes it after an unread body anyway).
+fn refuse_at_capacity(request: tiny_http::Request, allow_origins: &[String]) {
+    let error = ApiError::server(
+        503,
+        "the gateway is at capacity (every worker busy and the queue full); retry shortly",
+    );
+    log::warn!("{} {} 503 queue full", request.method(), path_of(request.url()));
+    let origin = request.headers().iter().find(|h| h.field.equiv("Origin")).map(|h| h.value.as_str());
+    let mut headers = cors::headers(allow_origins, origin, None);
+    headers.push(("Connection", "close".to_string()));
+    let _ = request.respond(json_response(error.status, error.body(), headers, None));
 }
 
 /// Sets options on the listening socket that Linux copies to every accepted socket
@@ -96,7 +109,7 @@ fn tune_listener(listener: TcpListener, client_timeout: Duration) -> io::Result<
     Ok(TcpListener::from(OwnedFd::from(stream)))
 }
 
-fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway) {
+fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway, in_flight: &AtomicUsize) {
     loop {
         let request = {
             let queue = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -109,6 +122,7 @@ fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway) {
         if catch_unwind(AssertUnwindSafe(|| serve_one(request, gateway))).is_err() {
             log::error!("a request handler panicked; the worker goes on");
         }
+        in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
