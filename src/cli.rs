@@ -179,13 +179,7 @@ fn show_keys(config_path: &Path) -> ExitCode {
         }
     }
     for duplicate in &parsed.duplicates {
-        out.push_str(&format!(
-            "{}:{}: duplicate of line {} in pool '{}', ignored\n",
-            keys_path.display(),
-            duplicate.line,
-            duplicate.first_line,
-            duplicate.pool
-        ));
+        out.push_str(&format!("{}: {duplicate}\n", keys_path.display()));
     }
     emit(&out);
     for error in &parsed.errors {
@@ -207,13 +201,7 @@ fn serve(config_path: &Path) -> ExitCode {
         }
     };
     for duplicate in &config.duplicate_keys {
-        log::warn!(
-            "{}:{}: duplicate of line {} in pool '{}', ignored",
-            config.keys_file.display(),
-            duplicate.line,
-            duplicate.first_line,
-            duplicate.pool
-        );
+        log::warn!("{}: {duplicate}", config.keys_file.display());
     }
     if config.raw.allow_anonymous {
         log::warn!(

@@ -111,8 +111,8 @@ impl Default for RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawToken {
-    /// Shown in logs instead of the token.
-    pub name: String,
+    /// Shown in logs instead of the token (with where it is written, for errors).
+    pub name: toml::Spanned<String>,
     /// SHA-256 of the token, 64 hex characters (`ollama-gateway token hash TOKEN`).
     #[serde(deserialize_with = "sha256_digest")]
     pub sha256: [u8; 32],
@@ -334,7 +334,11 @@ impl Config {
         let keys_file = dir.join(&raw.keys_file);
         let state_file = dir.join(&raw.state_file);
         let parsed = keys::load(&keys_file, &raw.upstream.base_url).map_err(|err| {
-            ConfigError::new(&keys_file, format!("cannot read the keys file named by keys_file: {err}"))
+            let hint = match err.kind() {
+                std::io::ErrorKind::NotFound => " (copy keys.example.txt to start, or set keys_file)",
+                _ => "",
+            };
+            ConfigError::new(&keys_file, format!("cannot read the keys file named by keys_file: {err}{hint}"))
         })?;
         Config::resolve(path, raw, keys_file, state_file, parsed, &text)
     }
@@ -359,44 +363,40 @@ impl Config {
             }
             return Err(error);
         }
-        let token_line = |name: &str| {
-            config_text
-                .lines()
-                .position(|line| key_on_line(line).as_deref() == Some("name") && line.contains(name))
-                .map(|index| index + 1)
-        };
+        let line_of =
+            |offset: usize| config_text.get(..offset).map(|before| before.matches('\n').count() + 1);
         let pools = parsed.pools();
         let mut tokens: Vec<Token> = Vec::with_capacity(raw.tokens.len());
         for raw_token in &raw.tokens {
+            let name = raw_token.name.get_ref();
             let fail = |message: String| ConfigError {
                 file: path.to_path_buf(),
-                line: token_line(&raw_token.name),
+                line: line_of(raw_token.name.span().start),
                 key: Some("tokens".to_string()),
                 message,
             };
-            if raw_token.name.trim().is_empty() {
+            if name.trim().is_empty() {
                 return Err(fail("a token has an empty name; names appear in logs instead of tokens".into()));
             }
-            if tokens.iter().any(|t| t.name == raw_token.name) {
-                return Err(fail(format!(
-                    "two tokens are named '{}'; give each its own name",
-                    raw_token.name
-                )));
+            if tokens.iter().any(|t| t.name == *name) {
+                return Err(fail(format!("two tokens are named '{name}'; give each its own name")));
             }
-            if tokens.iter().any(|t| secret::digest_eq(&t.digest, &raw_token.sha256)) {
-                return Err(fail(format!("token '{}' has the same sha256 as another token", raw_token.name)));
+            if let Some(other) = tokens.iter().find(|t| secret::digest_eq(&t.digest, &raw_token.sha256)) {
+                return Err(fail(format!(
+                    "tokens '{}' and '{name}' have the same sha256; give each client its own token",
+                    other.name
+                )));
             }
             if !pools.contains(&raw_token.pool.as_str()) {
                 return Err(fail(format!(
-                    "token '{}' draws from pool '{}', but {} has no keys in it (pools: {})",
-                    raw_token.name,
+                    "token '{name}' draws from pool '{}', but {} has no keys in it (pools: {})",
                     raw_token.pool,
                     keys_file.display(),
                     if pools.is_empty() { "none".to_string() } else { pools.join(", ") }
                 )));
             }
             tokens.push(Token {
-                name: raw_token.name.clone(),
+                name: name.clone(),
                 digest: raw_token.sha256,
                 pool: raw_token.pool.clone(),
                 models: raw_token.models.clone(),
