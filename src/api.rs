@@ -97,9 +97,10 @@ impl Reply {
         Reply::Full { status, body: value.to_string().into_bytes(), headers: Vec::new() }
     }
 
-    /// The OpenAI error envelope for `error`.
+    /// The OpenAI error envelope for `error` (with `Retry-After` when it says when).
     pub fn error(error: &ApiError) -> Reply {
-        Reply::Full { status: error.status, body: error.body(), headers: Vec::new() }
+        let headers = error.retry_after.map(|secs| ("Retry-After", secs.to_string())).into_iter().collect();
+        Reply::Full { status: error.status, body: error.body(), headers }
     }
 
     /// A stream of SSE events.
@@ -128,6 +129,8 @@ pub struct LogFields {
     pub model: Option<String>,
     /// What the relay did.
     pub trace: Trace,
+    /// Tokens of the reply, once known.
+    pub usage: Option<crate::translate::Usage>,
 }
 
 /// Who is asking, once authenticated: the pool to draw from and the models allowed.
@@ -286,6 +289,7 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
             message: format!("{} is not allowed on {path}; use {}", req.method, methods.join(" or ")),
             param: None,
             code: Some("method_not_allowed"),
+            retry_after: None,
         };
         return Err(Reply::Full { status: 405, body: error.body(), headers: allow() });
     }

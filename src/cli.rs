@@ -3,9 +3,10 @@
 //! Exit codes: 0 on success, 2 on a usage or config error (a bad flag, a bad line in
 //! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
 
+use crate::check;
 use crate::config::{Config, RawConfig, DEFAULT_CONFIG_PATH};
-use crate::gateway::Gateway;
 use crate::keys;
+use crate::live::{spawn_housekeeper, Live, Signals};
 use crate::secret::{self, sha256};
 use crate::server::Server;
 use std::io::Read;
@@ -23,6 +24,10 @@ ollama-gateway: an OpenAI-compatible gateway in front of Ollama and Ollama Cloud
 Usage:
   ollama-gateway [serve] [--config PATH]     serve the API (the default command)
   ollama-gateway keys [--config PATH]        show how keys.txt was read, keys masked
+  ollama-gateway check [--config PATH] [--json]
+                                             probe every key, update the state file; exit 0
+                                             when every pool has a usable key, 1 when one
+                                             has none, 2 on a config error (for cron)
   ollama-gateway token new [--name NAME]     make a new client token and its config entry
   ollama-gateway token hash TOKEN            print the sha256 of a token, for config.toml
   ollama-gateway --help | --version
@@ -43,6 +48,13 @@ pub enum Command {
     Keys {
         /// Config file path.
         config: PathBuf,
+    },
+    /// Probe every key and update the state file.
+    Check {
+        /// Config file path.
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        json: bool,
     },
     /// Make a new token.
     TokenNew {
@@ -81,6 +93,25 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
         return Ok(Command::Help);
     }
     match subcommand {
+        "check" => {
+            let mut config = None;
+            let mut json = false;
+            let mut rest = rest.iter();
+            while let Some(word) = rest.next() {
+                match *word {
+                    "--json" => json = true,
+                    "--config" => match rest.next() {
+                        Some(path) => config = Some(PathBuf::from(path)),
+                        None => return Err("--config needs a path".to_string()),
+                    },
+                    flag if flag.starts_with("--config=") => {
+                        config = Some(PathBuf::from(&flag["--config=".len()..]))
+                    }
+                    other => return Err(format!("unknown argument '{other}' for 'check'")),
+                }
+            }
+            Ok(Command::Check { config: config.unwrap_or_else(default_config), json })
+        }
         "serve" | "keys" => {
             let config = match rest.as_slice() {
                 [] => default_config(),
@@ -100,7 +131,7 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
             [other, ..] => Err(format!("unknown argument '{other}' for 'token' (expected 'new' or 'hash')")),
             [] => Err("token needs 'new' or 'hash'".to_string()),
         },
-        other => Err(format!("unknown command '{other}' (expected serve, keys or token)")),
+        other => Err(format!("unknown command '{other}' (expected serve, keys, check or token)")),
     }
 }
 
@@ -121,6 +152,7 @@ pub fn run(command: Command) -> ExitCode {
         }
         Command::TokenNew { name } => token_new(&name),
         Command::Keys { config } => show_keys(&config),
+        Command::Check { config, json } => check::run(&config, json),
         Command::Serve { config } => serve(&config),
     }
 }
@@ -233,7 +265,14 @@ fn serve(config_path: &Path) -> ExitCode {
         config.keys.len(),
         config.tokens.len()
     );
-    server.run(Arc::new(Gateway::new(config)));
+    let live = Live::new(config_path, config);
+    match Signals::register() {
+        Ok(signals) => spawn_housekeeper(Arc::clone(&live), signals),
+        Err(err) => {
+            log::error!("cannot watch signals ({err}); SIGHUP will not reload and SIGTERM will not save")
+        }
+    }
+    server.run(live);
     ExitCode::SUCCESS
 }
 
@@ -254,6 +293,8 @@ mod tests {
             ("--config /etc/g.toml", Command::Serve { config: config("/etc/g.toml") }),
             ("serve --config=a.toml", Command::Serve { config: config("a.toml") }),
             ("keys --config k.toml", Command::Keys { config: config("k.toml") }),
+            ("check", Command::Check { config: config("config.toml"), json: false }),
+            ("check --json --config c.toml", Command::Check { config: config("c.toml"), json: true }),
             ("token new", Command::TokenNew { name: "client".into() }),
             ("token new --name laptop", Command::TokenNew { name: "laptop".into() }),
             ("token hash sk-abc", Command::TokenHash { token: "sk-abc".into() }),

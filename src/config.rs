@@ -7,6 +7,7 @@
 //! Building agents, pools and threads from a [`Config`] is the server's business, not this
 //! module's.
 
+use crate::health::{Probe, ProbeKind};
 use crate::keys::{self, KeyEntry, ParsedKeys};
 use crate::secret;
 use crate::translate::ReasoningField;
@@ -56,6 +57,12 @@ pub struct RawConfig {
     /// Browser access (CORS).
     #[serde(default)]
     pub cors: RawCors,
+    /// How keys are checked.
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Per-pool settings, by keys.txt section name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
     /// Model names clients may use for other models: `"gpt-4o-mini" = "gpt-oss:20b"`.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
@@ -93,6 +100,52 @@ pub struct RawUpstream {
     /// How a pool spreads requests over its keys.
     #[serde(default)]
     pub strategy: Strategy,
+    /// How long a key whose quota is spent rests when the upstream names no window.
+    #[serde(default = "default_cooldown", deserialize_with = "cooldown")]
+    pub cooldown_secs: u64,
+    /// Upstream failures (5xx, connect, timeout) in a row before a key backs off.
+    #[serde(default = "default_failure_threshold", deserialize_with = "failure_threshold")]
+    pub failure_threshold: u32,
+}
+
+/// The `[health]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// How a key is probed: `usage`, `show` or `generate`.
+    #[serde(default)]
+    pub probe: ProbeKind,
+    /// The model `show` and `generate` probes ask about.
+    #[serde(default = "default_health_model")]
+    pub model: String,
+    /// Seconds between background checks of every key; 0: none.
+    #[serde(default)]
+    pub interval_secs: u64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth { probe: ProbeKind::default(), model: default_health_model(), interval_secs: 0 }
+    }
+}
+
+impl RawHealth {
+    /// The probe these settings describe.
+    pub fn probe(&self) -> Probe {
+        Probe { kind: self.probe, model: self.model.clone() }
+    }
+}
+
+fn default_health_model() -> String {
+    "gpt-oss:20b".to_string()
+}
+
+/// One `[pools.NAME]` table: settings of one keys.txt section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// This pool's strategy, instead of `[upstream] strategy`.
+    pub strategy: Option<Strategy>,
 }
 
 impl Default for RawUpstream {
@@ -103,6 +156,8 @@ impl Default for RawUpstream {
             idle_timeout_secs: default_idle_timeout(),
             max_attempts: default_max_attempts(),
             strategy: Strategy::default(),
+            cooldown_secs: default_cooldown(),
+            failure_threshold: default_failure_threshold(),
         }
     }
 }
@@ -168,6 +223,12 @@ fn default_idle_timeout() -> u64 {
 fn default_max_attempts() -> u32 {
     3
 }
+fn default_cooldown() -> u64 {
+    3600
+}
+fn default_failure_threshold() -> u32 {
+    3
+}
 fn default_pool() -> String {
     keys::DEFAULT_POOL.to_string()
 }
@@ -191,6 +252,12 @@ fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 /// A duration in seconds: at least 1, at most a day.
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     in_range(d, 1, 86_400)
+}
+fn cooldown<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(d, 1, 30 * 86_400)
+}
+fn failure_threshold<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 1, 1000).map(|v| v as u32)
 }
 fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     in_range(d, 1, u64::MAX)

@@ -24,6 +24,8 @@ const MAX_UPSTREAM_BODY: u64 = 256 * 1024 * 1024;
 /// A native request body with its model routed: alias resolved, allowlist checked, and a
 /// second spelling for Ollama Cloud when the name carries a local `-cloud` suffix.
 struct Routed {
+    /// The model upstream is asked for.
+    target: String,
     body: Vec<u8>,
     cloud_body: Option<Vec<u8>>,
     /// The name to report back when it differs from what upstream will say.
@@ -38,6 +40,7 @@ impl Routed {
             body: Some(&self.body),
             cloud_body: self.cloud_body.as_deref(),
             stream,
+            model: Some(&self.target),
         }
     }
 }
@@ -60,7 +63,7 @@ fn route_model(
         native.to_string().into_bytes()
     });
     let response_model = (requested != target || cloud_body.is_some()).then(|| requested.to_string());
-    Ok(Routed { body, cloud_body, response_model })
+    Ok(Routed { target: target.to_string(), body, cloud_body, response_model })
 }
 
 /// The model `requested` stands for, if `client` may use it.
@@ -83,6 +86,7 @@ fn check_model<'g>(
         ),
         param: Some("model".to_string()),
         code: Some("model_not_allowed"),
+        retry_after: None,
     })
 }
 
@@ -98,8 +102,7 @@ fn relay(
     request: Outgoing<'_>,
     log: &mut LogFields,
 ) -> Result<UpstreamResponse, ApiError> {
-    let max_attempts = gateway.config.raw.upstream.max_attempts;
-    relay::send(&gateway.agent, pool(gateway, client)?, max_attempts, request, &mut log.trace)
+    relay::send(gateway.relay(), pool(gateway, client)?, request, &mut log.trace)
 }
 
 fn reply_context(gateway: &Gateway, id_prefix: &str, routed: &Routed, include_usage: bool) -> ReplyContext {
@@ -130,7 +133,9 @@ pub fn chat_completions(
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(ChatStream::new(context))));
     }
-    Ok(Reply::json(200, &chat::from_ollama(&read_upstream_json(response.body)?, &context)))
+    let native = read_upstream_json(response.body)?;
+    log.usage = Some(chat::usage_of(&native));
+    Ok(Reply::json(200, &chat::from_ollama(&native, &context)))
 }
 
 /// `POST /v1/completions` → `POST /api/generate`.
@@ -148,7 +153,9 @@ pub fn completions(
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(CompletionStream::new(context))));
     }
-    Ok(Reply::json(200, &completions::from_ollama(&read_upstream_json(response.body)?, &context)))
+    let native = read_upstream_json(response.body)?;
+    log.usage = Some(chat::usage_of(&native));
+    Ok(Reply::json(200, &completions::from_ollama(&native, &context)))
 }
 
 /// `POST /v1/embeddings` → `POST /api/embed`.
@@ -163,6 +170,7 @@ pub fn embeddings(
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
     let response = relay(gateway, client, routed.outgoing("/api/embed", false), log)?;
     let native = read_upstream_json(response.body)?;
+    log.usage = Some(chat::usage_of(&native));
     Ok(Reply::json(200, &embeddings::from_ollama(&native, &request.model, request.encoding)?))
 }
 

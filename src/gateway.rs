@@ -1,12 +1,16 @@
-//! The running gateway's shared state: config, pools, the upstream agent.
+//! One generation of the running gateway: config, pools and the upstream agent, shared
+//! read-only by the workers through an `Arc`, and replaced whole on a reload.
 //!
-//! Built once from a [`Config`] and shared read-only by every worker through an `Arc`.
-//! Per-key counters and cooldowns, when they come, live in the pools.
+//! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
+//! was learnt about a key survives a reload (and, through the state file, a restart).
 
 use crate::config::Config;
-use crate::pool::Pool;
+use crate::keystate::Policy;
+use crate::pool::{KeyStore, Pool};
+use crate::relay::Relay;
 use crate::upstream;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Everything a request handler needs.
@@ -17,13 +21,15 @@ pub struct Gateway {
     pub agent: ureq::Agent,
     /// Pools by name.
     pub pools: HashMap<String, Pool>,
+    /// Every key's state, shared across reloads.
+    pub store: Arc<KeyStore>,
     /// When the gateway started.
     pub started: Instant,
 }
 
 impl Gateway {
-    /// Builds pools and the agent from a loaded config.
-    pub fn new(config: Config) -> Gateway {
+    /// Builds pools and the agent from a loaded config, over the shared key states.
+    pub fn new(config: Config, store: Arc<KeyStore>, started: Instant) -> Gateway {
         let upstream = &config.raw.upstream;
         let agent = upstream::agent(
             Duration::from_secs(upstream.connect_timeout_secs),
@@ -32,10 +38,28 @@ impl Gateway {
         );
         let mut pools = HashMap::new();
         for entry in &config.keys {
-            pools
-                .entry(entry.pool.clone())
-                .or_insert_with(|| Pool::new(&entry.pool, config.pool_keys(&entry.pool), upstream.strategy));
+            pools.entry(entry.pool.clone()).or_insert_with(|| {
+                let strategy =
+                    config.raw.pools.get(&entry.pool).and_then(|p| p.strategy).unwrap_or(upstream.strategy);
+                Pool::new(&entry.pool, config.pool_keys(&entry.pool), strategy)
+            });
         }
-        Gateway { config, agent, pools, started: Instant::now() }
+        Gateway { config, agent, pools, store, started }
+    }
+
+    /// How failures are judged.
+    pub fn policy(&self) -> Policy {
+        let upstream = &self.config.raw.upstream;
+        Policy { cooldown_secs: upstream.cooldown_secs, failure_threshold: upstream.failure_threshold }
+    }
+
+    /// The relay settings for one request.
+    pub fn relay(&self) -> Relay<'_> {
+        Relay {
+            agent: &self.agent,
+            store: &self.store,
+            policy: self.policy(),
+            max_attempts: self.config.raw.upstream.max_attempts,
+        }
     }
 }

@@ -11,17 +11,22 @@
 
 pub mod api;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod endpoints;
 pub mod gateway;
+pub mod health;
 pub mod keys;
+pub mod keystate;
+pub mod live;
 pub mod model_policy;
 pub mod pool;
 pub mod relay;
 pub mod secret;
 pub mod server;
 pub mod sse;
+pub mod statefile;
 pub mod translate;
 pub mod upstream;

@@ -1,13 +1,94 @@
-//! Key pools: which upstream keys a request may use, and in what order to try them.
+//! Key pools and the store of key states: which keys a request may use, in what order.
 //!
 //! A [`Pool`] is one keys.txt section. For each request it hands out an attempt order of
-//! distinct keys, starting where the [`Strategy`] says, so load spreads over the pool and a
-//! failing key is followed by the next one. Sending requests and judging answers is
-//! `relay`'s job; this module never does IO.
+//! distinct keys that are usable now (not invalid, not resting after a spent quota or a
+//! back-off, not locked out of the model), starting where the [`Strategy`] says. The
+//! [`KeyStore`] holds every key's [`KeyState`] by key id, shared by all pools and kept
+//! across config reloads. Sending requests and judging answers is `relay`'s job.
 
 use crate::config::Strategy;
 use crate::keys::KeyEntry;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::keystate::{key_id, KeyState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Every key's state, by [`key_id`].
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    states: Mutex<BTreeMap<String, KeyState>>,
+    dirty: AtomicBool,
+}
+
+impl KeyStore {
+    /// A store starting from `states` (as read from the state file).
+    pub fn new(states: BTreeMap<String, KeyState>) -> KeyStore {
+        KeyStore { states: Mutex::new(states), dirty: AtomicBool::new(false) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, KeyState>> {
+        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes one key's state.
+    pub fn update<R>(&self, id: &str, change: impl FnOnce(&mut KeyState) -> R) -> R {
+        let result = change(self.lock().entry(id.to_string()).or_default());
+        self.dirty.store(true, Ordering::Release);
+        result
+    }
+
+    /// One key's state (default when unknown).
+    pub fn get(&self, id: &str) -> KeyState {
+        self.lock().get(id).cloned().unwrap_or_default()
+    }
+
+    /// A copy of every state, for saving.
+    pub fn snapshot(&self) -> BTreeMap<String, KeyState> {
+        self.lock().clone()
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Forgets keys that are no longer in keys.txt.
+    pub fn retain(&self, ids: &BTreeSet<String>) {
+        let mut states = self.lock();
+        let before = states.len();
+        states.retain(|id, _| ids.contains(id));
+        if states.len() != before {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes the health of keys that changed more recently in `other` (the state file, as
+    /// `ollama-gateway check` left it); counters stay this process's.
+    pub fn merge_newer(&self, other: BTreeMap<String, KeyState>) {
+        let mut states = self.lock();
+        for (id, theirs) in other {
+            let ours = states.entry(id).or_default();
+            if theirs.changed_at > ours.changed_at {
+                ours.state = theirs.state;
+                ours.until = theirs.until;
+                ours.last_error = theirs.last_error;
+                ours.model_cooldowns = theirs.model_cooldowns;
+                ours.consecutive_failures = theirs.consecutive_failures;
+                ours.backoff_level = theirs.backoff_level;
+                ours.changed_at = theirs.changed_at;
+            }
+        }
+    }
+}
+
+/// Why a pool has no key to offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUnavailable {
+    /// When the first key frees up on its own (none when every key is invalid).
+    pub soonest: Option<u64>,
+    /// What holds the keys back, in words ("2 quota spent, 1 invalid").
+    pub reasons: String,
+}
 
 /// One pool of upstream keys.
 #[derive(Debug)]
@@ -16,6 +97,8 @@ pub struct Pool {
     pub name: String,
     /// Its keys, in keys.txt order.
     pub keys: Vec<KeyEntry>,
+    /// Their ids in the key store.
+    pub ids: Vec<String>,
     strategy: Strategy,
     next: AtomicUsize,
 }
@@ -23,35 +106,64 @@ pub struct Pool {
 impl Pool {
     /// A pool over `keys` (which must all belong to it).
     pub fn new(name: &str, keys: Vec<KeyEntry>, strategy: Strategy) -> Pool {
-        Pool { name: name.to_string(), keys, strategy, next: AtomicUsize::new(0) }
+        let ids = keys.iter().map(|k| key_id(&k.base_url, k.key.as_ref())).collect();
+        Pool { name: name.to_string(), keys, ids, strategy, next: AtomicUsize::new(0) }
     }
 
-    /// Indices into [`Pool::keys`] to try for one request, at most `max_attempts` and each
-    /// key at most once.
-    pub fn attempt_order(&self, max_attempts: usize) -> Vec<usize> {
+    /// Indices into [`Pool::keys`] to try for one request: keys usable for `model` at `now`,
+    /// at most `max_attempts`, each once, in strategy order. A key known to be unusable is
+    /// never offered, so no attempt is spent on it.
+    pub fn attempt_order(
+        &self,
+        max_attempts: usize,
+        model: Option<&str>,
+        store: &KeyStore,
+        now: u64,
+    ) -> Result<Vec<usize>, PoolUnavailable> {
         let count = self.keys.len();
-        if count == 0 {
-            return Vec::new();
-        }
-        let take = max_attempts.min(count);
-        match self.strategy {
+        let order: Vec<usize> = match self.strategy {
             Strategy::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-                (0..take).map(|offset| (start + offset) % count).collect()
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % count.max(1);
+                (0..count).map(|offset| (start + offset) % count).collect()
             }
             Strategy::Random => {
                 let mut order: Vec<usize> = (0..count).collect();
                 fastrand::shuffle(&mut order);
-                order.truncate(take);
                 order
             }
+        };
+        let mut usable = Vec::with_capacity(max_attempts.min(count));
+        let mut soonest: Option<u64> = None;
+        let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for index in order {
+            match store.get(&self.ids[index]).available(model, now) {
+                Ok(()) if usable.len() < max_attempts => usable.push(index),
+                Ok(()) => {}
+                Err(why) => {
+                    *reasons.entry(why.reason).or_default() += 1;
+                    if let Some(until) = why.until {
+                        soonest = Some(soonest.map_or(until, |s| s.min(until)));
+                    }
+                }
+            }
         }
+        if usable.is_empty() {
+            let reasons = match reasons.is_empty() {
+                true => "no keys".to_string(),
+                false => reasons.iter().map(|(why, n)| format!("{n} {why}")).collect::<Vec<_>>().join(", "),
+            };
+            return Err(PoolUnavailable { soonest, reasons });
+        }
+        Ok(usable)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keystate::{Failure, Policy};
+
+    const NOW: u64 = 1_700_000_000;
 
     fn pool(size: usize, strategy: Strategy) -> Pool {
         let keys = (0..size)
@@ -65,43 +177,93 @@ mod tests {
         Pool::new("default", keys, strategy)
     }
 
+    fn order(pool: &Pool, max: usize, store: &KeyStore) -> Vec<usize> {
+        pool.attempt_order(max, Some("m"), store, NOW).unwrap()
+    }
+
     #[test]
     fn round_robin_starts_each_request_at_the_next_key() {
-        let pool = pool(3, Strategy::RoundRobin);
-        assert_eq!(pool.attempt_order(3), vec![0, 1, 2]);
-        assert_eq!(pool.attempt_order(3), vec![1, 2, 0]);
-        assert_eq!(pool.attempt_order(2), vec![2, 0]);
-        assert_eq!(pool.attempt_order(5), vec![0, 1, 2], "never more attempts than keys");
+        let (pool, store) = (pool(3, Strategy::RoundRobin), KeyStore::default());
+        assert_eq!(order(&pool, 3, &store), vec![0, 1, 2]);
+        assert_eq!(order(&pool, 3, &store), vec![1, 2, 0]);
+        assert_eq!(order(&pool, 2, &store), vec![2, 0]);
+        assert_eq!(order(&pool, 5, &store), vec![0, 1, 2], "never more attempts than keys");
     }
 
     #[test]
     fn round_robin_spreads_first_attempts_evenly() {
-        let pool = pool(4, Strategy::RoundRobin);
+        let (pool, store) = (pool(4, Strategy::RoundRobin), KeyStore::default());
         let mut firsts = [0usize; 4];
         for _ in 0..4000 {
-            firsts[pool.attempt_order(3)[0]] += 1;
+            firsts[order(&pool, 3, &store)[0]] += 1;
         }
         assert_eq!(firsts, [1000; 4]);
     }
 
     #[test]
     fn random_order_has_distinct_keys_and_reaches_every_key() {
-        let pool = pool(4, Strategy::Random);
+        let (pool, store) = (pool(4, Strategy::Random), KeyStore::default());
         let mut seen_first = [false; 4];
         for _ in 0..400 {
-            let order = pool.attempt_order(3);
-            assert_eq!(order.len(), 3);
-            let mut sorted = order.clone();
-            sorted.sort();
-            sorted.dedup();
-            assert_eq!(sorted.len(), 3, "{order:?}");
+            let order = order(&pool, 3, &store);
+            let distinct: BTreeSet<usize> = order.iter().copied().collect();
+            assert_eq!((order.len(), distinct.len()), (3, 3), "{order:?}");
             seen_first[order[0]] = true;
         }
         assert_eq!(seen_first, [true; 4]);
     }
 
     #[test]
-    fn an_empty_pool_offers_nothing() {
-        assert!(pool(0, Strategy::RoundRobin).attempt_order(3).is_empty());
+    fn unusable_keys_are_never_offered() {
+        let (pool, store) = (pool(3, Strategy::RoundRobin), KeyStore::default());
+        let policy = Policy::default();
+        store.update(&pool.ids[1], |s| {
+            s.record_failure(&Failure::Exhausted { until: NOW + 60 }, None, "", NOW, &policy)
+        });
+        for _ in 0..6 {
+            assert!(!order(&pool, 3, &store).contains(&1));
+        }
+        store.update(&pool.ids[0], |s| s.record_failure(&Failure::ModelLocked, Some("m"), "", NOW, &policy));
+        assert_eq!(order(&pool, 3, &store), vec![2], "key 0 is locked out of model m only");
+        assert_eq!(pool.attempt_order(3, Some("other"), &store, NOW).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_exhausted_pool_says_when_and_why() {
+        let (pool, store) = (pool(3, Strategy::RoundRobin), KeyStore::default());
+        let policy = Policy::default();
+        store.update(&pool.ids[0], |s| {
+            s.record_failure(&Failure::Exhausted { until: NOW + 90 }, None, "", NOW, &policy)
+        });
+        store.update(&pool.ids[1], |s| {
+            s.record_failure(&Failure::Exhausted { until: NOW + 30 }, None, "", NOW, &policy)
+        });
+        store.update(&pool.ids[2], |s| s.record_failure(&Failure::Invalid, None, "", NOW, &policy));
+        let why = pool.attempt_order(3, None, &store, NOW).unwrap_err();
+        assert_eq!(why.soonest, Some(NOW + 30));
+        assert_eq!(why.reasons, "1 invalid, 2 quota spent");
+        assert!(pool.attempt_order(3, None, &store, NOW + 30).is_ok(), "free again when the window ends");
+    }
+
+    #[test]
+    fn merging_takes_the_newer_health_and_keeps_counters() {
+        let store = KeyStore::default();
+        store.update("a", |s| {
+            s.requests = 10;
+            s.changed_at = 5;
+        });
+        let mut file = BTreeMap::new();
+        file.insert(
+            "a".to_string(),
+            KeyState {
+                state: crate::keystate::Health::Invalid,
+                changed_at: 9,
+                requests: 1,
+                ..KeyState::default()
+            },
+        );
+        store.merge_newer(file);
+        let merged = store.get("a");
+        assert_eq!((merged.state, merged.requests), (crate::keystate::Health::Invalid, 10));
     }
 }

@@ -1,33 +1,71 @@
-//! Failover: one request tried on the keys of a pool until one answers.
+//! Failover: one request tried on the usable keys of a pool until one answers.
 //!
-//! [`send`] walks the pool's attempt order. An attempt that fails before anything was
-//! sent to the client (connect error, timeout, 401, 403, 408, 429, 5xx) moves on to the next
-//! key, up to `max_attempts`; a 400, 404 or other client error goes straight back, because
-//! the request is wrong, not the key. After the last attempt the last error is answered.
+//! [`send`] walks the pool's attempt order, which holds only keys usable now. Each answer
+//! is read into a [`Failure`] class and recorded in the key's state: a revoked key is set
+//! aside, a spent quota rests until its window ends, transient trouble backs off. An
+//! attempt that fails before anything was sent to the client moves on to the next key, up
+//! to `max_attempts` upstream requests in all (no retries hide underneath); a 400 or 404
+//! goes straight back, because the request is wrong, not the key. When no key is usable the
+//! client gets a 429 saying why and when the first key frees up.
 
 use crate::keys::KeyEntry;
+use crate::keystate::{self, Failure, Policy};
 use crate::model_policy;
-use crate::pool::Pool;
+use crate::pool::{KeyStore, Pool, PoolUnavailable};
 use crate::sse;
-use crate::translate::errors::ApiError;
+use crate::translate::errors::{upstream_message, ApiError};
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 use std::io::{BufReader, Cursor, Read};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// What the relay did, for the request log.
+/// What the relay did, for the request log and token accounting.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
     /// Upstream requests made.
     pub attempts: u32,
     /// The masked label of the key that answered last.
     pub key: Option<String>,
+    /// The store id of the key that answered.
+    pub key_id: Option<String>,
+}
+
+/// Where and how to relay: the agent, the key states, and the failover settings.
+#[derive(Clone, Copy)]
+pub struct Relay<'a> {
+    /// The shared upstream agent.
+    pub agent: &'a ureq::Agent,
+    /// Every key's state.
+    pub store: &'a KeyStore,
+    /// How failures are judged.
+    pub policy: Policy,
+    /// Upstream requests allowed for one client request.
+    pub max_attempts: u32,
+}
+
+/// The current time in Unix seconds.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The failure class of an upstream error.
+pub fn failure_of(error: &UpstreamError, now: u64, policy: &Policy) -> Failure {
+    match error {
+        UpstreamError::Status { status, body, retry_after } => keystate::classify(
+            Some(*status),
+            &upstream_message(body),
+            *retry_after,
+            now,
+            policy.cooldown_secs,
+        ),
+        UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Protocol(_) => {
+            Failure::Trouble
+        }
+    }
 }
 
 /// Whether another key might succeed where this one failed.
 pub fn should_fail_over(error: &UpstreamError) -> bool {
-    match error {
-        UpstreamError::Status { status, .. } => matches!(status, 401 | 402 | 403 | 408 | 429 | 500..=599),
-        UpstreamError::Timeout(_) | UpstreamError::Connect(_) | UpstreamError::Protocol(_) => true,
-    }
+    failure_of(error, 0, &Policy::default()) != Failure::Request
 }
 
 /// The answer a client gets for an upstream failure.
@@ -64,17 +102,19 @@ pub struct Outgoing<'a> {
     /// The answer is an NDJSON stream: its first line is read before the attempt counts as
     /// a success, so an error there still fails over (nothing has reached the client yet).
     pub stream: bool,
+    /// The model asked of upstream, for keys whose plan lacks it.
+    pub model: Option<&'a str>,
 }
 
 impl<'a> Outgoing<'a> {
     /// A request without a body.
     pub fn get(path: &'a str) -> Outgoing<'a> {
-        Outgoing { method: "GET", path, body: None, cloud_body: None, stream: false }
+        Outgoing { method: "GET", path, body: None, cloud_body: None, stream: false, model: None }
     }
 
     /// A POST of a JSON body.
     pub fn post(path: &'a str, body: &'a [u8]) -> Outgoing<'a> {
-        Outgoing { method: "POST", path, body: Some(body), cloud_body: None, stream: false }
+        Outgoing { method: "POST", path, body: Some(body), cloud_body: None, stream: false, model: None }
     }
 
     fn body_for(&self, entry: &KeyEntry) -> Option<&'a [u8]> {
@@ -85,30 +125,42 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// Sends `request` on the pool's keys in turn until one gives a 2xx answer.
+/// Sends `request` on the pool's usable keys in turn until one gives a 2xx answer.
 pub fn send(
-    agent: &ureq::Agent,
+    relay: Relay<'_>,
     pool: &Pool,
-    max_attempts: u32,
     request: Outgoing<'_>,
     trace: &mut Trace,
 ) -> Result<UpstreamResponse, ApiError> {
+    let now = now();
+    let order = pool
+        .attempt_order(relay.max_attempts as usize, request.model, relay.store, now)
+        .map_err(|why| pool_unavailable(pool, &why, now))?;
     let mut last_error = None;
-    for index in pool.attempt_order(max_attempts as usize) {
-        let entry: &KeyEntry = &pool.keys[index];
+    for index in order {
+        let (entry, id): (&KeyEntry, &str) = (&pool.keys[index], &pool.ids[index]);
         trace.attempts += 1;
         trace.key = Some(entry.label());
-        let sent = upstream::send(agent, entry, request.method, request.path, request.body_for(entry));
+        trace.key_id = Some(id.to_string());
+        relay.store.update(id, |state| state.record_attempt(now));
+        let sent = upstream::send(relay.agent, entry, request.method, request.path, request.body_for(entry));
         let sent = match sent {
             Ok(response) if request.stream => first_line_checked(response),
             other => other,
         };
         match sent {
-            Ok(response) => return Ok(response),
+            Ok(response) => {
+                relay.store.update(id, |state| state.record_success(now));
+                return Ok(response);
+            }
             Err(error) => {
-                let fail_over = should_fail_over(&error);
-                log::warn!("pool '{}': {} failed: {error}", pool.name, entry.label());
-                if !fail_over {
+                let failure = failure_of(&error, now, &relay.policy);
+                let text = error.to_string();
+                relay.store.update(id, |state| {
+                    state.record_failure(&failure, request.model, &text, now, &relay.policy)
+                });
+                log::warn!("pool '{}': {} failed ({failure:?}): {error}", pool.name, entry.label());
+                if failure == Failure::Request {
                     return Err(to_api_error(&error));
                 }
                 last_error = Some(error);
@@ -129,6 +181,38 @@ pub fn send(
             ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name))
         }
     })
+}
+
+/// The 429 for a pool with no usable key: what holds the keys back and when one frees up.
+fn pool_unavailable(pool: &Pool, why: &PoolUnavailable, now: u64) -> ApiError {
+    let (message, retry_after) = match why.soonest {
+        Some(until) => {
+            let wait = until.saturating_sub(now).max(1);
+            (
+                format!(
+                    "no upstream key of pool '{}' is usable now ({}); the first one frees up in {} s",
+                    pool.name, why.reasons, wait
+                ),
+                Some(wait),
+            )
+        }
+        None => (
+            format!(
+                "no upstream key of pool '{}' is usable ({}), and none frees up on its own: the gateway \
+                 operator should fix keys.txt or run `ollama-gateway check`",
+                pool.name, why.reasons
+            ),
+            None,
+        ),
+    };
+    ApiError {
+        status: 429,
+        kind: "rate_limit_error",
+        message,
+        param: None,
+        code: Some("rate_limit_exceeded"),
+        retry_after,
+    }
 }
 
 /// Reads a stream's first line: an `{"error":…}` there (a model that fails at once) or an

@@ -10,9 +10,10 @@
 use crate::api::{self, LogFields, Reply, Req, StreamReply};
 use crate::cors;
 use crate::gateway::Gateway;
+use crate::live::Live;
 use crate::sse::{self, LiveWriter};
 use crate::translate::errors::ApiError;
-use crate::translate::Flow;
+use crate::translate::{Flow, Usage};
 use std::io::{self, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -47,9 +48,11 @@ impl Server {
         self.addr
     }
 
-    /// Serves until the process ends.
-    pub fn run(self, gateway: Arc<Gateway>) {
-        let config = &gateway.config.raw;
+    /// Serves until the process ends. `listen`, `workers` and `queue_size` are read once
+    /// here; everything else follows the current generation of `live`, request by request.
+    pub fn run(self, live: Arc<Live>) {
+        let first = live.current();
+        let config = &first.config.raw;
         // Requests taken but not finished: at most `workers` being served and `queue_size`
         // waiting. Counting them (rather than sizing a channel) makes "full" exact: a
         // worker between two requests still counts as free.
@@ -58,12 +61,12 @@ impl Server {
         let (sender, receiver) = channel::<tiny_http::Request>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..config.workers {
-            let (gateway, receiver) = (Arc::clone(&gateway), Arc::clone(&receiver));
+            let (live, receiver) = (Arc::clone(&live), Arc::clone(&receiver));
             let in_flight = Arc::clone(&in_flight);
             let spawned = thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&receiver, &gateway, &in_flight));
+                .spawn(move || work(&receiver, &live, &in_flight));
             if let Err(err) = spawned {
                 log::error!("could not start worker {index} ({err}); serving with {index} workers");
                 break;
@@ -109,7 +112,7 @@ fn tune_listener(listener: TcpListener, client_timeout: Duration) -> io::Result<
     Ok(TcpListener::from(OwnedFd::from(stream)))
 }
 
-fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway, in_flight: &AtomicUsize) {
+fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, live: &Live, in_flight: &AtomicUsize) {
     loop {
         let request = {
             let queue = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -119,7 +122,9 @@ fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, gateway: &Gateway, in_fl
             }
         };
         // A panic in one request must cost that request, not the worker.
-        if catch_unwind(AssertUnwindSafe(|| serve_one(request, gateway))).is_err() {
+        // Each request keeps the generation it started with, through a reload.
+        let gateway = live.current();
+        if catch_unwind(AssertUnwindSafe(|| serve_one(request, &gateway))).is_err() {
             log::error!("a request handler panicked; the worker goes on");
         }
         in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -166,10 +171,23 @@ fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
             let _ = request.respond(json_response(status, body, headers, Some(&id)));
             (status, "")
         }
-        Reply::Stream(stream) => (200, write_stream(request, stream, http10, close, &id)),
+        Reply::Stream(stream) => {
+            let (note, usage) = write_stream(request, stream, http10, close, &id);
+            log.usage = usage;
+            (200, note)
+        }
+    };
+    let tokens = match log.usage {
+        Some(usage) => {
+            if let Some(key) = &log.trace.key_id {
+                gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
+            }
+            format!(" tokens={}+{}", usage.prompt, usage.completion)
+        }
+        None => String::new(),
     };
     log::info!(
-        "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{note}",
+        "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
         req.method,
         req.path(),
         log.token.as_deref().unwrap_or("-"),
@@ -240,19 +258,20 @@ fn json_response(
     response
 }
 
-/// Relays a stream to the client line by line; returns a note for the log line.
+/// Relays a stream to the client line by line; returns a note for the log line and the
+/// reply's token counts when it finished.
 fn write_stream(
     request: tiny_http::Request,
     stream: StreamReply,
     http10: bool,
     close: bool,
     id: &str,
-) -> &'static str {
+) -> (&'static str, Option<Usage>) {
     let StreamReply { content_type, mut headers, upstream, mut translator } = stream;
     headers.push(("X-Request-Id", id.to_string()));
     let mut writer = match LiveWriter::start(request.into_writer(), http10, close, content_type, &headers) {
         Ok(writer) => writer,
-        Err(_) => return " client gone before the stream started",
+        Err(_) => return (" client gone before the stream started", None),
     };
     let mut upstream = BufReader::with_capacity(16 * 1024, upstream);
     let (mut line, mut out) = (Vec::new(), Vec::new());
@@ -278,7 +297,7 @@ fn write_stream(
         if writer.send(&out).is_err() {
             // The client went away: dropping the upstream reader closes that connection,
             // which stops the generation (and its token spend) upstream.
-            return " client disconnected mid-stream";
+            return (" client disconnected mid-stream", translator.usage());
         }
         if flow == Flow::Done {
             break;
@@ -296,5 +315,5 @@ fn write_stream(
     if finished {
         let _ = io::copy(&mut upstream.take(64 * 1024), &mut io::sink());
     }
-    note
+    (note, translator.usage())
 }

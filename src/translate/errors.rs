@@ -21,6 +21,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// A machine-readable code (`invalid_api_key`, `model_not_found`, ...).
     pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             message: message.into(),
             param: param.map(str::to_string),
             code: None,
+            retry_after: None,
         }
     }
 
@@ -43,12 +46,20 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         }
     }
 
     /// A 404 for a route the gateway does not serve.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: 404, kind: "not_found_error", message: message.into(), param: None, code: None }
+        ApiError {
+            status: 404,
+            kind: "not_found_error",
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// A 413 for a request body over `max_body_bytes`.
@@ -61,12 +72,20 @@ impl ApiError {
             ),
             param: None,
             code: Some("request_too_large"),
+            retry_after: None,
         }
     }
 
     /// A 5xx `api_error` with our own message.
     pub fn server(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError { status, kind: "api_error", message: message.into(), param: None, code: None }
+        ApiError {
+            status,
+            kind: "api_error",
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// The error of an upstream answer with a non-success status, its body read as
@@ -91,7 +110,7 @@ impl ApiError {
             429 => ("rate_limit_error", Some("rate_limit_exceeded")),
             _ => ("api_error", None),
         };
-        ApiError { status, kind, message, param: None, code }
+        ApiError { status, kind, message, param: None, code, retry_after: None }
     }
 
     /// The envelope as a JSON value.

@@ -765,8 +765,8 @@ fn upstream_errors_keep_their_status_and_get_openai_types_on_every_endpoint() {
         ("GET", "/v1/models/llama3.2", None),
         ("GET", "/v1/models", None),
     ];
-    // (upstream answer, status, type, code, how many of `requests` name a model)
-    type Case = (fn() -> FakeReply, u16, &'static str, Option<&'static str>, usize);
+    // (upstream answer, status, type, code, how many of `requests` to send, upstream calls)
+    type Case = (fn() -> FakeReply, u16, &'static str, Option<&'static str>, usize, usize);
     let cases: [Case; 2] = [
         (
             || FakeReply::error(429, "you have reached your session usage limit"),
@@ -774,6 +774,9 @@ fn upstream_errors_keep_their_status_and_get_openai_types_on_every_endpoint() {
             "rate_limit_error",
             Some("rate_limit_exceeded"),
             4,
+            // The first answer spends the key's quota: later requests are refused by the
+            // gateway itself, without spending an attempt on a key known to be exhausted.
+            1,
         ),
         (
             || FakeReply::error(404, "model 'llama3.2' not found"),
@@ -781,9 +784,10 @@ fn upstream_errors_keep_their_status_and_get_openai_types_on_every_endpoint() {
             "not_found_error",
             Some("model_not_found"),
             3,
+            3,
         ),
     ];
-    for (answer, status, kind, code, count) in cases {
+    for (answer, status, kind, code, count, calls) in cases {
         // The pool has one key: there is nothing to fail over to.
         let fake = Fake::start(move |_| answer());
         let gateway = gateway_over(&fake);
@@ -796,12 +800,20 @@ fn upstream_errors_keep_their_status_and_get_openai_types_on_every_endpoint() {
                 error.message
             );
         }
-        eqnice!(count, fake.count(), "one attempt each on the only key");
+        eqnice!(calls, fake.count(), "upstream calls on the only key");
     }
 
     let gateway = Gateway::with_keys(&format!("{}|{KEY_A}\n", dead_url()));
-    for (method, path, body) in &requests {
+    let (last, first) = requests.split_last().expect("requests");
+    for (method, path, body) in first {
         let error = assert_envelope(&send(&gateway, method, path, Some(TOKEN), body.as_ref()), 502);
         eqnice!("api_error", error.kind, "{method} {path}: {}", error.message);
     }
+    // Three failures in a row (failure_threshold) and the only key backs off: the pool is
+    // then unavailable, which is a 429 saying when to come back.
+    let (method, path, body) = last;
+    let reply = send(&gateway, method, path, Some(TOKEN), body.as_ref());
+    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+    let error = assert_envelope(&reply, 429);
+    assert!(error.message.contains("backing off"), "{}", error.message);
 }

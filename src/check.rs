@@ -1,0 +1,203 @@
+//! `ollama-gateway check`: probe every key once, record the results, report, exit.
+//!
+//! Meant for cron. Every key of keys.txt is probed in parallel (at most [`PARALLEL`] at
+//! once) as `[health]` says; the results go into the state file, where a running gateway
+//! picks them up within seconds; a table (or `--json`) says what was found. Exit codes: 0
+//! when every pool has at least one usable key, 1 when some pool has none, 2 on a config
+//! error.
+
+use crate::config::Config;
+use crate::health::{self, Outcome, ProbeResult};
+use crate::keys::KeyEntry;
+use crate::keystate::{key_id, Failure, KeyState};
+use crate::relay;
+use crate::statefile::{self, Loaded};
+use crate::upstream;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Keys probed at once.
+pub const PARALLEL: usize = 8;
+
+/// One row of the report.
+struct Row<'a> {
+    entry: &'a KeyEntry,
+    result: &'a ProbeResult,
+    state: KeyState,
+    usable: bool,
+}
+
+/// Runs the check for the config at `config_path`.
+pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let upstream_cfg = &config.raw.upstream;
+    let agent = upstream::agent(
+        Duration::from_secs(upstream_cfg.connect_timeout_secs),
+        Duration::from_secs(upstream_cfg.idle_timeout_secs.min(60)),
+        PARALLEL,
+    );
+    let policy = crate::keystate::Policy {
+        cooldown_secs: upstream_cfg.cooldown_secs,
+        failure_threshold: upstream_cfg.failure_threshold,
+    };
+    let probe = config.raw.health.probe();
+    let now = relay::now();
+    let results = health::probe_all(&agent, &config.keys, &probe, PARALLEL, now, &policy);
+
+    // Read the file again just before writing, so what a running gateway saved meanwhile
+    // (its counters) is kept; only the probed keys' health changes.
+    let mut states = match statefile::load(&config.state_file) {
+        Loaded::Read(states) => states,
+        Loaded::Fresh => BTreeMap::new(),
+        Loaded::Corrupt(why) => {
+            eprintln!("warning: {}: {why}; writing fresh key states", config.state_file.display());
+            BTreeMap::new()
+        }
+    };
+    let mut rows = Vec::with_capacity(results.len());
+    for (entry, result) in config.keys.iter().zip(&results) {
+        let state = states.entry(key_id(&entry.base_url, entry.key.as_ref())).or_default();
+        health::apply(state, result, Some(&probe.model), now, &policy);
+        // This probe's verdict wins over remembered health: an unreachable key is not
+        // usable now even if it has not failed often enough to back off yet.
+        let usable = match result.outcome {
+            Outcome::Good => true,
+            Outcome::Failed(_) => false,
+            Outcome::Unknown => state.available(None, now).is_ok(),
+        };
+        rows.push(Row { entry, result, state: state.clone(), usable });
+    }
+    if let Err(err) = statefile::save(&config.state_file, &states) {
+        eprintln!("warning: {}: cannot save key states: {err}", config.state_file.display());
+    }
+
+    let pools = pool_summary(&rows);
+    let report = if as_json { to_json(&rows, &pools).to_string() + "\n" } else { to_table(&rows, &pools) };
+    let _ = std::io::stdout().lock().write_all(report.as_bytes());
+    if pools.values().all(|(usable, _)| *usable > 0) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Usable and total keys per pool, in keys.txt order of first appearance.
+fn pool_summary(rows: &[Row<'_>]) -> BTreeMap<String, (usize, usize)> {
+    let mut pools: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for row in rows {
+        let counts = pools.entry(row.entry.pool.clone()).or_default();
+        counts.1 += 1;
+        if row.usable {
+            counts.0 += 1;
+        }
+    }
+    pools
+}
+
+fn masked(entry: &KeyEntry) -> String {
+    entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string())
+}
+
+fn state_word(row: &Row<'_>) -> String {
+    let until = |word: &str| match row.state.until {
+        Some(until) => format!("{word} until {}", utc_time(until)),
+        None => word.to_string(),
+    };
+    match &row.result.outcome {
+        Outcome::Good => "ok".to_string(),
+        Outcome::Failed(Failure::Invalid) => "invalid".to_string(),
+        Outcome::Failed(Failure::Exhausted { .. }) => until("exhausted"),
+        Outcome::Failed(Failure::Transient { .. }) => until("backing off"),
+        Outcome::Failed(Failure::ModelLocked) => "no access to model".to_string(),
+        Outcome::Failed(Failure::Trouble) => "unreachable".to_string(),
+        Outcome::Failed(Failure::Request) => "request refused".to_string(),
+        Outcome::Unknown => "unknown".to_string(),
+    }
+}
+
+/// `2026-11-23 16:31Z` for Unix seconds.
+fn utc_time(secs: u64) -> String {
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", rest / 3600, rest % 3600 / 60)
+}
+
+fn to_table(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> String {
+    let mut out = format!(
+        "{:<12} {:<12} {:<32} {:<34} {:>8}  {}\n",
+        "POOL", "KEY", "UPSTREAM", "STATE", "LATENCY", "NOTE"
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "{:<12} {:<12} {:<32} {:<34} {:>6}ms  {}\n",
+            row.entry.pool,
+            masked(row.entry),
+            row.entry.base_url,
+            state_word(row),
+            row.result.latency.as_millis(),
+            row.result.note
+        ));
+    }
+    for (pool, (usable, total)) in pools {
+        let verdict = if *usable > 0 { "ok" } else { "NO USABLE KEY" };
+        out.push_str(&format!("pool '{pool}': {usable} of {total} keys usable: {verdict}\n"));
+    }
+    out
+}
+
+fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value {
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "pool": row.entry.pool,
+                "key": masked(row.entry),
+                "line": row.entry.line,
+                "upstream": row.entry.base_url,
+                "state": row.state.state,
+                "until": row.state.until,
+                "usable": row.usable,
+                "result": state_word(row),
+                "latency_ms": row.result.latency.as_millis() as u64,
+                "note": row.result.note,
+            })
+        })
+        .collect();
+    let pools: serde_json::Map<String, Value> = pools
+        .iter()
+        .map(|(name, (usable, total))| (name.clone(), json!({"usable": usable, "keys": total})))
+        .collect();
+    let ok = pools.values().all(|p| p["usable"].as_u64().unwrap_or(0) > 0);
+    json!({"ok": ok, "pools": pools, "keys": keys})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13Z");
+        assert_eq!(utc_time(1_700_438_400), "2023-11-20 00:00Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00Z");
+    }
+}

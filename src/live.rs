@@ -1,0 +1,216 @@
+//! The running gateway over time: reloads, the state file, signals, background checks.
+//!
+//! [`Live`] holds the current [`Gateway`] generation; every request takes an `Arc` of it,
+//! so a reload swaps in a new one without touching requests (and streams) in flight. The
+//! housekeeper thread reloads on SIGHUP or when `config.toml` or `keys.txt` changes (a
+//! broken edit is logged and the old config keeps serving), saves key states every few
+//! seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check` wrote, and
+//! runs the periodic health checks of `[health] interval_secs`.
+
+use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
+use crate::health;
+use crate::pool::KeyStore;
+use crate::relay;
+use crate::statefile::{self, Loaded};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the housekeeper looks at signals and files.
+const TICK: Duration = Duration::from_millis(250);
+/// How often config files are checked for changes, and key states saved when changed.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The current gateway generation and what outlives it.
+pub struct Live {
+    current: RwLock<Arc<Gateway>>,
+    store: Arc<KeyStore>,
+    config_path: PathBuf,
+    started: Instant,
+}
+
+impl Live {
+    /// Starts from a loaded config; key states come from its state file when it has one.
+    pub fn new(config_path: &Path, config: Config) -> Arc<Live> {
+        let states = match statefile::load(&config.state_file) {
+            Loaded::Fresh => Default::default(),
+            Loaded::Read(states) => states,
+            Loaded::Corrupt(why) => {
+                log::warn!("{}: {why}; starting with fresh key states", config.state_file.display());
+                Default::default()
+            }
+        };
+        let store = Arc::new(KeyStore::new(states));
+        let started = Instant::now();
+        let gateway = Gateway::new(config, Arc::clone(&store), started);
+        forget_removed_keys(&gateway);
+        Arc::new(Live {
+            current: RwLock::new(Arc::new(gateway)),
+            store,
+            config_path: config_path.to_path_buf(),
+            started,
+        })
+    }
+
+    /// The gateway generation to serve a request with.
+    pub fn current(&self) -> Arc<Gateway> {
+        Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Reads the config again and, when it is good, serves new requests with it.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let config = Config::load(&self.config_path)?;
+        let gateway = Gateway::new(config, Arc::clone(&self.store), self.started);
+        forget_removed_keys(&gateway);
+        log::info!(
+            "reloaded {}: {} upstreams in {} pools, {} tokens",
+            self.config_path.display(),
+            gateway.config.keys.len(),
+            gateway.pools.len(),
+            gateway.config.tokens.len()
+        );
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(gateway);
+        Ok(())
+    }
+
+    /// Writes the key states to the state file.
+    pub fn save_states(&self) {
+        let path = self.current().config.state_file.clone();
+        if let Err(err) = statefile::save(&path, &self.store.snapshot()) {
+            log::warn!("{}: cannot save key states: {err}", path.display());
+        }
+    }
+}
+
+/// Drops states of keys no longer in keys.txt.
+fn forget_removed_keys(gateway: &Gateway) {
+    let ids: BTreeSet<String> = gateway.pools.values().flat_map(|pool| pool.ids.iter().cloned()).collect();
+    gateway.store.retain(&ids);
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Signal flags the housekeeper watches.
+#[derive(Default)]
+pub struct Signals {
+    /// SIGHUP: reload.
+    pub reload: Arc<AtomicBool>,
+    /// SIGTERM or SIGINT: save and exit.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Registers the handlers.
+    pub fn register() -> std::io::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let signals = Signals::default();
+        signal_hook::flag::register(SIGHUP, Arc::clone(&signals.reload))?;
+        signal_hook::flag::register(SIGTERM, Arc::clone(&signals.stop))?;
+        signal_hook::flag::register(SIGINT, Arc::clone(&signals.stop))?;
+        Ok(signals)
+    }
+}
+
+/// Starts the housekeeper thread (and the health checker, when configured).
+pub fn spawn_housekeeper(live: Arc<Live>, signals: Signals) {
+    let checker = Arc::clone(&live);
+    thread::Builder::new()
+        .name("health".into())
+        .spawn(move || health_loop(&checker))
+        .map_err(|err| log::error!("cannot start the health checker: {err}"))
+        .ok();
+    thread::Builder::new()
+        .name("housekeeper".into())
+        .spawn(move || housekeeper(&live, &signals))
+        .map_err(|err| log::error!("cannot start the housekeeper: {err}"))
+        .ok();
+}
+
+/// The modification times that say a reload or a state merge is due.
+struct Seen {
+    config: Option<SystemTime>,
+    keys: Option<SystemTime>,
+    state: Option<SystemTime>,
+}
+
+impl Seen {
+    fn now(gateway: &Gateway) -> Seen {
+        Seen {
+            config: modified(&gateway.config.path),
+            keys: modified(&gateway.config.keys_file),
+            state: modified(&gateway.config.state_file),
+        }
+    }
+}
+
+fn housekeeper(live: &Live, signals: &Signals) {
+    let mut seen = Seen::now(&live.current());
+    let mut last_files_check = Instant::now();
+    loop {
+        thread::sleep(TICK);
+        if signals.stop.load(Ordering::Acquire) {
+            merge_state_file(live, &mut seen);
+            live.save_states();
+            log::info!("stopping: key states saved");
+            std::process::exit(0);
+        }
+        let hup = signals.reload.swap(false, Ordering::AcqRel);
+        if !hup && last_files_check.elapsed() < FILE_CHECK_EVERY {
+            continue;
+        }
+        last_files_check = Instant::now();
+        let current = Seen::now(&live.current());
+        if hup || current.config != seen.config || current.keys != seen.keys {
+            seen.config = current.config;
+            seen.keys = current.keys;
+            if let Err(err) = live.reload() {
+                log::error!("reload failed, still serving the previous config: {err}");
+            }
+        }
+        merge_state_file(live, &mut seen);
+        if live.store.take_dirty() {
+            live.save_states();
+            seen.state = modified(&live.current().config.state_file);
+        }
+    }
+}
+
+/// Takes in what another process (`ollama-gateway check`) wrote to the state file.
+fn merge_state_file(live: &Live, seen: &mut Seen) {
+    let path = live.current().config.state_file.clone();
+    let stamp = modified(&path);
+    if stamp == seen.state {
+        return;
+    }
+    seen.state = stamp;
+    if let Loaded::Read(states) = statefile::load(&path) {
+        live.store.merge_newer(states);
+    }
+}
+
+fn health_loop(live: &Live) {
+    loop {
+        let interval = live.current().config.raw.health.interval_secs;
+        if interval == 0 {
+            thread::sleep(Duration::from_secs(5));
+            continue;
+        }
+        thread::sleep(Duration::from_secs(interval));
+        let gateway = live.current();
+        let entries: Vec<_> = gateway.config.keys.clone();
+        let probe = gateway.config.raw.health.probe();
+        let (now, policy) = (relay::now(), gateway.policy());
+        let results = health::probe_all(&gateway.agent, &entries, &probe, 8, now, &policy);
+        for (entry, result) in entries.iter().zip(&results) {
+            let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
+            live.store.update(&id, |state| health::apply(state, result, Some(&probe.model), now, &policy));
+        }
+        log::info!("health check: {} keys probed", results.len());
+    }
+}
