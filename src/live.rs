@@ -206,7 +206,8 @@ fn health_loop(live: &Live) {
         let entries: Vec<_> = gateway.config.keys.clone();
         let probe = gateway.config.raw.health.probe();
         let (now, policy) = (relay::now(), gateway.policy());
-        let results = health::probe_all(&gateway.agent, &entries, &probe, 8, now, &policy);
+        let results =
+            health::probe_all(&gateway.agent, &entries, &probe, crate::check::PARALLEL, now, &policy);
         for (entry, result) in entries.iter().zip(&results) {
             let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
             live.store.update(&id, |state| health::apply(state, result, Some(&probe.model), now, &policy));

@@ -8,7 +8,7 @@
 
 use crate::config::Strategy;
 use crate::keys::KeyEntry;
-use crate::keystate::{key_id, KeyState};
+use crate::keystate::{key_id, KeyState, Unavailable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -40,6 +40,18 @@ impl KeyStore {
     /// One key's state (default when unknown).
     pub fn get(&self, id: &str) -> KeyState {
         self.lock().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Whether each of `ids` may serve `model` at `now`, under one lock and without copies
+    /// (this runs on every request).
+    pub fn availability(
+        &self,
+        ids: &[String],
+        model: Option<&str>,
+        now: u64,
+    ) -> Vec<Result<(), Unavailable>> {
+        let states = self.lock();
+        ids.iter().map(|id| states.get(id).map_or(Ok(()), |state| state.available(model, now))).collect()
     }
 
     /// A copy of every state, for saving.
@@ -132,11 +144,12 @@ impl Pool {
                 order
             }
         };
+        let availability = store.availability(&self.ids, model, now);
         let mut usable = Vec::with_capacity(max_attempts.min(count));
         let mut soonest: Option<u64> = None;
         let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
         for index in order {
-            match store.get(&self.ids[index]).available(model, now) {
+            match &availability[index] {
                 Ok(()) if usable.len() < max_attempts => usable.push(index),
                 Ok(()) => {}
                 Err(why) => {
