@@ -7,10 +7,12 @@
 //! mapping (`translate`) and key choice (`relay`, `pool`).
 
 use crate::auth::{self, Caller};
+use crate::config::{Provider, Scope};
 use crate::cors;
 use crate::endpoints;
 use crate::gateway::Gateway;
 use crate::keys;
+use crate::native;
 use crate::relay::Trace;
 use crate::translate::errors::ApiError;
 use crate::translate::LineTranslator;
@@ -81,8 +83,10 @@ pub enum Reply {
 
 /// A live stream: upstream lines go through `translator` to the client as they arrive.
 pub struct StreamReply {
+    /// HTTP status (200, or the upstream's own 2xx on native routes).
+    pub status: u16,
     /// The `Content-Type` to send (`text/event-stream` for SSE).
-    pub content_type: &'static str,
+    pub content_type: String,
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
     /// The upstream body.
@@ -106,7 +110,8 @@ impl Reply {
     /// A stream of SSE events.
     pub fn sse(upstream: Box<dyn Read + Send>, translator: Box<dyn LineTranslator>) -> Reply {
         Reply::Stream(StreamReply {
-            content_type: "text/event-stream",
+            status: 200,
+            content_type: "text/event-stream".to_string(),
             headers: Vec::new(),
             upstream,
             translator,
@@ -136,12 +141,16 @@ pub struct LogFields {
 /// Who is asking, once authenticated: the pool to draw from and the models allowed.
 #[derive(Debug, Clone, Copy)]
 pub struct Client<'g> {
-    /// The pool this client's requests use.
+    /// The pool this request uses.
     pub pool: &'g str,
+    /// Every pool its token may use.
+    pub pools: &'g [String],
     /// Model globs it may use (`None`: all).
     pub models: Option<&'g [String]>,
     /// Its token's name, for messages.
     pub name: &'g str,
+    /// What it may do.
+    pub scopes: &'g [Scope],
 }
 
 /// The endpoints, each reachable at `/v1/…` and at the same path without `/v1`.
@@ -163,6 +172,8 @@ pub enum Endpoint {
     Models,
     /// `GET /v1/models/{id}`; the id may hold `/` and `:`.
     Model(String),
+    /// Ollama's native API, `/api/…`, forwarded.
+    Native(String, native::Route),
 }
 
 impl Endpoint {
@@ -173,6 +184,9 @@ impl Endpoint {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             normal.push('/');
             normal.push_str(segment);
+        }
+        if let Some(route) = native::route_of(&normal) {
+            return Some(Endpoint::Native(normal, route));
         }
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
@@ -197,6 +211,7 @@ impl Endpoint {
     pub fn methods(&self) -> &'static [&'static str] {
         match self {
             Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => &["POST"],
+            Endpoint::Native(_, route) => route.methods,
             _ => &["GET", "HEAD"],
         }
     }
@@ -205,6 +220,41 @@ impl Endpoint {
     pub fn needs_token(&self) -> bool {
         !matches!(self, Endpoint::Root | Endpoint::Health)
     }
+
+    /// The scope a token needs for it.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Endpoint::Native(_, route) => route.scope,
+            _ => Scope::Inference,
+        }
+    }
+
+    /// The path under an OpenAI-compatible API base (`/chat/completions`), for the `/v1`
+    /// endpoints.
+    pub fn openai_path(&self) -> Option<String> {
+        Some(match self {
+            Endpoint::ChatCompletions => "/chat/completions".to_string(),
+            Endpoint::Completions => "/completions".to_string(),
+            Endpoint::Embeddings => "/embeddings".to_string(),
+            Endpoint::Models => "/models".to_string(),
+            Endpoint::Model(id) => format!("/models/{id}"),
+            _ => return None,
+        })
+    }
+
+    /// Whether errors are answered Ollama's way (`{"error": "…"}`) rather than OpenAI's.
+    pub fn is_native(&self) -> bool {
+        matches!(self, Endpoint::Native(..) | Endpoint::Root)
+    }
+}
+
+/// The value of a query parameter, decoded.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then(|| percent_decode(&value.replace('+', " ")))
+    })
 }
 
 /// Decodes `%XX` escapes (SDKs may escape the `/` and `:` of a model id); bad escapes are
@@ -230,12 +280,17 @@ fn percent_decode(text: &str) -> String {
 
 /// Answers one request.
 pub fn handle(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Reply {
+    let native = Endpoint::from_path(split_pool_prefix(req.path()).1).is_some_and(|e| e.is_native());
     let reply = match admit(req, gateway, log) {
         Ok(Admitted::Open(endpoint)) => Ok(open_endpoint(&endpoint, gateway)),
         Ok(Admitted::Client(endpoint, client)) => dispatch(endpoint, req, gateway, client, log),
         Err(early) => Ok(early),
     };
-    with_cors(req, gateway, reply.unwrap_or_else(|error| Reply::error(&error)))
+    let reply = reply.unwrap_or_else(|error| match native {
+        true => native::error_reply(&error),
+        false => Reply::error(&error),
+    });
+    with_cors(req, gateway, reply)
 }
 
 /// The answer to a request that needs none of its body: an unknown route, a wrong method,
@@ -268,8 +323,22 @@ enum Admitted<'g> {
     Client(Endpoint, Client<'g>),
 }
 
+/// A leading pool name, as in `/openrouter/v1/chat/completions`, and the path after it.
+pub fn split_pool_prefix(path: &str) -> (Option<&str>, &str) {
+    let trimmed = path.trim_start_matches('/');
+    if let Some((first, rest)) = trimmed.split_once('/') {
+        let rest_trimmed = rest.trim_start_matches('/');
+        let api_follows =
+            ["v1", "api"].iter().any(|p| rest_trimmed == *p || rest_trimmed.starts_with(&format!("{p}/")));
+        if !first.is_empty() && !matches!(first, "v1" | "api") && api_follows {
+            return (Some(first), &path[path.len() - rest.len() - 1..]);
+        }
+    }
+    (None, path)
+}
+
 fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admitted<'g>, Reply> {
-    let path = req.path();
+    let (pool_prefix, path) = split_pool_prefix(req.path());
     let Some(endpoint) = Endpoint::from_path(path) else {
         return Err(Reply::error(&ApiError::not_found(format!(
             "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models)",
@@ -296,19 +365,47 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     if !endpoint.needs_token() {
         return Ok(Admitted::Open(endpoint));
     }
-    match authorize(req, gateway, log) {
+    let client = authorize(req, gateway, log).and_then(|client| choose_pool(client, pool_prefix));
+    let client = client.and_then(|client| match client.scopes.contains(&endpoint.scope()) {
+        true => Ok(client),
+        false => Err(ApiError {
+            status: 403,
+            kind: "permission_error",
+            message: format!(
+                "token '{}' may not call {} {path} (it needs the '{}' scope; ask the gateway operator)",
+                client.name,
+                req.method,
+                scope_name(endpoint.scope())
+            ),
+            param: None,
+            code: Some("insufficient_scope"),
+            retry_after: None,
+        }),
+    });
+    match client {
         Ok(client) => Ok(Admitted::Client(endpoint, client)),
+        Err(error) if endpoint.is_native() => Err(native::error_reply(&error)),
         Err(error) => Err(Reply::error(&error)),
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Inference => "inference",
+        Scope::Models => "models",
+        Scope::Manage => "manage",
     }
 }
 
 fn open_endpoint(endpoint: &Endpoint, gateway: &Gateway) -> Reply {
     match endpoint {
         Endpoint::Health => health(gateway),
-        _ => Reply::json(
-            200,
-            &json!({"status": "ok", "service": "ollama-gateway", "version": env!("CARGO_PKG_VERSION"), "api": "/v1"}),
-        ),
+        // What Ollama itself answers, so native clients' connection probes pass.
+        _ => Reply::Full {
+            status: 200,
+            body: b"Ollama is running".to_vec(),
+            headers: vec![("Content-Type", "text/plain; charset=utf-8".to_string())],
+        },
     }
 }
 
@@ -319,21 +416,40 @@ fn dispatch(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
+    let openai = gateway.pools.get(client.pool).is_some_and(|pool| pool.provider == Provider::Openai);
+    if openai {
+        return match endpoint.openai_path() {
+            Some(path) => endpoints::openai_passthrough(req, &path, gateway, client, log),
+            None if matches!(endpoint, Endpoint::V1Root) => Ok(v1_root()),
+            None => Err(ApiError::bad_request(
+                format!(
+                    "pool '{}' is an OpenAI-compatible upstream: it serves the /v1 API only, not Ollama's native /api",
+                    client.pool
+                ),
+                None,
+            )),
+        };
+    }
     match endpoint {
         Endpoint::ChatCompletions => endpoints::chat_completions(req, gateway, client, log),
         Endpoint::Completions => endpoints::completions(req, gateway, client, log),
         Endpoint::Embeddings => endpoints::embeddings(req, gateway, client, log),
         Endpoint::Models => endpoints::list_models(gateway, client, log),
         Endpoint::Model(id) => endpoints::retrieve_model(&id, gateway, client, log),
-        Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(Reply::json(
-            200,
-            &json!({
-                "status": "ok",
-                "service": "ollama-gateway",
-                "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"],
-            }),
-        )),
+        Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
+        Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(v1_root()),
     }
+}
+
+fn v1_root() -> Reply {
+    Reply::json(
+        200,
+        &json!({
+            "status": "ok",
+            "service": "ollama-gateway",
+            "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"],
+        }),
+    )
 }
 
 fn health(gateway: &Gateway) -> Reply {
@@ -347,15 +463,52 @@ fn health(gateway: &Gateway) -> Reply {
     )
 }
 
+/// The pool of requests without a token.
+const ANONYMOUS_POOLS: &[String] = &[];
+
+/// The pool a request uses: the one its path names, if the token has it, else its first.
+fn choose_pool<'g>(mut client: Client<'g>, prefix: Option<&str>) -> Result<Client<'g>, ApiError> {
+    let Some(name) = prefix else {
+        return Ok(client);
+    };
+    match client.pools.iter().find(|pool| *pool == name) {
+        Some(pool) => {
+            client.pool = pool;
+            Ok(client)
+        }
+        None => Err(ApiError::not_found(format!(
+            "no route for /{name}/…: '{name}' is not one of this token's pools ({})",
+            if client.pools.is_empty() { "default".to_string() } else { client.pools.join(", ") }
+        ))),
+    }
+}
+
+/// What requests without a token may do when `allow_anonymous` is on.
+const ANONYMOUS_SCOPES: &[Scope] = &[Scope::Inference, Scope::Models];
+
 /// Checks the caller's token and says what it may use.
 fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Client<'g>, ApiError> {
-    let presented = auth::presented_token(|name| req.header(name));
+    let from_query = match gateway.config.raw.allow_query_token {
+        true => query_param(&req.url, "api_key"),
+        false => None,
+    };
+    let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
     let config = &gateway.config;
     let client = match auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous)? {
-        Caller::Token(token) => {
-            Client { pool: &token.pool, models: token.models.as_deref(), name: &token.name }
-        }
-        Caller::Anonymous => Client { pool: keys::DEFAULT_POOL, models: None, name: "anonymous" },
+        Caller::Token(token) => Client {
+            pool: &token.pool,
+            pools: &token.pools,
+            models: token.models.as_deref(),
+            name: &token.name,
+            scopes: &token.scopes,
+        },
+        Caller::Anonymous => Client {
+            pool: keys::DEFAULT_POOL,
+            pools: ANONYMOUS_POOLS,
+            models: None,
+            name: "anonymous",
+            scopes: ANONYMOUS_SCOPES,
+        },
     };
     log.token = Some(client.name.to_string());
     Ok(client)
@@ -407,6 +560,40 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn a_pool_prefix_is_split_off_before_the_api_path() {
+        let cases = [
+            ("/openrouter/v1/chat/completions", (Some("openrouter"), "/v1/chat/completions")),
+            ("/team-b/api/chat", (Some("team-b"), "/api/chat")),
+            ("/team-b/v1", (Some("team-b"), "/v1")),
+            ("/v1/chat/completions", (None, "/v1/chat/completions")),
+            ("/api/chat", (None, "/api/chat")),
+            ("/chat/completions", (None, "/chat/completions")),
+            ("/v1/models/hf.co/org/model", (None, "/v1/models/hf.co/org/model")),
+            ("/models/x/v1", (None, "/models/x/v1")),
+        ];
+        for (path, want) in cases {
+            assert_eq!(split_pool_prefix(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn native_routes_and_their_scopes() {
+        let scope_of = |path: &str| match Endpoint::from_path(path) {
+            Some(endpoint @ Endpoint::Native(..)) => Some(endpoint.scope()),
+            _ => None,
+        };
+        assert_eq!(scope_of("/api/chat"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/embeddings"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/tags"), Some(Scope::Models));
+        assert_eq!(scope_of("//api//show"), Some(Scope::Models));
+        assert_eq!(scope_of("/api/pull"), Some(Scope::Manage));
+        assert_eq!(scope_of("/api/blobs/sha256:abc"), Some(Scope::Manage));
+        assert_eq!(scope_of("/api/blobs/"), None);
+        assert_eq!(scope_of("/api/nope"), None);
+        assert_eq!(Endpoint::from_path("/v1/chat/completions").map(|e| e.scope()), Some(Scope::Inference));
     }
 
     #[test]

@@ -77,7 +77,9 @@ mod tests {
                 name: t[3..].to_string(),
                 digest: sha256(t),
                 pool: "default".into(),
+                pools: vec!["default".into()],
                 models: None,
+                scopes: Vec::new(),
             })
             .collect()
     }

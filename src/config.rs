@@ -42,6 +42,9 @@ pub struct RawConfig {
     /// Serve requests without a token (only when no `[[tokens]]` are set).
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Accept the token as `?api_key=TOKEN` in the URL, for clients that cannot set headers.
+    #[serde(default)]
+    pub allow_query_token: bool,
     /// Longest wait for a client's next bytes (a request, its body) or for it to take ours.
     #[serde(default = "default_client_timeout", deserialize_with = "seconds")]
     pub client_timeout_secs: u64,
@@ -146,6 +149,37 @@ fn default_health_model() -> String {
 pub struct RawPool {
     /// This pool's strategy, instead of `[upstream] strategy`.
     pub strategy: Option<Strategy>,
+    /// What its upstreams speak: Ollama's API (translated) or OpenAI's (passed through).
+    #[serde(default)]
+    pub provider: Provider,
+    /// For `provider = "openai"`: the API base every key of the pool is sent to, such as
+    /// `https://openrouter.ai/api/v1` (kept as written: requests go to `base_url` +
+    /// `/chat/completions`).
+    #[serde(default, deserialize_with = "api_base")]
+    pub base_url: Option<String>,
+}
+
+/// What a pool's upstreams speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Ollama's native API: `/v1` requests are translated.
+    #[default]
+    Ollama,
+    /// An OpenAI-compatible API: `/v1` requests are passed through as they are.
+    Openai,
+}
+
+fn api_base<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    let trimmed = text.trim().trim_end_matches('/');
+    let scheme_ok = trimmed.starts_with("http://") || trimmed.starts_with("https://");
+    if !scheme_ok || trimmed.split("://").nth(1).is_none_or(|rest| rest.is_empty()) {
+        return Err(serde::de::Error::custom(format!(
+            "'{text}' is not an http:// or https:// URL with a host"
+        )));
+    }
+    Ok(Some(trimmed.to_string()))
 }
 
 impl Default for RawUpstream {
@@ -174,9 +208,31 @@ pub struct RawToken {
     /// The keys.txt section this token draws keys from.
     #[serde(default = "default_pool")]
     pub pool: String,
+    /// Several pools: a request picks one with a path prefix (`/NAME/v1/…`), else the first.
+    #[serde(default)]
+    pub pools: Option<Vec<String>>,
     /// Models this token may use, as globs (`"gpt-oss:*"`); absent: every model.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// What this token may do; absent: inference and models.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+/// A family of calls a token may be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Chat, generate, embeddings, and the whole OpenAI `/v1` API.
+    Inference,
+    /// Listing and describing models: `/api/tags`, `show`, `ps`, `version`.
+    Models,
+    /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
+    Manage,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Inference, Scope::Models]
 }
 
 /// How a pool picks the first key to try.
@@ -362,8 +418,12 @@ pub struct Token {
     pub digest: [u8; 32],
     /// The pool it draws keys from.
     pub pool: String,
+    /// Every pool it may use, the default one first.
+    pub pools: Vec<String>,
     /// Model globs it may use; `None`: every model.
     pub models: Option<Vec<String>>,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
 }
 
 /// The resolved configuration: paths made absolute, keys read, cross-file checks done.
@@ -454,20 +514,39 @@ impl Config {
                     other.name
                 )));
             }
-            if !pools.contains(&raw_token.pool.as_str()) {
-                return Err(fail(format!(
-                    "token '{name}' draws from pool '{}', but {} has no keys in it (pools: {})",
-                    raw_token.pool,
-                    keys_file.display(),
-                    if pools.is_empty() { "none".to_string() } else { pools.join(", ") }
-                )));
+            let token_pools = raw_token.pools.clone().unwrap_or_else(|| vec![raw_token.pool.clone()]);
+            if token_pools.is_empty() {
+                return Err(fail(format!("token '{name}' has an empty pools list; name at least one pool")));
+            }
+            for pool in &token_pools {
+                if !pools.contains(&pool.as_str()) {
+                    return Err(fail(format!(
+                        "token '{name}' draws from pool '{pool}', but {} has no keys in it (pools: {})",
+                        keys_file.display(),
+                        if pools.is_empty() { "none".to_string() } else { pools.join(", ") }
+                    )));
+                }
             }
             tokens.push(Token {
                 name: name.clone(),
                 digest: raw_token.sha256,
-                pool: raw_token.pool.clone(),
+                pool: token_pools[0].clone(),
+                pools: token_pools,
                 models: raw_token.models.clone(),
+                scopes: raw_token.scopes.clone(),
             });
+        }
+        for (name, pool) in &raw.pools {
+            if pool.provider == Provider::Openai && pool.base_url.is_none() {
+                return Err(ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: Some(format!("pools.{name}")),
+                    message:
+                        "provider = \"openai\" needs a base_url, such as \"https://openrouter.ai/api/v1\""
+                            .into(),
+                });
+            }
         }
         if tokens.is_empty() && !raw.allow_anonymous {
             return Err(ConfigError::new(

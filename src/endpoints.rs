@@ -41,6 +41,7 @@ impl Routed {
             cloud_body: self.cloud_body.as_deref(),
             stream,
             model: Some(&self.target),
+            content_type: "application/json",
         }
     }
 }
@@ -67,7 +68,7 @@ fn route_model(
 }
 
 /// The model `requested` stands for, if `client` may use it.
-fn check_model<'g>(
+pub(crate) fn check_model<'g>(
     requested: &'g str,
     gateway: &'g Gateway,
     client: Client<'_>,
@@ -90,7 +91,7 @@ fn check_model<'g>(
     })
 }
 
-fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
+pub(crate) fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
     gateway.pools.get(client.pool).ok_or_else(|| {
         ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", client.pool))
     })
@@ -224,4 +225,61 @@ fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
         return Err(ApiError::server(502, text));
     }
     Ok(value)
+}
+
+/// A `/v1` request for a pool of an OpenAI-compatible upstream: passed through as it is,
+/// with the pool's key, the token's model allowlist and the `[aliases]`; the answer (a
+/// stream or not) comes back line by line, unchanged.
+pub fn openai_passthrough(
+    req: &Req,
+    path: &str,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<Reply, ApiError> {
+    let mut body = None;
+    let mut stream = false;
+    let mut model = None;
+    if req.method == "POST" {
+        let mut value = parse_json_body(&req.body)?;
+        stream = value.get("stream").and_then(Value::as_bool) == Some(true);
+        if let Some(requested) = value.get("model").and_then(Value::as_str).map(str::to_string) {
+            let target = check_model(&requested, gateway, client)?.to_string();
+            value["model"] = Value::from(target.as_str());
+            log.model = Some(requested);
+            model = Some(target);
+        }
+        body = Some(value.to_string().into_bytes());
+    } else if let Some(id) = path.strip_prefix("/models/") {
+        check_model(id, gateway, client)?;
+    }
+    let outgoing = Outgoing {
+        method: &req.method,
+        path,
+        body: body.as_deref(),
+        cloud_body: None,
+        stream,
+        model: model.as_deref(),
+        content_type: "application/json",
+    };
+    let response = relay(gateway, client, outgoing, log)?;
+    if path == "/models" && client.models.is_some() {
+        let mut list = read_upstream_json(response.body)?;
+        if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
+            data.retain(|m| {
+                m.get("id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|id| model_policy::is_allowed(client.models, id, id))
+            });
+        }
+        return Ok(Reply::json(200, &list));
+    }
+    let content_type = response.content_type.unwrap_or_else(|| "application/json".to_string());
+    Ok(Reply::Stream(crate::api::StreamReply {
+        status: response.status,
+        content_type,
+        headers: Vec::new(),
+        upstream: response.body,
+        translator: Box::new(crate::translate::native::Passthrough::new(false)),
+    }))
 }

@@ -4,7 +4,7 @@
 //! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
 //! was learnt about a key survives a reload (and, through the state file, a restart).
 
-use crate::config::Config;
+use crate::config::{Config, Provider};
 use crate::keystate::Policy;
 use crate::pool::{KeyStore, Pool};
 use crate::relay::Relay;
@@ -39,9 +39,14 @@ impl Gateway {
         let mut pools = HashMap::new();
         for entry in &config.keys {
             pools.entry(entry.pool.clone()).or_insert_with(|| {
-                let strategy =
-                    config.raw.pools.get(&entry.pool).and_then(|p| p.strategy).unwrap_or(upstream.strategy);
-                Pool::new(&entry.pool, config.pool_keys(&entry.pool), strategy)
+                let settings = config.raw.pools.get(&entry.pool);
+                let strategy = settings.and_then(|p| p.strategy).unwrap_or(upstream.strategy);
+                let keys = config.pool_keys(&entry.pool);
+                match settings.filter(|p| p.provider == Provider::Openai).and_then(|p| p.base_url.as_deref())
+                {
+                    Some(api_base) => Pool::openai(&entry.pool, keys, strategy, api_base),
+                    None => Pool::new(&entry.pool, keys, strategy),
+                }
             });
         }
         Gateway { config, agent, pools, store, started }

@@ -167,7 +167,13 @@ enum Answer {
 impl Ctx<'_> {
     fn call(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Answer {
         let body = body.map(serde_json::Value::to_string);
-        match upstream::send(self.agent, self.entry, method, path, body.as_deref().map(str::as_bytes)) {
+        match upstream::send(
+            self.agent,
+            self.entry,
+            method,
+            path,
+            body.as_deref().map(|b| (b.as_bytes(), "application/json")),
+        ) {
             Ok(response) => {
                 // The status is the answer; reading the body only lets the connection be reused.
                 let _ = io::copy(&mut response.body.take(MAX_DRAIN), &mut io::sink());

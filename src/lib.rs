@@ -22,6 +22,7 @@ pub mod keys;
 pub mod keystate;
 pub mod live;
 pub mod model_policy;
+pub mod native;
 pub mod pool;
 pub mod relay;
 pub mod secret;

@@ -6,7 +6,7 @@
 //! [`KeyStore`] holds every key's [`KeyState`] by key id, shared by all pools and kept
 //! across config reloads. Sending requests and judging answers is `relay`'s job.
 
-use crate::config::Strategy;
+use crate::config::{Provider, Strategy};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, KeyState, Unavailable};
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,15 +111,32 @@ pub struct Pool {
     pub keys: Vec<KeyEntry>,
     /// Their ids in the key store.
     pub ids: Vec<String>,
+    /// What its upstreams speak.
+    pub provider: Provider,
     strategy: Strategy,
     next: AtomicUsize,
 }
 
 impl Pool {
-    /// A pool over `keys` (which must all belong to it).
+    /// A pool over `keys` (which must all belong to it), speaking Ollama's API.
     pub fn new(name: &str, keys: Vec<KeyEntry>, strategy: Strategy) -> Pool {
         let ids = keys.iter().map(|k| key_id(&k.base_url, k.key.as_ref())).collect();
-        Pool { name: name.to_string(), keys, ids, strategy, next: AtomicUsize::new(0) }
+        Pool {
+            name: name.to_string(),
+            keys,
+            ids,
+            provider: Provider::Ollama,
+            strategy,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A pool of an OpenAI-compatible API at `api_base`: every key is sent there.
+    pub fn openai(name: &str, mut keys: Vec<KeyEntry>, strategy: Strategy, api_base: &str) -> Pool {
+        for key in &mut keys {
+            key.base_url = api_base.to_string();
+        }
+        Pool { provider: Provider::Openai, ..Pool::new(name, keys, strategy) }
     }
 
     /// Indices into [`Pool::keys`] to try for one request: keys usable for `model` at `now`,

@@ -104,17 +104,35 @@ pub struct Outgoing<'a> {
     pub stream: bool,
     /// The model asked of upstream, for keys whose plan lacks it.
     pub model: Option<&'a str>,
+    /// The body's media type.
+    pub content_type: &'a str,
 }
 
 impl<'a> Outgoing<'a> {
     /// A request without a body.
     pub fn get(path: &'a str) -> Outgoing<'a> {
-        Outgoing { method: "GET", path, body: None, cloud_body: None, stream: false, model: None }
+        Outgoing {
+            method: "GET",
+            path,
+            body: None,
+            cloud_body: None,
+            stream: false,
+            model: None,
+            content_type: "application/json",
+        }
     }
 
     /// A POST of a JSON body.
     pub fn post(path: &'a str, body: &'a [u8]) -> Outgoing<'a> {
-        Outgoing { method: "POST", path, body: Some(body), cloud_body: None, stream: false, model: None }
+        Outgoing {
+            method: "POST",
+            path,
+            body: Some(body),
+            cloud_body: None,
+            stream: false,
+            model: None,
+            content_type: "application/json",
+        }
     }
 
     fn body_for(&self, entry: &KeyEntry) -> Option<&'a [u8]> {
@@ -143,7 +161,8 @@ pub fn send(
         trace.key = Some(entry.label());
         trace.key_id = Some(id.to_string());
         relay.store.update(id, |state| state.record_attempt(now));
-        let sent = upstream::send(relay.agent, entry, request.method, request.path, request.body_for(entry));
+        let body = request.body_for(entry).map(|body| (body, request.content_type));
+        let sent = upstream::send(relay.agent, entry, request.method, request.path, body);
         let sent = match sent {
             Ok(response) if request.stream => first_line_checked(response),
             other => other,

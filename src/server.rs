@@ -248,7 +248,9 @@ fn json_response(
             response.add_header(header);
         }
     };
-    add("Content-Type", "application/json");
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+        add("Content-Type", "application/json");
+    }
     if let Some(id) = request_id {
         add("X-Request-Id", id);
     }
@@ -267,9 +269,11 @@ fn write_stream(
     close: bool,
     id: &str,
 ) -> (&'static str, Option<Usage>) {
-    let StreamReply { content_type, mut headers, upstream, mut translator } = stream;
+    let StreamReply { status, content_type, mut headers, upstream, mut translator } = stream;
     headers.push(("X-Request-Id", id.to_string()));
-    let mut writer = match LiveWriter::start(request.into_writer(), http10, close, content_type, &headers) {
+    let reason = tiny_http::StatusCode(status).default_reason_phrase();
+    let head = sse::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
+    let mut writer = match LiveWriter::start(request.into_writer(), &head) {
         Ok(writer) => writer,
         Err(_) => return (" client gone before the stream started", None),
     };

@@ -11,6 +11,22 @@ use std::io::{self, BufRead, Read, Write};
 /// Longest upstream line accepted, so a broken upstream cannot grow a buffer without end.
 pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The head of a live response.
+pub struct Head<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// Its reason phrase.
+    pub reason: &'a str,
+    /// Whether the client speaks HTTP/1.0 (no chunked encoding; the body ends at close).
+    pub http10: bool,
+    /// Whether the connection closes after this response.
+    pub close: bool,
+    /// The `Content-Type`.
+    pub content_type: &'a str,
+    /// Extra headers.
+    pub headers: &'a [(&'a str, String)],
+}
+
 /// A response body written as it is produced.
 pub struct LiveWriter {
     inner: Box<dyn Write + Send>,
@@ -20,15 +36,11 @@ pub struct LiveWriter {
 impl LiveWriter {
     /// Writes the response head and returns the writer for the body. HTTP/1.0 clients get a
     /// plain body ended by closing the connection; HTTP/1.1 clients get chunked encoding.
-    pub fn start(
-        mut inner: Box<dyn Write + Send>,
-        http10: bool,
-        close: bool,
-        content_type: &str,
-        headers: &[(&str, String)],
-    ) -> io::Result<LiveWriter> {
+    pub fn start(mut inner: Box<dyn Write + Send>, spec: &Head<'_>) -> io::Result<LiveWriter> {
+        let Head { status, reason, http10, close, content_type, headers } = *spec;
         let mut head = String::with_capacity(256);
-        head.push_str(if http10 { "HTTP/1.0 200 OK\r\n" } else { "HTTP/1.1 200 OK\r\n" });
+        let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        head.push_str(&format!("{version} {status} {reason}\r\n"));
         head.push_str("Content-Type: ");
         head.push_str(content_type);
         head.push_str("\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
@@ -110,17 +122,15 @@ mod tests {
         }
     }
 
+    fn head<'a>(http10: bool, headers: &'a [(&'a str, String)]) -> Head<'a> {
+        Head { status: 200, reason: "OK", http10, close: false, content_type: "text/event-stream", headers }
+    }
+
     #[test]
     fn chunked_frames_and_terminator() {
         let sink = Sink::default();
-        let mut writer = LiveWriter::start(
-            Box::new(sink.clone()),
-            false,
-            false,
-            "text/event-stream",
-            &[("X-Request-Id", "7".into())],
-        )
-        .unwrap();
+        let mut writer =
+            LiveWriter::start(Box::new(sink.clone()), &head(false, &[("X-Request-Id", "7".into())])).unwrap();
         writer.send(b"data: {}\n\n").unwrap();
         writer.finish().unwrap();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
@@ -132,8 +142,7 @@ mod tests {
     #[test]
     fn http10_gets_a_plain_body_and_close() {
         let sink = Sink::default();
-        let mut writer =
-            LiveWriter::start(Box::new(sink.clone()), true, false, "text/event-stream", &[]).unwrap();
+        let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(true, &[])).unwrap();
         writer.send(b"abc").unwrap();
         writer.finish().unwrap();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();

@@ -82,13 +82,13 @@ pub struct UpstreamResponse {
 }
 
 /// Sends one request to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key:
-/// `body`, when given, as JSON.
+/// `body`, when given, with its media type.
 pub fn send(
     agent: &ureq::Agent,
     entry: &KeyEntry,
     method: &str,
     path: &str,
-    body: Option<&[u8]>,
+    body: Option<(&[u8], &str)>,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let url = format!("{}{}", entry.base_url, path);
     let mut request = ureq::http::Request::builder().method(method).uri(&url);
@@ -96,8 +96,8 @@ pub fn send(
         request = request.header("authorization", format!("Bearer {}", key.expose()));
     }
     let sent = match body {
-        Some(body) => request
-            .header("content-type", "application/json")
+        Some((body, content_type)) => request
+            .header("content-type", content_type)
             .body(body)
             .map_err(|err| UpstreamError::Protocol(scrub(&err.to_string(), entry)))
             .and_then(|request| agent.run(request).map_err(|err| classify(err, entry))),

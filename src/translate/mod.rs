@@ -11,6 +11,7 @@ pub mod embeddings;
 pub mod errors;
 mod fields;
 pub mod models;
+pub mod native;
 mod reply;
 
 pub use reply::ReplyContext;

@@ -101,7 +101,7 @@ fn a_chunked_body_over_max_body_bytes_is_a_413() {
 fn an_unknown_route_is_a_404_envelope() {
     let fake = Fake::start(healthy);
     let gateway = gateway_over(&fake, "");
-    for path in ["/v1/nope", "/v2/chat/completions", "/api/chat"] {
+    for path in ["/v1/nope", "/v2/chat/completions", "/v1/api/chat"] {
         let error = assert_envelope(&gateway.post_json(path, Some(TOKEN), &chat_body("m", false)), 404);
         assert!(error.message.contains(path), "{path}: {}", error.message);
     }

@@ -1,0 +1,141 @@
+//! Native pass-through: Ollama's own NDJSON (or JSON) answer, line by line, unchanged.
+//!
+//! In scope: copying each upstream line to the client as it arrives, noting the token
+//! counts of the line that has them (the `done` line), and ending a broken stream the way
+//! Ollama itself does, with an `{"error": "…"}` line. Out of scope: routing, scopes and
+//! model rewriting (`native` at the crate root).
+
+use super::{Flow, LineTranslator, Usage};
+use serde_json::{json, Value};
+
+/// Copies upstream lines through.
+#[derive(Debug)]
+pub struct Passthrough {
+    /// Whether the answer ends with a `"done": true` line (chat, generate); other answers
+    /// (tags, pull progress) just end.
+    expects_done: bool,
+    usage: Option<Usage>,
+    finished: bool,
+}
+
+impl Passthrough {
+    /// A pass-through for an answer that does (chat, generate) or does not end with a
+    /// `done` line.
+    pub fn new(expects_done: bool) -> Passthrough {
+        Passthrough { expects_done, usage: None, finished: false }
+    }
+}
+
+/// Token counts in a native object, when it has any.
+fn usage_in(line: &[u8]) -> Option<Usage> {
+    let text = std::str::from_utf8(line).ok()?;
+    if !text.contains("eval_count") {
+        return None;
+    }
+    let value: Value = serde_json::from_str(text).ok()?;
+    let count = |key: &str| value.get(key).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage { prompt: count("prompt_eval_count"), completion: count("eval_count") })
+}
+
+/// Whether a line is the `done: true` line, without parsing lines that cannot be.
+fn is_done(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line);
+    (text.contains("\"done\":true") || text.contains("\"done\": true"))
+        && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("done") == Some(&Value::Bool(true)))
+}
+
+impl LineTranslator for Passthrough {
+    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
+        if self.finished {
+            return Flow::Done;
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+        if let Some(usage) = usage_in(line) {
+            self.usage = Some(usage);
+        }
+        if self.expects_done && is_done(line) {
+            self.finished = true;
+            self.usage.get_or_insert_with(Usage::default);
+            return Flow::Done;
+        }
+        Flow::Continue
+    }
+
+    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let message = match error {
+            Some(text) => text,
+            None if !self.expects_done => {
+                // A plain answer ends when its body does: that is a normal end.
+                self.usage.get_or_insert_with(Usage::default);
+                return;
+            }
+            None => "upstream closed the stream before finishing; the reply is incomplete",
+        };
+        out.extend_from_slice(json!({ "error": message }).to_string().as_bytes());
+        out.push(b'\n');
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(expects_done: bool, lines: &[&str], ended: Option<Option<&str>>) -> (String, Flow, Passthrough) {
+        let mut pass = Passthrough::new(expects_done);
+        let (mut out, mut flow) = (Vec::new(), Flow::Continue);
+        for line in lines {
+            flow = pass.push_line(line.as_bytes(), &mut out);
+        }
+        if let Some(error) = ended {
+            pass.upstream_ended(error, &mut out);
+        }
+        (String::from_utf8(out).unwrap(), flow, pass)
+    }
+
+    #[test]
+    fn lines_pass_unchanged_and_the_done_line_ends_with_usage() {
+        let lines = [
+            r#"{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}"#,
+            r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"prompt_eval_count":7,"eval_count":3}"#,
+        ];
+        let (out, flow, pass) = run(true, &lines, None);
+        assert_eq!(out, format!("{}\n{}\n", lines[0], lines[1]));
+        assert_eq!(flow, Flow::Done);
+        assert_eq!(pass.usage(), Some(Usage { prompt: 7, completion: 3 }));
+    }
+
+    #[test]
+    fn an_early_end_gets_an_ollama_style_error_line() {
+        let (out, _, pass) = run(true, &[r#"{"response":"a","done":false}"#], Some(None));
+        let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert!(last["error"].as_str().unwrap().contains("before finishing"));
+        assert_eq!(pass.usage(), None, "not finished");
+        let (out, _, _) = run(true, &[], Some(Some("the upstream went silent")));
+        assert_eq!(out, "{\"error\":\"the upstream went silent\"}\n");
+    }
+
+    #[test]
+    fn answers_without_a_done_line_end_with_their_body() {
+        let (out, _, pass) = run(false, &[r#"{"models":[]}"#], Some(None));
+        assert_eq!(out, "{\"models\":[]}\n");
+        assert!(pass.usage().is_some(), "finished normally");
+        let (out, _, _) =
+            run(false, &[r#"{"status":"pulling manifest"}"#, r#"{"status":"success"}"#], Some(None));
+        assert_eq!(out.lines().count(), 2);
+    }
+
+    #[test]
+    fn done_inside_text_is_not_the_done_line() {
+        let (_, flow, _) = run(true, &[r#"{"response":"\"done\":true","done":false}"#], None);
+        assert_eq!(flow, Flow::Continue);
+    }
+}
