@@ -79,6 +79,15 @@ pub enum FakeReply {
     },
     /// A 200 NDJSON stream written line by line.
     Ndjson(Ndjson),
+    /// A JSON body with a status and extra headers (such as `Retry-After`).
+    WithHeaders {
+        /// HTTP status.
+        status: u16,
+        /// Extra headers, after `Content-Type: application/json`.
+        headers: Vec<(String, String)>,
+        /// The body.
+        body: Value,
+    },
 }
 
 /// A scripted NDJSON stream.
@@ -100,6 +109,15 @@ impl FakeReply {
     /// Ollama's error shape, `{"error": message}`, with a status.
     pub fn error(status: u16, message: &str) -> FakeReply {
         FakeReply::Json { status, body: serde_json::json!({ "error": message }) }
+    }
+
+    /// Ollama's error shape with a status and extra headers.
+    pub fn error_with(status: u16, message: &str, headers: &[(&str, &str)]) -> FakeReply {
+        FakeReply::WithHeaders {
+            status,
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            body: serde_json::json!({ "error": message }),
+        }
     }
 
     /// A stream of JSON lines, sent without pauses.
@@ -253,6 +271,15 @@ fn serve(
     match handler(&recorded) {
         FakeReply::Json { status, body } => respond(request, status, "application/json", body.to_string()),
         FakeReply::Text { status, body } => respond(request, status, "text/plain", body),
+        FakeReply::WithHeaders { status, headers, body } => {
+            let mut response = tiny_http::Response::from_string(body.to_string())
+                .with_status_code(status)
+                .with_header(tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap());
+            for (name, value) in headers {
+                response.add_header(tiny_http::Header::from_bytes(name, value).expect("a valid header"));
+            }
+            let _ = request.respond(response);
+        }
         FakeReply::Ndjson(script) => {
             let stats = Arc::new(StreamStats::default());
             streams.lock().unwrap().push(Arc::clone(&stats));

@@ -26,5 +26,7 @@ mod serving;
 mod surface;
 // The official `openai` Python SDK driving the gateway (skipped when Python lacks it).
 mod sdk;
+// Key pools: failure classes, cooldowns, the state file, reloads, tenants, `check`, spreading.
+mod keypool;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;

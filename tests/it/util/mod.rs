@@ -132,6 +132,23 @@ impl TempDir {
         std::fs::write(&path, text).expect("write temp file");
         path
     }
+
+    /// Replaces `name` atomically (a temp file renamed over it), as an editor saving it
+    /// would, so a process watching it never reads half a file.
+    pub fn rewrite(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let temp = self.0.join(format!(".{name}.edit"));
+        std::fs::write(&temp, text).expect("write temp file");
+        std::fs::rename(&temp, &path).expect("rename temp file");
+        path
+    }
+
+    /// Writes the files a gateway serves from: `config.toml` (`listen` on port 0, then
+    /// `config_extra`) and `keys.txt`; returns the config's path.
+    pub fn write_config(&self, config_extra: &str, keys_txt: &str) -> PathBuf {
+        self.write("keys.txt", keys_txt);
+        self.write("config.toml", &format!("listen = \"127.0.0.1:0\"\n{config_extra}\n"))
+    }
 }
 
 impl Drop for TempDir {
@@ -187,16 +204,37 @@ pub struct Gateway {
     /// Cleared when the gateway's stderr closes, which is when the process has ended.
     stderr_open: Arc<AtomicBool>,
     agent: ureq::Agent,
-    _dir: TempDir,
+    /// The folder it serves from; `None` only once [`Gateway::stop`] has handed it back.
+    dir: Option<TempDir>,
+}
+
+/// What is left of a gateway stopped by [`Gateway::stop`].
+pub struct Stopped {
+    /// Its exit code (`None` when a signal ended it).
+    pub code: Option<i32>,
+    /// Everything it wrote to stderr.
+    pub logs: String,
+    /// The folder it served from, for the next gateway to start on.
+    pub dir: TempDir,
 }
 
 impl Gateway {
     /// Writes `config.toml` (`listen` on port 0, then `config_extra`) and `keys.txt` into a
     /// fresh folder, starts `serve --config` on them and waits until `/health` answers 200.
     pub fn start(config_extra: &str, keys_txt: &str) -> Gateway {
-        let dir = TempDir::new();
-        let config = dir.write("config.toml", &format!("listen = \"127.0.0.1:0\"\n{config_extra}\n"));
-        dir.write("keys.txt", keys_txt);
+        Gateway::start_in(TempDir::new(), config_extra, keys_txt)
+    }
+
+    /// [`Gateway::start`] in a given folder (whatever else it holds, like a state file, stays).
+    pub fn start_in(dir: TempDir, config_extra: &str, keys_txt: &str) -> Gateway {
+        dir.write_config(config_extra, keys_txt);
+        Gateway::resume(dir)
+    }
+
+    /// Starts `serve --config` on the `config.toml` already in `dir` (a stopped gateway's
+    /// folder, say) and waits until `/health` answers 200.
+    pub fn resume(dir: TempDir) -> Gateway {
+        let config = dir.path().join("config.toml");
         let mut child = gateway_command(&["serve", "--config", config.to_str().expect("utf-8 temp path")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -250,7 +288,7 @@ impl Gateway {
             }
         };
         let agent = test_agent();
-        let gateway = Gateway { child, addr, logs, stderr_open, agent, _dir: dir };
+        let gateway = Gateway { child, addr, logs, stderr_open, agent, dir: Some(dir) };
         wait_until(PATIENCE, "GET /health answers 200", || gateway.get("/health").status == 200);
         gateway
     }
@@ -263,6 +301,48 @@ impl Gateway {
     /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The folder holding its `config.toml`, `keys.txt` and `state.json`.
+    pub fn dir(&self) -> &TempDir {
+        self.dir.as_ref().expect("a running gateway has its folder")
+    }
+
+    /// Where its key states are kept (the default `state_file`).
+    pub fn state_path(&self) -> PathBuf {
+        self.dir().path().join("state.json")
+    }
+
+    /// Sends a signal by name (`"HUP"`, `"TERM"`) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+
+    /// SIGTERM, then waits (bounded) until the process has exited; hands back its folder.
+    pub fn stop(mut self) -> Stopped {
+        self.signal("TERM");
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll the gateway") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                panic!("the gateway did not exit within {PATIENCE:?} of SIGTERM; logs:\n{}", self.logs());
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread sees stderr close right after the exit; take its last lines.
+        wait_until(PATIENCE, "the gateway's stderr closes", || !self.running());
+        Stopped { code: status.code(), logs: self.logs(), dir: self.dir.take().expect("the folder") }
     }
 
     /// Whether the process still runs (its stderr is still open).
