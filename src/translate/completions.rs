@@ -300,21 +300,10 @@ impl LineTranslator for CompletionStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::translate::testkit::eq_json;
     use crate::translate::ReasoningField;
 
     // -- helpers --------------------------------------------------------------------
-
-    /// Asserts two JSON values are equal, printing both as blocks when not.
-    #[track_caller]
-    fn eq_json(got: &Value, want: &Value) {
-        if got != want {
-            panic!(
-                "\n--- want ---\n{}\n--- got ---\n{}\n",
-                serde_json::to_string_pretty(want).unwrap(),
-                serde_json::to_string_pretty(got).unwrap()
-            );
-        }
-    }
 
     fn native_of(body: Value) -> Value {
         match to_ollama(&body) {
@@ -350,23 +339,12 @@ mod tests {
     /// Splits SSE output into payloads: parsed JSON, or the string `[DONE]`. Checks the
     /// framing and that no chunk has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).unwrap();
-        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated event in {text:?}");
-        text.split_terminator("\n\n")
-            .map(|event| {
-                let payload =
-                    event.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data line: {event:?}"));
-                if payload == "[DONE]" {
-                    return Value::String("[DONE]".into());
-                }
-                let value: Value = serde_json::from_str(payload).unwrap();
-                if value.get("error").is_none() {
-                    let _strict: strict::Completion = serde_json::from_value(value.clone())
-                        .unwrap_or_else(|e| panic!("bad chunk {payload}: {e}"));
-                }
-                value
-            })
-            .collect()
+        let events = crate::translate::testkit::sse_payloads(out);
+        for value in events.iter().filter(|v| v.is_object() && v.get("error").is_none()) {
+            let _strict: strict::Completion =
+                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("bad chunk {value}: {e}"));
+        }
+        events
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.

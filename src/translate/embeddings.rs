@@ -170,18 +170,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Asserts two JSON values are equal, printing both as blocks when not.
-    #[track_caller]
-    fn eq_json(got: &Value, want: &Value) {
-        if got != want {
-            panic!(
-                "\n--- want ---\n{}\n--- got ---\n{}\n",
-                serde_json::to_string_pretty(want).unwrap(),
-                serde_json::to_string_pretty(got).unwrap()
-            );
-        }
-    }
+    use crate::translate::testkit::eq_json;
 
     fn rejected(body: Value) -> ApiError {
         match to_ollama(&body) {

@@ -13,6 +13,8 @@ mod fields;
 pub mod models;
 pub mod native;
 mod reply;
+#[cfg(test)]
+mod testkit;
 
 pub use reply::ReplyContext;
 
