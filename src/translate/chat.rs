@@ -12,8 +12,10 @@
 //! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
 
 use super::errors::ApiError;
-use super::fields::{describe, expected, field, join, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{error_event, upstream_error_text, usage_json, FINGERPRINT, QUOTED_LINE_CHARS};
+use super::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use super::reply::{
+    error_event, upstream_error_text, usage_json, FINGERPRINT, INCOMPLETE, QUOTED_LINE_CHARS,
+};
 pub use super::reply::{usage_of, ReplyContext};
 use super::{sse_data, Flow, LineTranslator, Usage};
 use serde_json::{json, Map, Value};
@@ -49,12 +51,7 @@ pub struct ChatRequest {
 /// (`messages[2].content`, `temperature`, ...). Unknown fields are ignored; JSON `null`
 /// counts as absent.
 pub fn to_ollama(body: &Value) -> Result<ChatRequest, ApiError> {
-    let Some(req) = body.as_object() else {
-        return Err(ApiError::bad_request(
-            format!("the request body must be a JSON object, got {}", describe(Some(body))),
-            None,
-        ));
-    };
+    let req = object(body)?;
     let model = match field(req, "model") {
         Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
         other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
@@ -695,7 +692,7 @@ impl LineTranslator for ChatStream {
         }
         let message = match error {
             Some(text) if !text.trim().is_empty() => text,
-            _ => "upstream closed the stream before finishing; the reply is incomplete",
+            _ => INCOMPLETE,
         };
         self.fail(message, out);
     }

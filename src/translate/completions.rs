@@ -13,9 +13,10 @@
 //! not returned, as in Ollama's `/v1/completions`.
 
 use super::errors::ApiError;
-use super::fields::{describe, expected, field, opt_bool, opt_integer, opt_number, opt_str};
+use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
 use super::reply::{
-    error_event, upstream_error_text, usage_json, usage_of, ReplyContext, FINGERPRINT, QUOTED_LINE_CHARS,
+    error_event, upstream_error_text, usage_json, usage_of, ReplyContext, FINGERPRINT, INCOMPLETE,
+    QUOTED_LINE_CHARS,
 };
 use super::{sse_data, Flow, LineTranslator, Usage};
 use serde_json::{json, Map, Value};
@@ -46,12 +47,7 @@ pub struct CompletionRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `echo`, `best_of`, `n`, `logit_bias`, `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<CompletionRequest, ApiError> {
-    let Some(req) = body.as_object() else {
-        return Err(ApiError::bad_request(
-            format!("the request body must be a JSON object, got {}", describe(Some(body))),
-            None,
-        ));
-    };
+    let req = object(body)?;
     let model = match field(req, "model") {
         Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
         other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
@@ -287,7 +283,7 @@ impl LineTranslator for CompletionStream {
         }
         let message = match error {
             Some(text) if !text.trim().is_empty() => text,
-            _ => "upstream closed the stream before finishing; the reply is incomplete",
+            _ => INCOMPLETE,
         };
         self.fail(message, out);
     }

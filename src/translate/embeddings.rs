@@ -12,7 +12,7 @@
 //! left to upstream to accept or reject.
 
 use super::errors::ApiError;
-use super::fields::{describe, expected, field};
+use super::fields::{describe, expected, field, object};
 use serde_json::{json, Map, Value};
 
 /// How embedding vectors are returned (`encoding_format`).
@@ -41,12 +41,7 @@ pub struct EmbeddingRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<EmbeddingRequest, ApiError> {
-    let Some(req) = body.as_object() else {
-        return Err(ApiError::bad_request(
-            format!("the request body must be a JSON object, got {}", describe(Some(body))),
-            None,
-        ));
-    };
+    let req = object(body)?;
     let model = match field(req, "model") {
         Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
         other => {

@@ -83,3 +83,13 @@ pub(crate) fn opt_number(obj: &Map<String, Value>, key: &str) -> Result<Option<V
         other => Err(expected(key, "a number", other)),
     }
 }
+
+/// The request body as a JSON object.
+pub(crate) fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+    body.as_object().ok_or_else(|| {
+        ApiError::bad_request(
+            format!("the request body must be a JSON object, got {}", describe(Some(body))),
+            None,
+        )
+    })
+}

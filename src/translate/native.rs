@@ -74,7 +74,7 @@ impl LineTranslator for Passthrough {
                 self.usage.get_or_insert_with(Usage::default);
                 return;
             }
-            None => "upstream closed the stream before finishing; the reply is incomplete",
+            None => super::reply::INCOMPLETE,
         };
         out.extend_from_slice(json!({ "error": message }).to_string().as_bytes());
         out.push(b'\n');

@@ -9,6 +9,9 @@ use serde_json::{json, Map, Value};
 /// Ollama's constant `system_fingerprint`.
 pub(crate) const FINGERPRINT: &str = "fp_ollama";
 
+/// What a stream that ends without its final line is told.
+pub(crate) const INCOMPLETE: &str = "upstream closed the stream before finishing; the reply is incomplete";
+
 /// The most characters of a bad upstream line quoted in an error event.
 pub(crate) const QUOTED_LINE_CHARS: usize = 200;
 
