@@ -73,7 +73,15 @@ impl Live {
             gateway.pools.len(),
             gateway.config.tokens.len()
         );
-        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(gateway);
+        let gateway = Arc::new(gateway);
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&gateway);
+        // A reload is a chance for a key set aside as invalid to prove it works again (the
+        // operator may have fixed the account): probe those, off the housekeeper's thread.
+        thread::Builder::new()
+            .name("recheck".into())
+            .spawn(move || recheck_invalid(&gateway))
+            .map_err(|err| log::warn!("cannot recheck invalid keys after the reload: {err}"))
+            .ok();
         Ok(())
     }
 
@@ -191,6 +199,31 @@ fn merge_state_file(live: &Live, seen: &mut Seen) {
     seen.state = stamp;
     if let Loaded::Read(states) = statefile::load(&path) {
         live.store.merge_newer(states);
+    }
+}
+
+/// Probes the keys marked invalid, and brings back those found good.
+fn recheck_invalid(gateway: &Gateway) {
+    let now = relay::now();
+    let entries: Vec<_> = gateway
+        .config
+        .keys
+        .iter()
+        .filter(|entry| {
+            let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
+            gateway.store.get(&id).state == crate::keystate::Health::Invalid
+        })
+        .cloned()
+        .collect();
+    if entries.is_empty() {
+        return;
+    }
+    let (probe, policy) = (gateway.config.raw.health.probe(), gateway.policy());
+    let results = health::probe_all(&gateway.agent, &entries, &probe, crate::check::PARALLEL, now, &policy);
+    for (entry, result) in entries.iter().zip(&results) {
+        let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
+        gateway.store.update(&id, |state| health::apply(state, result, Some(&probe.model), now, &policy));
+        log::info!("reload: rechecked invalid key {}: {}", entry.label(), result.note);
     }
 }
 

@@ -80,7 +80,9 @@ impl KeyStore {
         let mut states = self.lock();
         for (id, theirs) in other {
             let ours = states.entry(id).or_default();
-            if theirs.changed_at > ours.changed_at {
+            // `>=`: a change made in the same second by `check` still counts (this process
+            // never merges its own saves back).
+            if theirs.changed_at >= ours.changed_at && theirs.changed_at > 0 {
                 ours.state = theirs.state;
                 ours.until = theirs.until;
                 ours.last_error = theirs.last_error;
@@ -161,6 +163,24 @@ impl Pool {
                 order
             }
         };
+        self.select(order, max_attempts, model, store, now)
+    }
+
+    /// Why no key is usable now, if none is (without moving the round-robin cursor).
+    pub fn unavailable(&self, model: Option<&str>, store: &KeyStore, now: u64) -> Option<PoolUnavailable> {
+        self.select((0..self.keys.len()).collect(), 1, model, store, now).err()
+    }
+
+    /// The usable keys of `order`, at most `max_attempts`.
+    fn select(
+        &self,
+        order: Vec<usize>,
+        max_attempts: usize,
+        model: Option<&str>,
+        store: &KeyStore,
+        now: u64,
+    ) -> Result<Vec<usize>, PoolUnavailable> {
+        let count = self.keys.len();
         let availability = store.availability(&self.ids, model, now);
         let mut usable = Vec::with_capacity(max_attempts.min(count));
         let mut soonest: Option<u64> = None;

@@ -186,20 +186,29 @@ pub fn send(
             }
         }
     }
-    Err(match last_error {
-        Some(error) if trace.attempts > 1 => {
-            let mut answer = to_api_error(&error);
-            answer.message = format!(
-                "all {} keys tried in pool '{}' failed; the last one: {}",
-                trace.attempts, pool.name, answer.message
-            );
-            answer
-        }
-        Some(error) => to_api_error(&error),
-        None => {
-            ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name))
-        }
-    })
+    let Some(error) = last_error else {
+        return Err(ApiError::server(
+            503,
+            format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name),
+        ));
+    };
+    let mut answer = to_api_error(&error);
+    if trace.attempts > 1 {
+        answer.message = format!(
+            "all {} keys tried in pool '{}' failed; the last one: {}",
+            trace.attempts, pool.name, answer.message
+        );
+    }
+    // When this request spent the pool, say when it will serve again, as the next
+    // request's 429 would; else pass on the upstream's own Retry-After.
+    answer.retry_after = match pool.unavailable(request.model, relay.store, now) {
+        Some(PoolUnavailable { soonest: Some(until), .. }) => Some(until.saturating_sub(now).max(1)),
+        _ => match error {
+            UpstreamError::Status { retry_after, .. } => retry_after,
+            _ => None,
+        },
+    };
+    Err(answer)
 }
 
 /// The 429 for a pool with no usable key: what holds the keys back and when one frees up.

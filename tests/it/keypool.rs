@@ -934,3 +934,44 @@ fn round_robin_spreads_4000_requests_from_64_clients_evenly_over_4_keys() {
     let per_key = [KEY_A, KEY_B, KEY_C, KEY_D].map(|key| seen.iter().filter(|k| *k == key).count());
     assert!(per_key.iter().all(|n| (980..=1020).contains(n)), "per key: {per_key:?}, expected 1000 ± 2%");
 }
+
+/// The request whose failure spends the pool's last key already says when to come back,
+/// as the requests after it do.
+#[test]
+fn the_request_that_spends_the_pool_carries_retry_after() {
+    let fake = Fake::start(|_| FakeReply::error(429, "you (x) have reached your session usage limit"));
+    let gateway = Gateway::start(&config(""), &keys_on(&fake.url, &[KEY_A]));
+    let reply = gateway.chat(&chat_body("m", false));
+    assert_envelope(&reply, 429);
+    let wait = retry_after(&reply);
+    assert!((5 * 3600 - 60..=5 * 3600).contains(&wait), "Retry-After {wait}: the session window");
+    let next = gateway.chat(&chat_body("m", false));
+    assert_pool_unavailable(&next);
+    eqnice!(1, fake.count(), "the second request spends no attempt");
+}
+
+/// A reload gives a key set aside as invalid its chance: it is probed, and serves again
+/// when the probe finds it good (the operator fixed the account).
+#[test]
+fn a_reload_rechecks_invalid_keys() {
+    let revoked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = std::sync::Arc::clone(&revoked);
+    let fake = Fake::start(move |recorded| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            return FakeReply::error(401, "unauthorized");
+        }
+        match recorded.path.as_str() {
+            "/api/usage" => FakeReply::ok(serde_json::json!({})),
+            _ => FakeReply::ok(chat_answer("ok")),
+        }
+    });
+    let gateway = Gateway::start(&config(""), &keys_on(&fake.url, &[KEY_A]));
+    assert_envelope(&gateway.chat(&chat_body("m", false)), 401);
+    assert_pool_unavailable(&gateway.chat(&chat_body("m", false)));
+    revoked.store(false, std::sync::atomic::Ordering::SeqCst);
+    gateway.signal("HUP");
+    poll("the key serves again after the reload's probe", || {
+        gateway.chat(&chat_body("m", false)).status == 200
+    });
+    assert!(fake.requests().iter().any(|r| r.path == "/api/usage"), "the key was probed");
+}
