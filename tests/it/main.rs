@@ -28,5 +28,7 @@ mod surface;
 mod sdk;
 // Key pools: failure classes, cooldowns, the state file, reloads, tenants, `check`, spreading.
 mod keypool;
+// Ollama's native API (`/api/*`): routes, scopes, the query token, and OpenAI-compatible pools.
+mod native;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
