@@ -119,8 +119,9 @@ pub fn handle(
     if req.method == "HEAD" {
         return Ok(Reply::Full { status: response.status, body: Vec::new(), headers: Vec::new() });
     }
-    if path == "/api/tags" && (client.models.is_some() || !gateway.config.raw.aliases.is_empty()) {
-        return tags_for(client, gateway, response.body);
+    let listing = path == "/api/tags" || path == "/api/ps";
+    if listing && (client.models.is_some() || !gateway.config.raw.aliases.is_empty()) {
+        return models_for(client, gateway, response.body, path == "/api/tags");
     }
     let content_type = response.content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
     Ok(Reply::Stream(StreamReply {
@@ -159,8 +160,14 @@ fn rewrite_models(
     Ok((plain, differs.then(|| cloud.to_string().into_bytes()), first))
 }
 
-/// `/api/tags` as this token may see it: models outside its list hidden, aliases added.
-fn tags_for(client: Client<'_>, gateway: &Gateway, body: Box<dyn Read + Send>) -> Result<Reply, ApiError> {
+/// `/api/tags` or `/api/ps` as this token may see it: models outside its list hidden, and
+/// (for tags) the aliases added.
+fn models_for(
+    client: Client<'_>,
+    gateway: &Gateway,
+    body: Box<dyn Read + Send>,
+    with_aliases: bool,
+) -> Result<Reply, ApiError> {
     let mut bytes = Vec::new();
     body.take(64 * 1024 * 1024)
         .read_to_end(&mut bytes)
@@ -173,7 +180,10 @@ fn tags_for(client: Client<'_>, gateway: &Gateway, body: Box<dyn Read + Send>) -
     let name_of =
         |m: &Value| m.get("model").or_else(|| m.get("name")).and_then(Value::as_str).map(str::to_string);
     list.retain(|m| name_of(m).is_some_and(|name| model_policy::is_allowed(client.models, &name, &name)));
-    for (alias, target) in &gateway.config.raw.aliases {
+    let aliases = if with_aliases { &gateway.config.raw.aliases } else { &Default::default() };
+    // `llama3.2` names the model listed as `llama3.2:latest`.
+    let same = |listed: &str, name: &str| listed == name || listed.strip_suffix(":latest") == Some(name);
+    for (alias, target) in aliases {
         if !model_policy::is_allowed(client.models, alias, target)
             || list.iter().any(|m| name_of(m).as_deref() == Some(alias))
         {
@@ -181,7 +191,7 @@ fn tags_for(client: Client<'_>, gateway: &Gateway, body: Box<dyn Read + Send>) -
         }
         let mut entry = list
             .iter()
-            .find(|m| name_of(m).as_deref() == Some(target))
+            .find(|m| name_of(m).is_some_and(|listed| same(&listed, target)))
             .cloned()
             .unwrap_or_else(|| json!({"details": {}, "size": 0}));
         entry["name"] = Value::from(alias.as_str());

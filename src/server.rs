@@ -172,9 +172,10 @@ fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
             (status, "")
         }
         Reply::Stream(stream) => {
+            let status = stream.status;
             let (note, usage) = write_stream(request, stream, http10, close, &id);
             log.usage = usage;
-            (200, note)
+            (status, note)
         }
     };
     let tokens = match log.usage {

@@ -26,15 +26,25 @@ impl Passthrough {
     }
 }
 
-/// Token counts in a native object, when it has any.
+/// Token counts in a line, when it has any: a native object's `prompt_eval_count` and
+/// `eval_count`, or an OpenAI object's (or SSE event's) `usage`.
 fn usage_in(line: &[u8]) -> Option<Usage> {
     let text = std::str::from_utf8(line).ok()?;
-    if !text.contains("eval_count") {
+    if !text.contains("eval_count") && !text.contains("\"usage\"") {
         return None;
     }
-    let value: Value = serde_json::from_str(text).ok()?;
-    let count = |key: &str| value.get(key).and_then(Value::as_u64).unwrap_or(0);
-    Some(Usage { prompt: count("prompt_eval_count"), completion: count("eval_count") })
+    let value: Value = serde_json::from_str(text.strip_prefix("data: ").unwrap_or(text)).ok()?;
+    let count = |object: &Value, key: &str| object.get(key).and_then(Value::as_u64).unwrap_or(0);
+    match value.get("usage").filter(|usage| usage.is_object()) {
+        Some(usage) => Some(Usage {
+            prompt: count(usage, "prompt_tokens"),
+            completion: count(usage, "completion_tokens"),
+        }),
+        None => Some(Usage {
+            prompt: count(&value, "prompt_eval_count"),
+            completion: count(&value, "eval_count"),
+        }),
+    }
 }
 
 /// Whether a line is the `done: true` line, without parsing lines that cannot be.
@@ -131,6 +141,20 @@ mod tests {
         let (out, _, _) =
             run(false, &[r#"{"status":"pulling manifest"}"#, r#"{"status":"success"}"#], Some(None));
         assert_eq!(out.lines().count(), 2);
+    }
+
+    #[test]
+    fn openai_usage_is_counted_in_passed_through_streams() {
+        let lines = [
+            r#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#,
+            "",
+            r#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}"#,
+            "",
+            "data: [DONE]",
+        ];
+        let (out, _, pass) = run(false, &lines, Some(None));
+        assert_eq!(out, lines.join("\n") + "\n", "SSE framing untouched");
+        assert_eq!(pass.usage(), Some(Usage { prompt: 9, completion: 4 }));
     }
 
     #[test]
