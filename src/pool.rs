@@ -32,7 +32,13 @@ impl KeyStore {
 
     /// Changes one key's state.
     pub fn update<R>(&self, id: &str, change: impl FnOnce(&mut KeyState) -> R) -> R {
-        let result = change(self.lock().entry(id.to_string()).or_default());
+        let mut states = self.lock();
+        // Known keys (every request after the first) are found without allocating.
+        let result = match states.get_mut(id) {
+            Some(state) => change(state),
+            None => change(states.entry(id.to_string()).or_default()),
+        };
+        drop(states);
         self.dirty.store(true, Ordering::Release);
         result
     }

@@ -160,7 +160,6 @@ pub fn send(
         trace.attempts += 1;
         trace.key = Some(entry.label());
         trace.key_id = Some(id.to_string());
-        relay.store.update(id, |state| state.record_attempt(now));
         let body = request.body_for(entry).map(|body| (body, request.content_type));
         let sent = upstream::send(relay.agent, entry, request.method, request.path, body);
         let sent = match sent {
@@ -169,14 +168,18 @@ pub fn send(
         };
         match sent {
             Ok(response) => {
-                relay.store.update(id, |state| state.record_success(now));
+                relay.store.update(id, |state| {
+                    state.record_attempt(now);
+                    state.record_success(now);
+                });
                 return Ok(response);
             }
             Err(error) => {
                 let failure = failure_of(&error, now, &relay.policy);
                 let text = error.to_string();
                 relay.store.update(id, |state| {
-                    state.record_failure(&failure, request.model, &text, now, &relay.policy)
+                    state.record_attempt(now);
+                    state.record_failure(&failure, request.model, &text, now, &relay.policy);
                 });
                 log::warn!("pool '{}': {} failed ({failure:?}): {error}", pool.name, entry.label());
                 if failure == Failure::Request {
