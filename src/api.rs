@@ -181,6 +181,11 @@ impl Endpoint {
     /// `/v1` optional on the API routes.
     pub fn from_path(path: &str) -> Option<Endpoint> {
         let mut normal = String::with_capacity(path.len());
+        // `.` and `..` segments name no route, and must not reach an upstream that would
+        // resolve them (`/api/blobs/../chat`).
+        if path.split('/').any(|s| s == "." || s == "..") {
+            return None;
+        }
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             normal.push('/');
             normal.push_str(segment);
@@ -556,6 +561,8 @@ mod tests {
             ("/v2/chat/completions", None),
             ("/v1/responses", None),
             ("/v1/models/", Some(Models)),
+            ("/api/blobs/../chat", None),
+            ("/v1/./chat/completions", None),
         ];
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");

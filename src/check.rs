@@ -1,7 +1,7 @@
 //! `ollama-gateway check`: probe every key once, record the results, report, exit.
 //!
-//! Meant for cron. Every key of keys.txt is probed in parallel (at most [`PARALLEL`] at
-//! once) as `[health]` says; the results go into the state file, where a running gateway
+//! Meant for cron. Every key of keys.txt is probed in parallel (at most
+//! [`health::PARALLEL`] at once) as `[health]` says; the results go into the state file, where a running gateway
 //! picks them up within seconds; a table (or `--json`) says what was found. Exit codes: 0
 //! when every pool has at least one usable key, 1 when some pool has none, 2 on a config
 //! error.
@@ -19,9 +19,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// Keys probed at once.
-pub const PARALLEL: usize = 8;
 
 /// One row of the report.
 struct Row<'a> {
@@ -44,7 +41,7 @@ pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
     let agent = upstream::agent(
         Duration::from_secs(upstream_cfg.connect_timeout_secs),
         Duration::from_secs(upstream_cfg.idle_timeout_secs.min(60)),
-        PARALLEL,
+        health::PARALLEL,
     );
     let policy = crate::keystate::Policy {
         cooldown_secs: upstream_cfg.cooldown_secs,
@@ -52,7 +49,7 @@ pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
     };
     let probe = config.raw.health.probe();
     let now = relay::now();
-    let results = health::probe_all(&agent, &config.keys, &probe, PARALLEL, now, &policy);
+    let results = health::probe_config_keys(&agent, &config, now, &policy);
 
     // Read the file again just before writing, so what a running gateway saved meanwhile
     // (its counters) is kept; only the probed keys' health changes.
@@ -68,13 +65,10 @@ pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
     for (entry, result) in config.keys.iter().zip(&results) {
         let state = states.entry(key_id(&entry.base_url, entry.key.as_ref())).or_default();
         health::apply(state, result, Some(&probe.model), now, &policy);
-        // This probe's verdict wins over remembered health: an unreachable key is not
-        // usable now even if it has not failed often enough to back off yet.
-        let usable = match result.outcome {
-            Outcome::Good => true,
-            Outcome::Failed(_) => false,
-            Outcome::Unknown => state.available(None, now).is_ok(),
-        };
+        // Usable means free now (a spent quota stays spent whatever a free probe says) and
+        // not failing this probe (an unreachable key counts as down even before it has
+        // failed often enough to back off).
+        let usable = state.available(None, now).is_ok() && !matches!(result.outcome, Outcome::Failed(_));
         rows.push(Row { entry, result, state: state.clone(), usable });
     }
     if let Err(err) = statefile::save(&config.state_file, &states) {
@@ -120,7 +114,7 @@ fn state_word(row: &Row<'_>) -> String {
         Outcome::Failed(Failure::Transient { .. }) => until("backing off"),
         Outcome::Failed(Failure::ModelLocked) => "no access to model".to_string(),
         Outcome::Failed(Failure::Trouble) => "unreachable".to_string(),
-        Outcome::Failed(Failure::Request) => "request refused".to_string(),
+        Outcome::Failed(Failure::Request | Failure::Refused) => "refused".to_string(),
         Outcome::Unknown => "unknown".to_string(),
     }
 }

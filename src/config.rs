@@ -514,6 +514,11 @@ impl Config {
                     other.name
                 )));
             }
+            if raw_token.pools.is_some() && raw_token.pool != keys::DEFAULT_POOL {
+                return Err(fail(format!(
+                    "token '{name}' sets both pool and pools; list every pool in pools"
+                )));
+            }
             let token_pools = raw_token.pools.clone().unwrap_or_else(|| vec![raw_token.pool.clone()]);
             if token_pools.is_empty() {
                 return Err(fail(format!("token '{name}' has an empty pools list; name at least one pool")));
@@ -537,16 +542,21 @@ impl Config {
             });
         }
         for (name, pool) in &raw.pools {
-            if pool.provider == Provider::Openai && pool.base_url.is_none() {
-                return Err(ConfigError {
-                    file: path.to_path_buf(),
-                    line: None,
-                    key: Some(format!("pools.{name}")),
-                    message:
-                        "provider = \"openai\" needs a base_url, such as \"https://openrouter.ai/api/v1\""
-                            .into(),
-                });
-            }
+            let problem = match (pool.provider, &pool.base_url) {
+                (Provider::Openai, None) => {
+                    "provider = \"openai\" needs a base_url, such as \"https://openrouter.ai/api/v1\""
+                }
+                (Provider::Ollama, Some(_)) => {
+                    "base_url is for provider = \"openai\" pools; an Ollama pool's URLs are in keys.txt"
+                }
+                _ => continue,
+            };
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: Some(format!("pools.{name}")),
+                message: problem.into(),
+            });
         }
         if tokens.is_empty() && !raw.allow_anonymous {
             return Err(ConfigError::new(
@@ -561,15 +571,27 @@ impl Config {
                 "allow_anonymous serves the 'default' pool, but it has no keys: add lines before any [section]",
             ));
         }
+        let mut keys = parsed.entries;
+        for key in &mut keys {
+            // Keys of an OpenAI-compatible pool all go to its API base.
+            if let Some(base) = raw.pools.get(&key.pool).filter(|p| p.provider == Provider::Openai) {
+                key.base_url = base.base_url.clone().unwrap_or_default();
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             raw,
             keys_file,
             state_file,
-            keys: parsed.entries,
+            keys,
             duplicate_keys: parsed.duplicates,
             tokens,
         })
+    }
+
+    /// Whether a pool's keys are for an OpenAI-compatible API.
+    pub fn is_openai_pool(&self, pool: &str) -> bool {
+        self.raw.pools.get(pool).is_some_and(|p| p.provider == Provider::Openai)
     }
 
     /// The keys of one pool, in keys.txt order.

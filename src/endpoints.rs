@@ -243,11 +243,28 @@ pub fn openai_passthrough(
     if req.method == "POST" {
         let mut value = parse_json_body(&req.body)?;
         stream = value.get("stream").and_then(Value::as_bool) == Some(true);
-        if let Some(requested) = value.get("model").and_then(Value::as_str).map(str::to_string) {
-            let target = check_model(&requested, gateway, client)?.to_string();
-            value["model"] = Value::from(target.as_str());
-            log.model = Some(requested);
-            model = Some(target);
+        match value.get("model").and_then(Value::as_str).map(str::to_string) {
+            Some(requested) => {
+                let target = check_model(&requested, gateway, client)?.to_string();
+                value["model"] = Value::from(target.as_str());
+                log.model = Some(requested);
+                model = Some(target);
+            }
+            // Without a model the provider picks the account's default: not for a token
+            // limited to some models.
+            None if client.models.is_some() => {
+                return Err(ApiError::bad_request(
+                    "model is required for this token (it may use only some models)",
+                    Some("model"),
+                ))
+            }
+            None => {}
+        }
+        // OpenRouter's fallback list names more models: each must be allowed.
+        if let Some(Value::Array(fallbacks)) = value.get("models") {
+            for fallback in fallbacks {
+                check_model(fallback.as_str().unwrap_or_default(), gateway, client)?;
+            }
         }
         body = Some(value.to_string().into_bytes());
     } else if let Some(id) = path.strip_prefix("/models/") {

@@ -8,6 +8,7 @@
 //!
 //! Why not `GET /api/tags`: ollama.com answers it without a key, so it proves nothing.
 
+use crate::config::Config;
 use crate::keys::KeyEntry;
 use crate::keystate::{classify, Failure, KeyState, Policy};
 use crate::translate::errors::upstream_message;
@@ -67,6 +68,10 @@ pub struct ProbeResult {
     /// A short text for tables and logs, like `200 via /api/usage` or
     /// `401 via /api/show: unauthorized`; never holds the key.
     pub note: String,
+    /// Whether a good answer also proves the key has quota left (it generated a token, or
+    /// the upstream is a keyless self-hosted Ollama); `usage` and `show` cost nothing and
+    /// answer even when the quota is spent.
+    pub proves_quota: bool,
 }
 
 /// Probes one key. Keyless upstreams get `GET /api/version` whatever `probe.kind` says.
@@ -80,7 +85,51 @@ pub fn probe(agent: &ureq::Agent, entry: &KeyEntry, probe: &Probe, now: u64, pol
         (Some(_), ProbeKind::Show) => ctx.show(&probe.model),
         (Some(_), ProbeKind::Generate) => ctx.generate(&probe.model),
     };
-    ProbeResult { outcome, latency: start.elapsed(), note: upstream::scrub(&note, entry) }
+    let proves_quota = entry.key.is_none() || probe.kind == ProbeKind::Generate;
+    ProbeResult { outcome, latency: start.elapsed(), note: upstream::scrub(&note, entry), proves_quota }
+}
+
+/// Probes every key of `config` as its `[health]` says, in keys.txt order. Keys of
+/// OpenAI-compatible pools are not probed (their APIs have no such call in common).
+pub fn probe_config_keys(
+    agent: &ureq::Agent,
+    config: &Config,
+    now: u64,
+    policy: &Policy,
+) -> Vec<ProbeResult> {
+    probe_keys(agent, config, &config.keys, now, policy)
+}
+
+/// Probes `keys` (of `config`) as `[health]` says, skipping OpenAI-compatible pools.
+pub fn probe_keys(
+    agent: &ureq::Agent,
+    config: &Config,
+    keys: &[KeyEntry],
+    now: u64,
+    policy: &Policy,
+) -> Vec<ProbeResult> {
+    let probe = config.raw.health.probe();
+    let ollama: Vec<KeyEntry> = keys.iter().filter(|k| !config.is_openai_pool(&k.pool)).cloned().collect();
+    let mut results = probe_all(agent, &ollama, &probe, PARALLEL, now, policy).into_iter();
+    keys.iter()
+        .map(|key| match config.is_openai_pool(&key.pool) {
+            true => not_probed("not probed: OpenAI-compatible pool"),
+            false => results.next().unwrap_or_else(|| not_probed("not probed")),
+        })
+        .collect()
+}
+
+/// Keys probed at once.
+pub const PARALLEL: usize = 8;
+
+/// The result for a key that is not probed (an OpenAI-compatible upstream).
+pub fn not_probed(why: &str) -> ProbeResult {
+    ProbeResult {
+        outcome: Outcome::Unknown,
+        latency: Duration::ZERO,
+        note: why.to_string(),
+        proves_quota: false,
+    }
 }
 
 /// Probes every key, at most `parallelism` (at least 1) at a time; results are in the order
@@ -116,16 +165,7 @@ pub fn probe_all(
             }
         }
     });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.unwrap_or_else(|| ProbeResult {
-                outcome: Outcome::Unknown,
-                latency: Duration::ZERO,
-                note: "not probed".to_string(),
-            })
-        })
-        .collect()
+    slots.into_iter().map(|slot| slot.unwrap_or_else(|| not_probed("not probed"))).collect()
 }
 
 /// Applies a probe result to a key's state: a good key is healthy again whatever held it
@@ -140,7 +180,7 @@ pub fn apply(
     policy: &Policy,
 ) {
     match &result.outcome {
-        Outcome::Good => state.record_probe_ok(now),
+        Outcome::Good => state.record_probe_ok(now, result.proves_quota),
         Outcome::Failed(failure) => state.record_failure(failure, probed_model, &result.note, now, policy),
         Outcome::Unknown => {}
     }
@@ -188,7 +228,7 @@ impl Ctx<'_> {
 
     fn classify(&self, status: u16, message: &str, retry_after: Option<u64>) -> Outcome {
         match classify(Some(status), message, retry_after, self.now, self.policy.cooldown_secs) {
-            Failure::Request => Outcome::Unknown,
+            Failure::Request | Failure::Refused => Outcome::Unknown,
             failure => Outcome::Failed(failure),
         }
     }
@@ -532,8 +572,7 @@ mod tests {
     #[test]
     fn apply_maps_outcomes_onto_the_key_state() {
         let policy = Policy::default();
-        let result =
-            |outcome| ProbeResult { outcome, latency: Duration::ZERO, note: "401 via /api/usage".into() };
+        let result = |outcome| ProbeResult { outcome, note: "401 via /api/usage".into(), ..not_probed("") };
         let mut state = KeyState::default();
         apply(&mut state, &result(Outcome::Failed(Failure::Invalid)), None, NOW, &policy);
         assert_eq!((state.state, state.last_error.as_deref()), (Health::Invalid, Some("401 via /api/usage")));
@@ -545,7 +584,10 @@ mod tests {
         apply(&mut state, &result(Outcome::Failed(Failure::Exhausted { until })), None, NOW, &policy);
         assert_eq!((state.state, state.until), (Health::Exhausted, Some(until)));
         apply(&mut state, &result(Outcome::Good), None, NOW, &policy);
-        assert!(state.available(None, NOW).is_ok(), "a good probe ends an exhausted window early");
+        assert!(state.available(None, NOW).is_err(), "a free probe (usage, show) does not end a spent quota");
+        let generated = ProbeResult { proves_quota: true, ..result(Outcome::Good) };
+        apply(&mut state, &generated, None, NOW, &policy);
+        assert!(state.available(None, NOW).is_ok(), "a generated token ends it early");
         apply(&mut state, &result(Outcome::Failed(Failure::ModelLocked)), Some("m"), NOW, &policy);
         assert!(state.available(Some("m"), NOW).is_err() && state.available(Some("n"), NOW).is_ok());
     }

@@ -40,6 +40,9 @@ pub enum Failure {
     Trouble,
     /// 400, 404 and the like: the request is wrong, not the key.
     Request,
+    /// Another 403 (a content filter, a policy): another key may be allowed, but this one
+    /// is not at fault either; failed over without a penalty.
+    Refused,
 }
 
 /// Reads an upstream failure. `status` is `None` for a transport failure (connect, timeout,
@@ -69,7 +72,8 @@ pub fn classify(
         Some(503) if text.contains("overload") || text.contains("busy") => Failure::Transient { retry_after },
         Some(403) if text.contains("subscription") => Failure::ModelLocked,
         Some(402) => Failure::Exhausted { until: retry_after.map_or(now + cooldown_secs, |secs| now + secs) },
-        Some(status) if status >= 500 || status == 408 || status == 403 => Failure::Trouble,
+        Some(403) => Failure::Refused,
+        Some(status) if status >= 500 || status == 408 => Failure::Trouble,
         Some(_) => Failure::Request,
     }
 }
@@ -214,15 +218,21 @@ impl KeyState {
                     self.set(Health::Backoff, Some(now + wait), now);
                 }
             }
-            Failure::Request => {}
+            Failure::Request | Failure::Refused => {}
         }
     }
 
-    /// A health check found the key good: whatever held it back is over.
-    pub fn record_probe_ok(&mut self, now: u64) {
+    /// A health check found the key good. That proves it authenticates (an invalid key is
+    /// back) and the upstream answers (the failure streak ends); a spent quota or a back-off
+    /// ends only with its window, unless the probe itself generated (`proves_quota`).
+    pub fn record_probe_ok(&mut self, now: u64, proves_quota: bool) {
         self.consecutive_failures = 0;
-        self.backoff_level = 0;
-        self.set(Health::Healthy, None, now);
+        let waiting =
+            matches!(self.state, Health::Exhausted | Health::Backoff) && self.until.is_some_and(|u| u > now);
+        if self.state == Health::Invalid || !waiting || proves_quota {
+            self.backoff_level = 0;
+            self.set(Health::Healthy, None, now);
+        }
     }
 
     fn next_backoff(&self) -> u64 {
@@ -306,6 +316,7 @@ mod tests {
         assert_eq!(class(Some(500), "runner crashed", None), Failure::Trouble);
         assert_eq!(class(Some(502), "bad gateway", None), Failure::Trouble);
         assert_eq!(class(None, "connection refused", None), Failure::Trouble);
+        assert_eq!(class(Some(403), "your input was flagged by moderation", None), Failure::Refused);
         assert_eq!(class(Some(400), "invalid options", None), Failure::Request);
         assert_eq!(class(Some(404), "model 'x' not found", None), Failure::Request);
     }
@@ -326,8 +337,18 @@ mod tests {
         let mut state = KeyState::default();
         fail(&mut state, Failure::Invalid);
         assert_eq!(state.available(None, NOW + 365 * 86_400).unwrap_err().reason, "invalid");
-        state.record_probe_ok(NOW);
+        state.record_probe_ok(NOW, false);
         assert!(state.available(None, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_free_probe_does_not_end_a_spent_quota() {
+        let mut state = KeyState::default();
+        fail(&mut state, Failure::Exhausted { until: NOW + 100 });
+        state.record_probe_ok(NOW, false);
+        assert_eq!(state.available(None, NOW).unwrap_err().reason, "quota spent", "usage/show cost nothing");
+        state.record_probe_ok(NOW, true);
+        assert!(state.available(None, NOW).is_ok(), "a generated token proves the quota is back");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
-use crate::health;
+use crate::health::{self, ProbeResult};
+use crate::keys::KeyEntry;
+use crate::keystate::{key_id, Health};
 use crate::pool::KeyStore;
 use crate::relay;
 use crate::statefile::{self, Loaded};
@@ -94,10 +96,14 @@ impl Live {
     }
 }
 
+/// The ids of the keys in keys.txt now.
+fn known_ids(gateway: &Gateway) -> BTreeSet<String> {
+    gateway.pools.values().flat_map(|pool| pool.ids.iter().cloned()).collect()
+}
+
 /// Drops states of keys no longer in keys.txt.
 fn forget_removed_keys(gateway: &Gateway) {
-    let ids: BTreeSet<String> = gateway.pools.values().flat_map(|pool| pool.ids.iter().cloned()).collect();
-    gateway.store.retain(&ids);
+    gateway.store.retain(&known_ids(gateway));
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -198,7 +204,7 @@ fn merge_state_file(live: &Live, seen: &mut Seen) {
     }
     seen.state = stamp;
     if let Loaded::Read(states) = statefile::load(&path) {
-        live.store.merge_newer(states);
+        live.store.merge_newer(states, &known_ids(&live.current()));
     }
 }
 
@@ -210,21 +216,33 @@ fn recheck_invalid(gateway: &Gateway) {
         .keys
         .iter()
         .filter(|entry| {
-            let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
-            gateway.store.get(&id).state == crate::keystate::Health::Invalid
+            let id = key_id(&entry.base_url, entry.key.as_ref());
+            gateway.store.get(&id).state == Health::Invalid
         })
         .cloned()
         .collect();
     if entries.is_empty() {
         return;
     }
-    let (probe, policy) = (gateway.config.raw.health.probe(), gateway.policy());
-    let results = health::probe_all(&gateway.agent, &entries, &probe, crate::check::PARALLEL, now, &policy);
-    for (entry, result) in entries.iter().zip(&results) {
-        let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
-        gateway.store.update(&id, |state| health::apply(state, result, Some(&probe.model), now, &policy));
+    for (entry, result) in record_probes(gateway, &entries, now) {
         log::info!("reload: rechecked invalid key {}: {}", entry.label(), result.note);
     }
+}
+
+/// Probes `entries` and records the results in the key store.
+fn record_probes<'e>(
+    gateway: &Gateway,
+    entries: &'e [KeyEntry],
+    now: u64,
+) -> Vec<(&'e KeyEntry, ProbeResult)> {
+    let policy = gateway.policy();
+    let model = gateway.config.raw.health.model.clone();
+    let results = health::probe_keys(&gateway.agent, &gateway.config, entries, now, &policy);
+    for (entry, result) in entries.iter().zip(&results) {
+        let id = key_id(&entry.base_url, entry.key.as_ref());
+        gateway.store.update(&id, |state| health::apply(state, result, Some(&model), now, &policy));
+    }
+    entries.iter().zip(results).collect()
 }
 
 fn health_loop(live: &Live) {
@@ -236,15 +254,7 @@ fn health_loop(live: &Live) {
         }
         thread::sleep(Duration::from_secs(interval));
         let gateway = live.current();
-        let entries: Vec<_> = gateway.config.keys.clone();
-        let probe = gateway.config.raw.health.probe();
-        let (now, policy) = (relay::now(), gateway.policy());
-        let results =
-            health::probe_all(&gateway.agent, &entries, &probe, crate::check::PARALLEL, now, &policy);
-        for (entry, result) in entries.iter().zip(&results) {
-            let id = crate::keystate::key_id(&entry.base_url, entry.key.as_ref());
-            live.store.update(&id, |state| health::apply(state, result, Some(&probe.model), now, &policy));
-        }
-        log::info!("health check: {} keys probed", results.len());
+        let probed = record_probes(&gateway, &gateway.config.keys, relay::now());
+        log::info!("health check: {} keys probed", probed.len());
     }
 }

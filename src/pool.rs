@@ -60,9 +60,12 @@ impl KeyStore {
         ids.iter().map(|id| states.get(id).map_or(Ok(()), |state| state.available(model, now))).collect()
     }
 
-    /// A copy of every state, for saving.
+    /// A copy of every state, for saving (waits that are over are saved as over).
     pub fn snapshot(&self) -> BTreeMap<String, KeyState> {
-        self.lock().clone()
+        let now = crate::relay::now();
+        let mut states = self.lock().clone();
+        states.values_mut().for_each(|state| state.expire(now));
+        states
     }
 
     /// Whether anything changed since the last call.
@@ -80,11 +83,12 @@ impl KeyStore {
         }
     }
 
-    /// Takes the health of keys that changed more recently in `other` (the state file, as
-    /// `ollama-gateway check` left it); counters stay this process's.
-    pub fn merge_newer(&self, other: BTreeMap<String, KeyState>) {
+    /// Takes in what another process (`ollama-gateway check`) found about the keys in
+    /// `known`: a key's health when its change is at least as recent as ours, and each model
+    /// lock-out at its later end; counters and failure streaks stay this process's.
+    pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
         let mut states = self.lock();
-        for (id, theirs) in other {
+        for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
             let ours = states.entry(id).or_default();
             // `>=`: a change made in the same second by `check` still counts (this process
             // never merges its own saves back).
@@ -92,10 +96,11 @@ impl KeyStore {
                 ours.state = theirs.state;
                 ours.until = theirs.until;
                 ours.last_error = theirs.last_error;
-                ours.model_cooldowns = theirs.model_cooldowns;
-                ours.consecutive_failures = theirs.consecutive_failures;
-                ours.backoff_level = theirs.backoff_level;
                 ours.changed_at = theirs.changed_at;
+            }
+            for (model, until) in theirs.model_cooldowns {
+                let mine = ours.model_cooldowns.entry(model).or_insert(until);
+                *mine = (*mine).max(until);
             }
         }
     }
@@ -318,7 +323,7 @@ mod tests {
                 ..KeyState::default()
             },
         );
-        store.merge_newer(file);
+        store.merge_newer(file, &BTreeSet::from(["a".to_string()]));
         let merged = store.get("a");
         assert_eq!((merged.state, merged.requests), (crate::keystate::Health::Invalid, 10));
     }

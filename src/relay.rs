@@ -63,11 +63,6 @@ pub fn failure_of(error: &UpstreamError, now: u64, policy: &Policy) -> Failure {
     }
 }
 
-/// Whether another key might succeed where this one failed.
-pub fn should_fail_over(error: &UpstreamError) -> bool {
-    failure_of(error, 0, &Policy::default()) != Failure::Request
-}
-
 /// The answer a client gets for an upstream failure.
 pub fn to_api_error(error: &UpstreamError) -> ApiError {
     match error {
@@ -115,19 +110,6 @@ impl<'a> Outgoing<'a> {
             method: "GET",
             path,
             body: None,
-            cloud_body: None,
-            stream: false,
-            model: None,
-            content_type: "application/json",
-        }
-    }
-
-    /// A POST of a JSON body.
-    pub fn post(path: &'a str, body: &'a [u8]) -> Outgoing<'a> {
-        Outgoing {
-            method: "POST",
-            path,
-            body: Some(body),
             cloud_body: None,
             stream: false,
             model: None,
@@ -263,11 +245,19 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
             Err(err) => return Err(UpstreamError::Protocol(err.to_string())),
         }
     }
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) {
+    // An NDJSON line, or the first event of an OpenAI-style SSE stream.
+    let json = line.strip_prefix(b"data: ").unwrap_or(&line);
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) {
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-            // Kept as a body, so it reads like any upstream error.
+            // Kept as a body, so it reads like any upstream error; a quota message in the
+            // stream still counts as a spent quota.
             let body = serde_json::json!({ "error": error }).to_string().into_bytes();
-            return Err(UpstreamError::Status { status: 502, body, retry_after: None });
+            let spent = upstream_message(&body).to_ascii_lowercase().contains("usage limit");
+            return Err(UpstreamError::Status {
+                status: if spent { 429 } else { 502 },
+                body,
+                retry_after: None,
+            });
         }
     }
     line.push(b'\n');
@@ -284,14 +274,15 @@ mod tests {
 
     #[test]
     fn key_failures_fail_over_and_request_errors_do_not() {
+        let fails_over = |error: &UpstreamError| failure_of(error, 0, &Policy::default()) != Failure::Request;
         for code in [401, 403, 429, 500, 502, 503] {
-            assert!(should_fail_over(&status(code)), "{code}");
+            assert!(fails_over(&status(code)), "{code}");
         }
         for code in [400, 404, 405, 413, 422] {
-            assert!(!should_fail_over(&status(code)), "{code}");
+            assert!(!fails_over(&status(code)), "{code}");
         }
-        assert!(should_fail_over(&UpstreamError::Connect("refused".into())));
-        assert!(should_fail_over(&UpstreamError::Timeout("read".into())));
+        assert!(fails_over(&UpstreamError::Connect("refused".into())));
+        assert!(fails_over(&UpstreamError::Timeout("read".into())));
     }
 
     #[test]
