@@ -17,7 +17,7 @@ use crate::relay;
 use crate::statefile::{self, Loaded};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,12 +27,19 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often config files are checked for changes, and key states saved when changed.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// How long a stop waits for requests (streams) in flight before it exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The current gateway generation and what outlives it.
 pub struct Live {
     current: RwLock<Arc<Gateway>>,
     store: Arc<KeyStore>,
     config_path: PathBuf,
     started: Instant,
+    /// Requests taken by the server and not finished.
+    pub in_flight: AtomicUsize,
+    /// Set on SIGTERM/SIGINT: new requests are refused while those in flight finish.
+    pub draining: AtomicBool,
 }
 
 impl Live {
@@ -55,6 +62,8 @@ impl Live {
             store,
             config_path: config_path.to_path_buf(),
             started,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -169,10 +178,7 @@ fn housekeeper(live: &Live, signals: &Signals) {
     loop {
         thread::sleep(TICK);
         if signals.stop.load(Ordering::Acquire) {
-            merge_state_file(live, &mut seen);
-            live.save_states();
-            log::info!("stopping: key states saved");
-            std::process::exit(0);
+            stop(live, &mut seen);
         }
         let hup = signals.reload.swap(false, Ordering::AcqRel);
         if !hup && last_files_check.elapsed() < FILE_CHECK_EVERY {
@@ -193,6 +199,24 @@ fn housekeeper(live: &Live, signals: &Signals) {
             seen.state = modified(&live.current().config.state_file);
         }
     }
+}
+
+/// Stops gracefully: refuse new requests, let those in flight finish (streams included, up
+/// to [`SHUTDOWN_GRACE`]), save the key states, exit.
+fn stop(live: &Live, seen: &mut Seen) -> ! {
+    live.draining.store(true, Ordering::Release);
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let busy = live.in_flight.load(Ordering::Acquire);
+    if busy > 0 {
+        log::info!("stopping: waiting up to {} s for {busy} requests in flight", SHUTDOWN_GRACE.as_secs());
+    }
+    while live.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    merge_state_file(live, seen);
+    live.save_states();
+    log::info!("stopping: key states saved");
+    std::process::exit(0);
 }
 
 /// Takes in what another process (`ollama-gateway check`) wrote to the state file.

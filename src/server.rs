@@ -18,7 +18,7 @@ use std::io::{self, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -56,43 +56,50 @@ impl Server {
         // Requests taken but not finished: at most `workers` being served and `queue_size`
         // waiting. Counting them (rather than sizing a channel) makes "full" exact: a
         // worker between two requests still counts as free.
-        let in_flight = Arc::new(AtomicUsize::new(0));
         let capacity = config.workers + config.queue_size;
         let (sender, receiver) = channel::<tiny_http::Request>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..config.workers {
             let (live, receiver) = (Arc::clone(&live), Arc::clone(&receiver));
-            let in_flight = Arc::clone(&in_flight);
             let spawned = thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .stack_size(WORKER_STACK)
-                .spawn(move || work(&receiver, &live, &in_flight));
+                .spawn(move || work(&receiver, &live));
             if let Err(err) = spawned {
                 log::error!("could not start worker {index} ({err}); serving with {index} workers");
                 break;
             }
         }
         for request in self.http.incoming_requests() {
-            if in_flight.fetch_add(1, Ordering::AcqRel) < capacity {
+            if live.draining.load(Ordering::Acquire) {
+                refuse(
+                    request,
+                    &config.cors.allow_origins,
+                    "the gateway is shutting down; retry in a moment",
+                );
+                continue;
+            }
+            if live.in_flight.fetch_add(1, Ordering::AcqRel) < capacity {
                 if sender.send(request).is_err() {
                     break;
                 }
                 continue;
             }
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            refuse_at_capacity(request, &config.cors.allow_origins);
+            live.in_flight.fetch_sub(1, Ordering::AcqRel);
+            refuse(
+                request,
+                &config.cors.allow_origins,
+                "the gateway is at capacity (every worker busy and the queue full); retry shortly",
+            );
         }
     }
 }
 
 /// Answers 503 on the dispatcher thread, without reading the body, and closes the
 /// connection (shedding load; the vendored tiny_http closes it after an unread body anyway).
-fn refuse_at_capacity(request: tiny_http::Request, allow_origins: &[String]) {
-    let error = ApiError::server(
-        503,
-        "the gateway is at capacity (every worker busy and the queue full); retry shortly",
-    );
-    log::warn!("{} {} 503 queue full", request.method(), path_of(request.url()));
+fn refuse(request: tiny_http::Request, allow_origins: &[String], why: &str) {
+    let error = ApiError::server(503, why);
+    log::warn!("{} {} 503: {why}", request.method(), path_of(request.url()));
     let origin = request.headers().iter().find(|h| h.field.equiv("Origin")).map(|h| h.value.as_str());
     let mut headers = cors::headers(allow_origins, origin, None);
     headers.push(("Connection", "close".to_string()));
@@ -112,7 +119,7 @@ fn tune_listener(listener: TcpListener, client_timeout: Duration) -> io::Result<
     Ok(TcpListener::from(OwnedFd::from(stream)))
 }
 
-fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, live: &Live, in_flight: &AtomicUsize) {
+fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, live: &Live) {
     loop {
         let request = {
             let queue = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -127,7 +134,7 @@ fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, live: &Live, in_flight: 
         if catch_unwind(AssertUnwindSafe(|| serve_one(request, &gateway))).is_err() {
             log::error!("a request handler panicked; the worker goes on");
         }
-        in_flight.fetch_sub(1, Ordering::AcqRel);
+        live.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

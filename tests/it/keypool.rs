@@ -975,3 +975,32 @@ fn a_reload_rechecks_invalid_keys() {
     });
     assert!(fake.requests().iter().any(|r| r.path == "/api/usage"), "the key was probed");
 }
+
+/// SIGTERM lets a stream in flight finish before the gateway saves its key states and
+/// exits; new requests meanwhile get a 503.
+#[test]
+fn sigterm_lets_streams_in_flight_finish() {
+    let fake = Fake::start(|recorded| {
+        if recorded.wants_stream() {
+            let mut lines: Vec<String> =
+                (0..5).map(|i| content_line(&format!("part{i} ")).to_string()).collect();
+            lines.push(done_line("stop", 3, 5).to_string());
+            FakeReply::Ndjson(Ndjson { lines, delay: Duration::from_millis(200), gate: None })
+        } else {
+            FakeReply::ok(chat_answer("ok"))
+        }
+    });
+    let gateway = Gateway::start(&config(""), &keys_on(&fake.url, &[KEY_A]));
+    let mut conn = gateway.open_stream(&chat_body("m", true));
+    eqnice!(200, conn.status);
+    let mut events = vec![conn.next_event().expect("a first event")];
+    gateway.signal("TERM");
+    gateway.wait_for_log(&["stopping: waiting"]);
+    let refused = gateway.chat(&chat_body("m", false));
+    eqnice!(503, refused.status, "new requests are refused while draining: {}", refused.text);
+    events.extend(conn.events());
+    assert_eq!(events.last().map(|(_, data)| data.as_str()), Some("[DONE]"), "{events:?}");
+    let stopped = gateway.stop();
+    eqnice!(Some(0), stopped.code, "{}", stopped.logs);
+    assert!(stopped.logs.contains("key states saved"), "{}", stopped.logs);
+}
