@@ -1,4 +1,6 @@
 //! Test helpers shared by the translators' unit tests.
+//!
+//! Built only for tests (`#[cfg(test)]` on its `mod` line), where a panic is the report.
 
 use serde_json::Value;
 
