@@ -14,10 +14,7 @@
 
 use super::errors::ApiError;
 use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{
-    error_event, upstream_error_text, usage_json, usage_of, ReplyContext, FINGERPRINT, INCOMPLETE,
-    QUOTED_LINE_CHARS,
-};
+use super::reply::{ended_message, error_event, read_line, usage_json, usage_of, ReplyContext, FINGERPRINT};
 use super::{sse_data, Flow, LineTranslator, Usage};
 use serde_json::{json, Map, Value};
 
@@ -236,21 +233,11 @@ impl LineTranslator for CompletionStream {
         if self.ended {
             return Flow::Done;
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Flow::Continue;
-        }
-        let line: Value = match serde_json::from_slice(line) {
-            Ok(value @ Value::Object(_)) => value,
-            _ => {
-                let quoted: String = String::from_utf8_lossy(line).chars().take(QUOTED_LINE_CHARS).collect();
-                return self
-                    .fail(&format!("upstream sent an invalid line (expected a JSON object): {quoted}"), out);
-            }
+        let line = match read_line(line) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Flow::Continue,
+            Err(message) => return self.fail(&message, out),
         };
-        if let Some(error) = line.get("error").filter(|error| !error.is_null()) {
-            return self.fail(&upstream_error_text(error), out);
-        }
         if self.created.is_none() {
             self.created = Some(self.ctx.created(&line));
         }
@@ -281,11 +268,7 @@ impl LineTranslator for CompletionStream {
         if self.ended {
             return;
         }
-        let message = match error {
-            Some(text) if !text.trim().is_empty() => text,
-            _ => INCOMPLETE,
-        };
-        self.fail(message, out);
+        self.fail(ended_message(error), out);
     }
 
     fn usage(&self) -> Option<Usage> {

@@ -97,3 +97,33 @@ pub(crate) fn upstream_error_text(error: &Value) -> String {
         text
     }
 }
+
+/// One upstream NDJSON line of a stream being translated: `Ok(None)` for a blank line (to
+/// skip), the object, or the text of the error event that must end the stream (an
+/// `{"error": …}` line, or a line that is not a JSON object).
+pub(crate) fn read_line(line: &[u8]) -> Result<Option<Value>, String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(value @ Value::Object(_)) => value,
+        _ => {
+            let quoted: String = String::from_utf8_lossy(line).chars().take(QUOTED_LINE_CHARS).collect();
+            return Err(format!("upstream sent an invalid line (expected a JSON object): {quoted}"));
+        }
+    };
+    match value.get("error").filter(|error| !error.is_null()) {
+        Some(error) => Err(upstream_error_text(error)),
+        None => Ok(Some(value)),
+    }
+}
+
+/// The error event's text when upstream ends before its final line: its read error, or
+/// that the reply is incomplete.
+pub(crate) fn ended_message(error: Option<&str>) -> &str {
+    match error {
+        Some(text) if !text.trim().is_empty() => text,
+        _ => INCOMPLETE,
+    }
+}
