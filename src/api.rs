@@ -284,28 +284,30 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Answers one request.
-pub fn handle(req: &Req, gateway: &Gateway, log: &mut LogFields) -> Reply {
-    let native = Endpoint::from_path(split_pool_prefix(req.path()).1).is_some_and(|e| e.is_native());
-    let reply = match admit(req, gateway, log) {
-        Ok(Admitted::Open(endpoint)) => Ok(open_endpoint(&endpoint, gateway)),
-        Ok(Admitted::Client(endpoint, client)) => dispatch(endpoint, req, gateway, client, log),
-        Err(early) => Ok(early),
+/// Answers a request that [`screen`] admitted, now that its body is read.
+pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut LogFields) -> Reply {
+    let reply = match admission.0 {
+        Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, gateway)),
+        Admitted::Client(endpoint, client) => {
+            let native = endpoint.is_native();
+            dispatch(endpoint, req, gateway, client, log).map_err(|error| match native {
+                true => native::error_reply(&error),
+                false => Reply::error(&error),
+            })
+        }
     };
-    let reply = reply.unwrap_or_else(|error| match native {
-        true => native::error_reply(&error),
-        false => Reply::error(&error),
-    });
-    with_cors(req, gateway, reply)
+    with_cors(req, gateway, reply.unwrap_or_else(|error_reply| error_reply))
 }
 
-/// The answer to a request that needs none of its body: an unknown route, a wrong method,
-/// a preflight, a missing or wrong token. `server` asks this before reading a body, so a
-/// client without a token cannot make a worker wait for (or hold) a large upload.
-pub fn screen(head: &Req, gateway: &Gateway, log: &mut LogFields) -> Option<Reply> {
-    match admit(head, gateway, log) {
-        Ok(_) => None,
-        Err(early) => Some(with_cors(head, gateway, early)),
-    }
+/// A request checked from its head alone: its route, method, token and scope.
+pub struct Admission<'g>(Admitted<'g>);
+
+/// Checks a request from its head, or answers it at once when it needs none of its body:
+/// an unknown route, a wrong method, a preflight, a missing or wrong token, a scope it
+/// lacks. `server` asks this before reading a body, so a client without a token cannot make
+/// a worker wait for (or hold) a large upload.
+pub fn screen<'g>(head: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admission<'g>, Reply> {
+    admit(head, gateway, log).map(Admission).map_err(|early| with_cors(head, gateway, early))
 }
 
 /// The error answer for `req`, with its CORS headers.

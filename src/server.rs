@@ -3,7 +3,8 @@
 //!
 //! One dispatcher thread takes requests from tiny_http and hands them to `workers` threads
 //! through a bounded queue; when the queue is full the dispatcher answers 503 at once. Each
-//! worker reads the body (up to `max_body_bytes`), calls [`api::handle`] under
+//! worker checks the head ([`api::screen`]), reads the body (up to `max_body_bytes`), calls
+//! [`api::handle`] under
 //! `catch_unwind`, writes the [`Reply`] (streams through [`LiveWriter`]), and logs one line.
 //! Nothing here parses JSON bodies.
 
@@ -153,14 +154,15 @@ fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
     let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let mut body_read = false;
     let reply = catch_unwind(AssertUnwindSafe(|| {
-        if let Some(early) = api::screen(&req, gateway, &mut log) {
-            return early;
-        }
+        let admission = match api::screen(&req, gateway, &mut log) {
+            Ok(admission) => admission,
+            Err(early) => return early,
+        };
         match read_body(&mut request, gateway.config.raw.max_body_bytes) {
             Ok(body) => {
                 req.body = body;
                 body_read = true;
-                api::handle(&req, gateway, &mut log)
+                api::handle(&req, gateway, admission, &mut log)
             }
             Err(error) => api::error_reply(&req, gateway, &error),
         }
