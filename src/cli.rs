@@ -13,7 +13,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// The token in `config.example.toml`. It is public, so the gateway warns when it is accepted.
 pub const EXAMPLE_TOKEN: &str = "sk-ollama-gateway-example-change-me";
@@ -249,7 +248,7 @@ fn serve(config_path: &Path) -> ExitCode {
              `ollama-gateway token new` before exposing this port"
         );
     }
-    let server = match Server::bind(config.raw.listen, Duration::from_secs(config.raw.client_timeout_secs)) {
+    let server = match Server::bind(config.raw.listen) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("error: cannot listen on {}: {err}", config.raw.listen);
@@ -272,8 +271,8 @@ fn serve(config_path: &Path) -> ExitCode {
             log::error!("cannot watch signals ({err}); SIGHUP will not reload and SIGTERM will not save")
         }
     }
-    server.run(live);
-    ExitCode::SUCCESS
+    // Only a signal ends the gateway (the housekeeper saves the key states and exits).
+    server.run(live)
 }
 
 #[cfg(test)]

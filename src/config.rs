@@ -51,6 +51,22 @@ pub struct RawConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes", deserialize_with = "positive_u64")]
     pub max_body_bytes: u64,
+    /// Client connections open at once (0: sized from the open-files limit at start);
+    /// past it new connections are closed at once.
+    #[serde(default, deserialize_with = "max_connections")]
+    pub max_connections: usize,
+    /// Longest time for a whole request head to arrive, from its first byte (and, on a new
+    /// connection, from the connect).
+    #[serde(default = "default_header_timeout", deserialize_with = "seconds")]
+    pub header_timeout_secs: u64,
+    /// Slowest request body accepted, in bytes a second on average, after a grace of
+    /// `header_timeout_secs`; a slower client's connection is closed.
+    #[serde(default = "default_min_body_rate", deserialize_with = "positive_u64")]
+    pub min_body_bytes_per_sec: u64,
+    /// Request bodies held in memory at once, in bytes, across all requests; beyond it new
+    /// requests get 503 with `Retry-After`.
+    #[serde(default = "default_max_inflight_body_bytes", deserialize_with = "positive_u64")]
+    pub max_inflight_body_bytes: u64,
     /// Field name(s) of thinking text in replies.
     #[serde(default)]
     pub reasoning_field: ReasoningField,
@@ -97,6 +113,10 @@ pub struct RawUpstream {
     /// Longest upstream silence, waiting for the answer or in the middle of it.
     #[serde(default = "default_idle_timeout", deserialize_with = "seconds")]
     pub idle_timeout_secs: u64,
+    /// Longest whole upstream exchange for one request, from the first connect to the last
+    /// byte of the answer (streams included), across failover.
+    #[serde(default = "default_request_timeout", deserialize_with = "seconds")]
+    pub request_timeout_secs: u64,
     /// Different keys tried for one request.
     #[serde(default = "default_max_attempts", deserialize_with = "max_attempts")]
     pub max_attempts: u32,
@@ -188,6 +208,7 @@ impl Default for RawUpstream {
             base_url: default_base_url(),
             connect_timeout_secs: default_connect_timeout(),
             idle_timeout_secs: default_idle_timeout(),
+            request_timeout_secs: default_request_timeout(),
             max_attempts: default_max_attempts(),
             strategy: Strategy::default(),
             cooldown_secs: default_cooldown(),
@@ -264,6 +285,18 @@ fn default_state_file() -> PathBuf {
 fn default_max_body_bytes() -> u64 {
     32 * 1024 * 1024
 }
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_min_body_rate() -> u64 {
+    1024
+}
+fn default_max_inflight_body_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_request_timeout() -> u64 {
+    600
+}
 fn default_base_url() -> String {
     "https://ollama.com".to_string()
 }
@@ -300,6 +333,9 @@ fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     in_range(d, 1, 16_384).map(|v| v as usize)
 }
 fn queue_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    in_range(d, 0, 1_000_000).map(|v| v as usize)
+}
+fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     in_range(d, 0, 1_000_000).map(|v| v as usize)
 }
 fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

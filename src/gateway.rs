@@ -58,13 +58,16 @@ impl Gateway {
         Policy { cooldown_secs: upstream.cooldown_secs, failure_threshold: upstream.failure_threshold }
     }
 
-    /// The relay settings for one request.
+    /// The relay settings for one request, whose upstream exchange starts now.
     pub fn relay(&self) -> Relay<'_> {
         Relay {
             agent: &self.agent,
             store: &self.store,
             policy: self.policy(),
             max_attempts: self.config.raw.upstream.max_attempts,
+            deadline: Some(
+                Instant::now() + Duration::from_secs(self.config.raw.upstream.request_timeout_secs),
+            ),
         }
     }
 }

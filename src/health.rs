@@ -213,6 +213,7 @@ impl Ctx<'_> {
             method,
             path,
             body.as_deref().map(|b| (b.as_bytes(), "application/json")),
+            None,
         ) {
             Ok(response) => {
                 // The status is the answer; reading the body only lets the connection be reused.

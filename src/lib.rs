@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cancel;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -31,3 +32,4 @@ pub mod sse;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;
+pub mod watch;

@@ -8,6 +8,7 @@
 //! goes straight back, because the request is wrong, not the key. When no key is usable the
 //! client gets a 429 saying why and when the first key frees up.
 
+use crate::cancel;
 use crate::keys::KeyEntry;
 use crate::keystate::{self, Failure, Policy};
 use crate::model_policy;
@@ -16,7 +17,7 @@ use crate::sse;
 use crate::translate::errors::{upstream_message, ApiError};
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 use std::io::{BufReader, Cursor, Read};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// What the relay did, for the request log and token accounting.
 #[derive(Debug, Default, Clone)]
@@ -40,6 +41,8 @@ pub struct Relay<'a> {
     pub policy: Policy,
     /// Upstream requests allowed for one client request.
     pub max_attempts: u32,
+    /// When the whole upstream exchange of this request must be over (`request_timeout_secs`).
+    pub deadline: Option<Instant>,
 }
 
 /// The current time in Unix seconds.
@@ -143,11 +146,16 @@ pub fn send(
         trace.key = Some(entry.label());
         trace.key_id = Some(id.to_string());
         let body = request.body_for(entry).map(|body| (body, request.content_type));
-        let sent = upstream::send(relay.agent, entry, request.method, request.path, body);
+        let sent = upstream::send(relay.agent, entry, request.method, request.path, body, relay.deadline);
         let sent = match sent {
             Ok(response) if request.stream => first_line_checked(response),
             other => other,
         };
+        if cancel::cancelled() {
+            // The client left and its upstream socket was shut: not the key's fault, and
+            // nobody is waiting for another attempt.
+            return Err(client_gone());
+        }
         match sent {
             Ok(response) => {
                 relay.store.update(id, |state| {
@@ -194,6 +202,12 @@ pub fn send(
         },
     };
     Err(answer)
+}
+
+/// The answer to a request whose client left while it waited on upstream (nginx's 499);
+/// nobody reads it, but the log line says what happened.
+fn client_gone() -> ApiError {
+    ApiError::server(499, "the client closed the connection before the answer")
 }
 
 /// The 429 for a pool with no usable key: what holds the keys back and when one frees up.

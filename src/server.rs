@@ -1,47 +1,66 @@
-//! The HTTP server: tiny_http, a pool of worker threads, and the one adapter between them
-//! and the handlers in `api`.
+//! The HTTP server: accepting connections, one thread per connection, and the one adapter
+//! between tiny_http and the handlers in `api`.
 //!
-//! One dispatcher thread takes requests from tiny_http and hands them to `workers` threads
-//! through a bounded queue; when the queue is full the dispatcher answers 503 at once. Each
-//! worker checks the head ([`api::screen`]), reads the body (up to `max_body_bytes`), calls
-//! [`api::handle`] under
-//! `catch_unwind`, writes the [`Reply`] (streams through [`LiveWriter`]), and logs one line.
+//! The accept loop runs on the calling thread and never ends: an `accept()` error is logged
+//! (at most once a second) and retried after a short back-off, and when descriptors run out
+//! a reserve one is given up to close the waiting connection instead of leaving it hanging.
+//! Past `max_connections` a new connection is closed at once, so descriptors and threads
+//! stay bounded whatever clients do. Each connection is served on its own thread, which
+//! reads a request (its head within `header_timeout_secs`, its body at no less than
+//! `min_body_bytes_per_sec`), checks it ([`api::screen`]) before reading the body, and only
+//! then waits for one of `workers` slots to run [`api::handle`]; a slow client holds its
+//! connection's thread, never a worker. While a handler waits on upstream, the client's
+//! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
 //! Nothing here parses JSON bodies.
 
 use crate::api::{self, LogFields, Reply, Req, StreamReply};
+use crate::cancel::{self, Cancel};
+use crate::config::RawConfig;
 use crate::cors;
-use crate::gateway::Gateway;
 use crate::live::Live;
 use crate::sse::{self, LiveWriter};
 use crate::translate::errors::ApiError;
 use crate::translate::{Flow, Usage};
+use crate::watch::{ClientSocket, Watch};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+use tiny_http::{ClientConnection, ReadClock};
 
-/// Stack of each worker thread; handlers are shallow, and untouched stack costs no memory.
-const WORKER_STACK: usize = 512 * 1024;
+/// Stack of each connection thread; handlers are shallow, and untouched stack costs no
+/// memory.
+const CONNECTION_STACK: usize = 512 * 1024;
+
+/// Descriptors kept free beside the connections: the listener, the state file, logs, the
+/// upstream connections of requests in flight are counted per connection.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// Upper bound of the default `max_connections`, whatever the open-files limit allows.
+const DEFAULT_MAX_CONNECTIONS_CAP: u64 = 16_384;
+
+/// How long the accept loop waits after a failed `accept()`, at first and at most.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
+
+/// Bytes read from a request body between two deadline updates.
+const BODY_STEP: u64 = 256 * 1024;
 
 /// A bound, not yet serving, HTTP server.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
+    listener: TcpListener,
     addr: SocketAddr,
 }
 
 impl Server {
-    /// Binds the listening socket. `client_timeout` bounds every wait on a client: for its
-    /// next request on a kept-alive connection, for its body, and for it to take our bytes.
-    pub fn bind(addr: SocketAddr, client_timeout: Duration) -> io::Result<Server> {
-        let listener = tune_listener(TcpListener::bind(addr)?, client_timeout)?;
+    /// Binds the listening socket.
+    pub fn bind(addr: SocketAddr) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let http = tiny_http::Server::from_listener(listener, None).map_err(io::Error::other)?;
-        Ok(Server { http: Arc::new(http), addr })
+        Ok(Server { listener, addr })
     }
 
     /// The address actually bound (the port, when 0 was asked for).
@@ -49,163 +68,459 @@ impl Server {
         self.addr
     }
 
-    /// Serves until the process ends. `listen`, `workers` and `queue_size` are read once
-    /// here; everything else follows the current generation of `live`, request by request.
-    pub fn run(self, live: Arc<Live>) {
-        let first = live.current();
-        let config = &first.config.raw;
-        // Requests taken but not finished: at most `workers` being served and `queue_size`
-        // waiting. Counting them (rather than sizing a channel) makes "full" exact: a
-        // worker between two requests still counts as free.
-        let capacity = config.workers + config.queue_size;
-        let (sender, receiver) = channel::<tiny_http::Request>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        for index in 0..config.workers {
-            let (live, receiver) = (Arc::clone(&live), Arc::clone(&receiver));
-            let spawned = thread::Builder::new()
-                .name(format!("worker-{index}"))
-                .stack_size(WORKER_STACK)
-                .spawn(move || work(&receiver, &live));
-            if let Err(err) = spawned {
-                log::error!("could not start worker {index} ({err}); serving with {index} workers");
+    /// Serves until the process is stopped (by a signal, see `live`): this never returns.
+    /// `listen`, `workers`, `queue_size` and `max_connections` are read once here;
+    /// everything else follows the current generation of `live`, request by request.
+    pub fn run(self, live: Arc<Live>) -> ! {
+        let shared = Arc::new(Shared::new(&live.current().config.raw, Arc::clone(&live)));
+        log::info!(
+            "serving at most {} connections and {} requests at once ({} more may wait)",
+            shared.limits.max_connections,
+            shared.limits.workers,
+            shared.limits.queue_size
+        );
+        let mut accept_errors = Throttle::default();
+        let mut refused = Throttle::default();
+        // Given up to accept (and close) a connection when no descriptor is left, so that
+        // the client sees a closed connection instead of a connect that never answers.
+        let mut reserve = File::open("/dev/null").ok();
+        let mut backoff = ACCEPT_BACKOFF.0;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    shared.take_connection(stream, peer, &mut refused);
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    let out_of_descriptors = matches!(err.raw_os_error(), Some(23 | 24)); // ENFILE, EMFILE
+                    accept_errors.warn(|suppressed| {
+                        format!(
+                            "cannot accept a connection: {err}{}; retrying{suppressed}",
+                            if out_of_descriptors {
+                                " (out of file descriptors: lower max_connections or raise LimitNOFILE)"
+                            } else {
+                                ""
+                            }
+                        )
+                    });
+                    if out_of_descriptors && reserve.take().is_some() {
+                        if let Ok((stream, _)) = self.listener.accept() {
+                            drop(stream);
+                        }
+                        reserve = File::open("/dev/null").ok();
+                    }
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                }
+            }
+        }
+    }
+}
+
+/// The open-files limit, raised from its soft value to the hard one when it can be; logs
+/// what it did. Returns the limit in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    // An unlimited hard limit cannot be the soft one on Linux (nr_open caps it); a million
+    // descriptors is more than max_connections' cap needs.
+    let wanted = hard.unwrap_or(1 << 20).min(1 << 20);
+    if wanted <= soft {
+        return Some(soft);
+    }
+    match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(wanted), maximum: hard }) {
+        Ok(()) => {
+            log::info!("raised the open-files limit from {soft} to {wanted}");
+            Some(wanted)
+        }
+        Err(err) => {
+            log::warn!("could not raise the open-files limit from {soft} to {wanted} ({err})");
+            Some(soft)
+        }
+    }
+}
+
+/// `max_connections` when the config leaves it at 0: what the open-files limit allows at
+/// two descriptors per connection (the client's and an upstream one), less a reserve.
+pub fn default_max_connections(open_files: Option<u64>) -> usize {
+    let limit = open_files.unwrap_or(1024);
+    (limit.saturating_sub(RESERVED_DESCRIPTORS) / 2).clamp(16, DEFAULT_MAX_CONNECTIONS_CAP) as usize
+}
+
+/// What is fixed for the life of the server.
+struct Limits {
+    max_connections: usize,
+    workers: usize,
+    queue_size: usize,
+    idle: Duration,
+    header: Duration,
+    min_body_rate: u64,
+}
+
+/// What every connection thread shares.
+struct Shared {
+    live: Arc<Live>,
+    limits: Limits,
+    connections: AtomicUsize,
+    workers: Slots,
+    bodies: BodyBudget,
+    watch: Option<Arc<Watch>>,
+}
+
+impl Shared {
+    fn new(config: &RawConfig, live: Arc<Live>) -> Shared {
+        let max_connections = match config.max_connections {
+            0 => default_max_connections(raise_open_files_limit()),
+            set => {
+                raise_open_files_limit();
+                set
+            }
+        };
+        let watch = Watch::start()
+            .map_err(|err| {
+                log::error!(
+                    "cannot start the client watcher ({err}); clients that leave early are noticed late"
+                )
+            })
+            .ok();
+        Shared {
+            live,
+            limits: Limits {
+                max_connections,
+                workers: config.workers,
+                queue_size: config.queue_size,
+                idle: Duration::from_secs(config.client_timeout_secs),
+                header: Duration::from_secs(config.header_timeout_secs),
+                min_body_rate: config.min_body_bytes_per_sec,
+            },
+            connections: AtomicUsize::new(0),
+            workers: Slots::new(config.workers),
+            bodies: BodyBudget::new(config.max_inflight_body_bytes),
+            watch,
+        }
+    }
+
+    /// Serves a new connection on a thread of its own, or closes it at once when the
+    /// connection limit is reached (or no thread can be started).
+    fn take_connection(self: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, refused: &mut Throttle) {
+        let max = self.limits.max_connections;
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= max {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            refused.warn(|suppressed| {
+                format!("closed a new connection from {}: {max} connections are open (max_connections){suppressed}", peer.ip())
+            });
+            return;
+        }
+        // TCP_NODELAY: each flushed event leaves at once instead of waiting on Nagle's
+        // algorithm. The write timeout bounds a client that stops reading; reads are
+        // bounded by the connection's clock.
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(self.limits.idle));
+        let shared = Arc::clone(self);
+        let spawned =
+            thread::Builder::new().name("conn".into()).stack_size(CONNECTION_STACK).spawn(move || {
+                let _counted = Counted(&shared.connections);
+                shared.serve_connection(stream);
+            });
+        if let Err(err) = spawned {
+            // The closure, and with it the stream and the count, was dropped.
+            refused.warn(|suppressed| {
+                format!("closed a new connection: cannot start a thread ({err}){suppressed}")
+            });
+        }
+    }
+
+    fn serve_connection(&self, stream: TcpStream) {
+        let clock = Arc::new(ReadClock::new(self.limits.idle, self.limits.header));
+        let connection = ClientConnection::for_stream(stream, Arc::clone(&clock));
+        let socket = connection.socket();
+        for request in connection {
+            let served = catch_unwind(AssertUnwindSafe(|| self.serve_one(request, &clock, socket.as_ref())));
+            if served.is_err() {
+                log::error!("a request handler panicked; its connection is closed");
                 break;
             }
         }
-        for request in self.http.incoming_requests() {
-            if live.draining.load(Ordering::Acquire) {
-                refuse(
-                    request,
-                    &config.cors.allow_origins,
-                    "the gateway is shutting down; retry in a moment",
-                );
-                continue;
-            }
-            if live.in_flight.fetch_add(1, Ordering::AcqRel) < capacity {
-                if sender.send(request).is_err() {
-                    break;
-                }
-                continue;
-            }
-            live.in_flight.fetch_sub(1, Ordering::AcqRel);
-            refuse(
+    }
+
+    fn serve_one(
+        &self,
+        mut request: tiny_http::Request,
+        clock: &ReadClock,
+        socket: Option<&Arc<tiny_http::Connection>>,
+    ) {
+        let started = Instant::now();
+        let id = format!("{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed) + 1);
+        let mut req = head_of(&request);
+        // Each request keeps the generation it started with, through a reload.
+        let gateway = self.live.current();
+        let allow_origins = &gateway.config.raw.cors.allow_origins;
+        if self.live.draining.load(Ordering::Acquire) {
+            return refuse(
                 request,
-                &config.cors.allow_origins,
-                "the gateway is at capacity (every worker busy and the queue full); retry shortly",
+                allow_origins,
+                503,
+                "the gateway is shutting down; retry in a moment",
+                None,
             );
+        }
+        let Some(_admitted) = self.admit() else {
+            return refuse(
+                request,
+                allow_origins,
+                503,
+                "the gateway is at capacity (every worker busy and the queue full); retry shortly",
+                Some(1),
+            );
+        };
+        let mut log = LogFields::default();
+        let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
+        let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let mut body_read = false;
+        let mut body_held = None;
+        let mut slot = None;
+        let reply = catch_unwind(AssertUnwindSafe(|| {
+            let admission = match api::screen(&req, &gateway, &mut log) {
+                Ok(admission) => admission,
+                Err(early) => return early,
+            };
+            let limits = BodyLimits {
+                max: gateway.config.raw.max_body_bytes,
+                rate: self.limits.min_body_rate,
+                grace: self.limits.header,
+            };
+            match read_body(&mut request, clock, &limits, &self.bodies) {
+                Ok((body, held)) => {
+                    req.body = body;
+                    body_read = true;
+                    body_held = Some(held);
+                }
+                Err(error) => return api::error_reply(&req, &gateway, &error),
+            }
+            slot = Some(self.workers.acquire());
+            let cancel = Cancel::new();
+            let _watched = match (&self.watch, socket) {
+                (Some(watch), Some(socket)) => {
+                    Some(watch.watch(Arc::clone(socket) as Arc<dyn ClientSocket>, Arc::clone(&cancel)))
+                }
+                _ => None,
+            };
+            let _scope = cancel::scope(&cancel);
+            api::handle(&req, &gateway, admission, &mut log)
+        }))
+        .unwrap_or_else(|_| {
+            Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
+        });
+        let (status, note) = match reply {
+            Reply::Full { status, body, mut headers } => {
+                if !body_read && has_body(&req) {
+                    // The body was never read, so the connection cannot carry another
+                    // request (the vendored tiny_http closes it); say so, so the client
+                    // does not try.
+                    headers.push(("Connection", "close".to_string()));
+                }
+                let _ = request.respond(json_response(status, body, headers, Some(&id)));
+                (status, "")
+            }
+            Reply::Stream(stream) => {
+                let status = stream.status;
+                let (note, usage) = write_stream(request, stream, http10, close, &id);
+                log.usage = usage;
+                (status, note)
+            }
+        };
+        drop((slot, body_held));
+        let tokens = match log.usage {
+            Some(usage) => {
+                if let Some(key) = &log.trace.key_id {
+                    gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
+                }
+                format!(" tokens={}+{}", usage.prompt, usage.completion)
+            }
+            None => String::new(),
+        };
+        log::info!(
+            "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
+            req.method,
+            req.path(),
+            log.token.as_deref().unwrap_or("-"),
+            log.trace.key.as_deref().unwrap_or("-"),
+            log.model.as_deref().unwrap_or("-"),
+            log.trace.attempts,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    /// Counts a request in (at most `workers` served and `queue_size` waiting), or `None`
+    /// when both are full.
+    fn admit(&self) -> Option<Counted<'_>> {
+        let in_flight = &self.live.in_flight;
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= self.limits.workers + self.limits.queue_size {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Counted(in_flight))
+    }
+}
+
+/// One unit of a counter, given back when dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs a repeated warning at most once a second, counting the ones held back.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn warn(&mut self, message: impl FnOnce(String) -> String) {
+        if self.last.is_some_and(|last| last.elapsed() < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = match self.suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more like it in the last second)"),
+        };
+        log::warn!("{}", message(suppressed));
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
+/// The `workers` slots: a request holds one while its handler runs and its answer is
+/// written (a stream until it ends).
+struct Slots {
+    capacity: usize,
+    state: Mutex<SlotState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    busy: usize,
+    waiting: usize,
+}
+
+impl Slots {
+    fn new(capacity: usize) -> Slots {
+        Slots { capacity, state: Mutex::new(SlotState::default()), freed: Condvar::new() }
+    }
+
+    fn acquire(&self) -> Slot<'_> {
+        let mut state = self.lock();
+        if state.busy >= self.capacity {
+            state.waiting += 1;
+            while state.busy >= self.capacity {
+                state = self.freed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            state.waiting -= 1;
+        }
+        state.busy += 1;
+        Slot(self)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A held worker slot.
+struct Slot<'a>(&'a Slots);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.busy -= 1;
+        // Only a waiter needs the wake-up (and its syscall).
+        if state.waiting > 0 {
+            self.0.freed.notify_one();
         }
     }
 }
 
-/// Answers 503 on the dispatcher thread, without reading the body, and closes the
-/// connection (shedding load; the vendored tiny_http closes it after an unread body anyway).
-fn refuse(request: tiny_http::Request, allow_origins: &[String], why: &str) {
-    let error = ApiError::server(503, why);
-    log::warn!("{} {} 503: {why}", request.method(), path_of(request.url()));
+/// The bytes of request bodies all requests may hold at once.
+struct BodyBudget {
+    left: AtomicU64,
+}
+
+impl BodyBudget {
+    fn new(total: u64) -> BodyBudget {
+        BodyBudget { left: AtomicU64::new(total) }
+    }
+
+    fn take(&self, bytes: u64) -> bool {
+        self.left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(bytes)).is_ok()
+    }
+
+    fn reserve(&self, bytes: u64) -> Option<HeldBytes<'_>> {
+        self.take(bytes).then(|| HeldBytes { budget: self, bytes })
+    }
+}
+
+/// Bytes of the body budget held by one request.
+struct HeldBytes<'a> {
+    budget: &'a BodyBudget,
+    bytes: u64,
+}
+
+impl HeldBytes<'_> {
+    /// Holds at least `bytes` in all, or says the budget has no room.
+    fn grow_to(&mut self, bytes: u64) -> bool {
+        if bytes <= self.bytes {
+            return true;
+        }
+        // Grow ahead (a chunked body of unknown length), within what may be asked.
+        let more = (bytes - self.bytes).max(BODY_STEP);
+        if !self.budget.take(more) {
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for HeldBytes<'_> {
+    fn drop(&mut self) {
+        self.budget.left.fetch_add(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Answers a request before reading its body and closes the connection (shedding load; the
+/// vendored tiny_http closes it after an unread body anyway).
+fn refuse(
+    request: tiny_http::Request,
+    allow_origins: &[String],
+    status: u16,
+    why: &str,
+    retry_after: Option<u64>,
+) {
+    let error = ApiError::server(status, why);
+    log::warn!("{} {} {status}: {why}", request.method(), path_of(request.url()));
     let origin = request.headers().iter().find(|h| h.field.equiv("Origin")).map(|h| h.value.as_str());
     let mut headers = cors::headers(allow_origins, origin, None);
     headers.push(("Connection", "close".to_string()));
-    let _ = request.respond(json_response(error.status, error.body(), headers, None));
-}
-
-/// Sets options on the listening socket that Linux copies to every accepted socket
-/// (tiny_http offers no hook on accept): TCP_NODELAY, so each flushed event leaves at once
-/// instead of waiting on Nagle's algorithm, and read and write timeouts, so a client that
-/// goes quiet cannot hold a thread or a worker forever. std has no setters on listeners,
-/// but a socket is a socket: they are set through a `TcpStream` view of the descriptor.
-fn tune_listener(listener: TcpListener, client_timeout: Duration) -> io::Result<TcpListener> {
-    let stream = TcpStream::from(OwnedFd::from(listener));
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(client_timeout))?;
-    stream.set_write_timeout(Some(client_timeout))?;
-    Ok(TcpListener::from(OwnedFd::from(stream)))
-}
-
-fn work(receiver: &Mutex<Receiver<tiny_http::Request>>, live: &Live) {
-    loop {
-        let request = {
-            let queue = receiver.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match queue.recv() {
-                Ok(request) => request,
-                Err(_) => return,
-            }
-        };
-        // A panic in one request must cost that request, not the worker.
-        // Each request keeps the generation it started with, through a reload.
-        let gateway = live.current();
-        if catch_unwind(AssertUnwindSafe(|| serve_one(request, &gateway))).is_err() {
-            log::error!("a request handler panicked; the worker goes on");
-        }
-        live.in_flight.fetch_sub(1, Ordering::AcqRel);
+    if let Some(secs) = retry_after {
+        headers.push(("Retry-After", secs.to_string()));
     }
+    let _ = request.respond(json_response(error.status, error.body(), headers, None));
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn path_of(url: &str) -> &str {
     url.split('?').next().unwrap_or("")
-}
-
-fn serve_one(mut request: tiny_http::Request, gateway: &Gateway) {
-    let started = Instant::now();
-    let id = format!("{:08x}", REQUEST_COUNTER.fetch_add(1, Ordering::Relaxed) + 1);
-    let mut req = head_of(&request);
-    let mut log = LogFields::default();
-    let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
-    let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let mut body_read = false;
-    let reply = catch_unwind(AssertUnwindSafe(|| {
-        let admission = match api::screen(&req, gateway, &mut log) {
-            Ok(admission) => admission,
-            Err(early) => return early,
-        };
-        match read_body(&mut request, gateway.config.raw.max_body_bytes) {
-            Ok(body) => {
-                req.body = body;
-                body_read = true;
-                api::handle(&req, gateway, admission, &mut log)
-            }
-            Err(error) => api::error_reply(&req, gateway, &error),
-        }
-    }))
-    .unwrap_or_else(|_| {
-        Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
-    });
-    let (status, note) = match reply {
-        Reply::Full { status, body, mut headers } => {
-            if !body_read && has_body(&req) {
-                // The body was never read, so the connection cannot carry another request
-                // (the vendored tiny_http closes it); say so, so the client does not try.
-                headers.push(("Connection", "close".to_string()));
-            }
-            let _ = request.respond(json_response(status, body, headers, Some(&id)));
-            (status, "")
-        }
-        Reply::Stream(stream) => {
-            let status = stream.status;
-            let (note, usage) = write_stream(request, stream, http10, close, &id);
-            log.usage = usage;
-            (status, note)
-        }
-    };
-    let tokens = match log.usage {
-        Some(usage) => {
-            if let Some(key) = &log.trace.key_id {
-                gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
-            }
-            format!(" tokens={}+{}", usage.prompt, usage.completion)
-        }
-        None => String::new(),
-    };
-    log::info!(
-        "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
-        req.method,
-        req.path(),
-        log.token.as_deref().unwrap_or("-"),
-        log.trace.key.as_deref().unwrap_or("-"),
-        log.model.as_deref().unwrap_or("-"),
-        log.trace.attempts,
-        started.elapsed().as_secs_f64() * 1000.0,
-    );
 }
 
 /// Whether a request declares a body.
@@ -228,22 +543,63 @@ fn head_of(request: &tiny_http::Request) -> Req {
     }
 }
 
-/// Reads at most `max_body` bytes of body; more is a 413 (and the rest is never read: the
-/// vendored tiny_http then closes the connection).
-fn read_body(request: &mut tiny_http::Request, max_body: u64) -> Result<Vec<u8>, ApiError> {
-    if request.body_length().is_some_and(|declared| declared as u64 > max_body) {
-        return Err(ApiError::too_large(max_body));
+/// How a request body must arrive.
+struct BodyLimits {
+    /// Largest body, in bytes.
+    max: u64,
+    /// Slowest average rate after the grace, in bytes a second.
+    rate: u64,
+    /// Time before the rate applies.
+    grace: Duration,
+}
+
+/// Reads the body within `limits`, holding its bytes in the body budget: more than `max` is
+/// a 413 (and the rest is never read: the vendored tiny_http then closes the connection),
+/// too slow a 408, no room in the budget a 503.
+fn read_body<'b>(
+    request: &mut tiny_http::Request,
+    clock: &ReadClock,
+    limits: &BodyLimits,
+    budget: &'b BodyBudget,
+) -> Result<(Vec<u8>, HeldBytes<'b>), ApiError> {
+    let declared = request.body_length().map(|n| n as u64);
+    if declared.is_some_and(|declared| declared > limits.max) {
+        return Err(ApiError::too_large(limits.max));
     }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(max_body + 1)
-        .read_to_end(&mut body)
-        .map_err(|err| ApiError::bad_request(format!("could not read the request body: {err}"), None))?;
-    if body.len() as u64 > max_body {
-        return Err(ApiError::too_large(max_body));
-    }
-    Ok(body)
+    let busy = || {
+        let mut error = ApiError::server(
+            503,
+            "the gateway holds as many request bodies as max_inflight_body_bytes allows; retry shortly",
+        );
+        error.retry_after = Some(1);
+        error
+    };
+    let mut held = budget.reserve(declared.unwrap_or(0)).ok_or_else(busy)?;
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let started = Instant::now();
+    let result = loop {
+        let allowed = limits.grace + Duration::from_secs_f64(body.len() as f64 / limits.rate as f64);
+        clock.set_deadline(Some(started + allowed));
+        let step = BODY_STEP.min(limits.max + 1 - body.len() as u64);
+        match request.as_reader().take(step).read_to_end(&mut body) {
+            Ok(0) => break Ok(()),
+            Ok(_) if body.len() as u64 > limits.max => break Err(ApiError::too_large(limits.max)),
+            Ok(_) if !held.grow_to(body.len() as u64) => break Err(busy()),
+            Ok(_) => {}
+            Err(err) if matches!(err.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
+                break Err(ApiError::server(
+                    408,
+                    format!(
+                        "the request body came too slowly (under {} bytes a second); the connection is closed",
+                        limits.rate
+                    ),
+                ))
+            }
+            Err(err) => break Err(ApiError::bad_request(format!("could not read the request body: {err}"), None)),
+        }
+    };
+    clock.set_deadline(None);
+    result.map(|()| (body, held))
 }
 
 fn json_response(
@@ -299,7 +655,7 @@ fn write_stream(
             }
             Err(err) => {
                 let text = if crate::upstream::is_timeout(&err) {
-                    "the upstream went silent for longer than idle_timeout_secs; the reply is incomplete"
+                    "the upstream timed out (idle_timeout_secs between two lines, or request_timeout_secs in all); the reply is incomplete"
                         .to_string()
                 } else {
                     format!("reading the upstream stream failed ({err}); the reply is incomplete")
@@ -330,4 +686,44 @@ fn write_stream(
         let _ = io::copy(&mut upstream.take(64 * 1024), &mut io::sink());
     }
     (note, translator.usage())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_descriptors_for_upstream() {
+        assert_eq!(default_max_connections(Some(1024)), 480);
+        assert_eq!(default_max_connections(Some(64)), 16);
+        assert_eq!(default_max_connections(Some(1 << 20)), 16_384);
+        assert_eq!(default_max_connections(None), 480);
+    }
+
+    #[test]
+    fn the_body_budget_is_shared_and_given_back() {
+        let budget = BodyBudget::new(BODY_STEP * 2);
+        let mut first = budget.reserve(10).unwrap();
+        assert!(first.grow_to(BODY_STEP));
+        assert!(budget.reserve(BODY_STEP).is_none(), "only BODY_STEP - 10 left");
+        drop(first);
+        assert!(budget.reserve(BODY_STEP * 2).is_some());
+        assert_eq!(budget.left.load(Ordering::Acquire), BODY_STEP * 2);
+    }
+
+    #[test]
+    fn slots_bound_requests_served_at_once() {
+        let slots = Arc::new(Slots::new(1));
+        let held = slots.acquire();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let waiting = Arc::clone(&slots);
+        let waiter = thread::spawn(move || {
+            let _slot = waiting.acquire();
+            sender.send(()).unwrap();
+        });
+        assert!(receiver.recv_timeout(Duration::from_millis(100)).is_err(), "the second request must wait");
+        drop(held);
+        assert!(receiver.recv_timeout(Duration::from_secs(10)).is_ok(), "a freed slot wakes the waiter");
+        waiter.join().unwrap();
+    }
 }

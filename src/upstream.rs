@@ -5,17 +5,23 @@
 //! [`UpstreamError`] whose text never holds the key. Out of scope: choosing keys and
 //! retrying (`relay`), and what the bodies mean (`translate`).
 
+use crate::cancel;
 use crate::keys::KeyEntry;
 use std::fmt;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, ShutdownHandle, Transport,
+};
 
 /// Longest upstream error body read, to quote in the answer.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 /// Builds the one agent all upstream calls share.
 pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connections: usize) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         // Statuses are ours to judge: a 429 is a fact about a key, not an exception.
         .http_status_as_error(false)
         // A POST must not silently turn into a GET on someone else's host.
@@ -32,8 +38,92 @@ pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connect
         .max_idle_connections(max_idle_connections.max(8))
         .max_idle_connections_per_host(max_idle_connections.max(8))
         .user_agent(concat!("ollama-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+        .build();
+    ureq::Agent::with_parts(config, CancellableConnector::default(), DefaultResolver::default())
+}
+
+/// ureq's own connector (TCP, TLS), each transport wrapped so that the request served on
+/// the calling thread can shut its socket down when its client leaves (see `cancel`).
+#[derive(Debug, Default)]
+struct CancellableConnector(DefaultConnector);
+
+impl Connector<()> for CancellableConnector {
+    type Out = Cancellable;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<()>,
+    ) -> Result<Option<Cancellable>, ureq::Error> {
+        // ureq hands the raw socket's shutdown handle to the agent as soon as it exists,
+        // before TLS: keep a copy on the way through.
+        let seen: Arc<Mutex<Option<Weak<dyn ShutdownHandle>>>> = Arc::default();
+        let (register, keep) = (Arc::clone(&details.register_shutdown), Arc::clone(&seen));
+        let details = ConnectionDetails {
+            uri: details.uri,
+            addrs: details.addrs.clone(),
+            config: details.config,
+            request_level: details.request_level,
+            resolver: details.resolver,
+            now: details.now,
+            timeout: details.timeout,
+            current_time: Arc::clone(&details.current_time),
+            run_connector: Arc::clone(&details.run_connector),
+            register_shutdown: Arc::new(move |handle: Weak<dyn ShutdownHandle>| {
+                *keep.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Weak::clone(&handle));
+                register(handle)
+            }),
+        };
+        let Some(inner) = self.0.connect(&details, chained)? else {
+            return Ok(None);
+        };
+        let socket = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        Ok(Some(Cancellable { inner, socket }))
+    }
+}
+
+/// A transport that attaches its socket to the current request before each read or write.
+struct Cancellable {
+    inner: Box<dyn Transport>,
+    socket: Option<Weak<dyn ShutdownHandle>>,
+}
+
+impl Cancellable {
+    fn attach(&self) {
+        if let Some(socket) = &self.socket {
+            cancel::attach(socket);
+        }
+    }
+}
+
+impl fmt::Debug for Cancellable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancellable").field("inner", &self.inner).finish()
+    }
+}
+
+impl Transport for Cancellable {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.attach();
+        self.inner.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.attach();
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
 }
 
 /// Why an upstream call failed.
@@ -83,13 +173,22 @@ pub struct UpstreamResponse {
 
 /// Sends one request to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key:
 /// `body`, when given, with its media type.
+/// With `deadline`, the whole exchange (connect, answer and body, a stream's included)
+/// must end by then.
 pub fn send(
     agent: &ureq::Agent,
     entry: &KeyEntry,
     method: &str,
     path: &str,
     body: Option<(&[u8], &str)>,
+    deadline: Option<Instant>,
 ) -> Result<UpstreamResponse, UpstreamError> {
+    let budget = match deadline.map(|at| at.saturating_duration_since(Instant::now())) {
+        Some(left) if left.is_zero() => {
+            return Err(UpstreamError::Timeout("request_timeout_secs ran out before this attempt".into()))
+        }
+        budget => budget,
+    };
     let url = format!("{}{}", entry.base_url, path);
     let mut request = ureq::http::Request::builder().method(method).uri(&url);
     if let Some(key) = &entry.key {
@@ -100,11 +199,11 @@ pub fn send(
             .header("content-type", content_type)
             .body(body)
             .map_err(|err| UpstreamError::Protocol(scrub(&err.to_string(), entry)))
-            .and_then(|request| agent.run(request).map_err(|err| classify(err, entry))),
+            .and_then(|request| run(agent, request, budget).map_err(|err| classify(err, entry))),
         None => request
             .body(())
             .map_err(|err| UpstreamError::Protocol(scrub(&err.to_string(), entry)))
-            .and_then(|request| agent.run(request).map_err(|err| classify(err, entry))),
+            .and_then(|request| run(agent, request, budget).map_err(|err| classify(err, entry))),
     };
     let response = sent?;
     let status = response.status().as_u16();
@@ -119,6 +218,18 @@ pub fn send(
         return Err(UpstreamError::Status { status, body: redact(body, entry), retry_after });
     }
     Ok(UpstreamResponse { status, content_type, body: Box::new(reader) })
+}
+
+/// Runs one request, within `budget` when given.
+fn run<S: ureq::AsSendBody>(
+    agent: &ureq::Agent,
+    request: ureq::http::Request<S>,
+    budget: Option<Duration>,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    match budget {
+        Some(left) => agent.run(agent.configure_request(request).timeout_global(Some(left)).build()),
+        None => agent.run(request),
+    }
 }
 
 /// Sorts a ureq error into our classes, with a text that never holds the key.

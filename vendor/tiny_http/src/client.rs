@@ -4,11 +4,12 @@ use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
-use crate::util::RefinedTcpStream;
+use crate::connection::Connection;
+use crate::util::{ReadClock, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,15 @@ pub struct ClientConnection {
     // ollama-gateway: set when a request is dropped before its body was read to the end;
     // the connection then serves no further request (see `read`)
     body_unread: Arc<AtomicBool>,
+
+    // ollama-gateway: the read timeouts (see `ReadClock`), when the owner gave them
+    clock: Option<Arc<ReadClock>>,
+
+    // ollama-gateway: the socket, for an owner that watches it while a request is served
+    socket: Option<Arc<Connection>>,
+
+    // ollama-gateway: requests read so far
+    requests_read: u64,
 }
 
 /// Error that can happen when reading a request.
@@ -79,7 +89,28 @@ impl ClientConnection {
             no_more_requests: false,
             secure,
             body_unread: Arc::new(AtomicBool::new(false)),
+            clock: None,
+            socket: None,
+            requests_read: 0,
         }
+    }
+
+    /// ollama-gateway: a connection whose requests are read on the calling thread (iterate
+    /// it, answering each request before asking for the next), with every read bounded by
+    /// `clock`. tiny_http's own `Server` hands requests to other threads through a queue;
+    /// an owner that accepts connections itself serves each one where it was read.
+    pub fn for_stream(stream: TcpStream, clock: Arc<ReadClock>) -> ClientConnection {
+        let (read, write) = RefinedTcpStream::with_clock(Connection::from(stream), Some(Arc::clone(&clock)));
+        let socket = read.socket();
+        let mut connection = ClientConnection::new(write, read);
+        connection.clock = Some(clock);
+        connection.socket = socket;
+        connection
+    }
+
+    /// ollama-gateway: the connection's socket (for a `for_stream` connection over TCP).
+    pub fn socket(&self) -> Option<Arc<Connection>> {
+        self.socket.clone()
     }
 
     /// true if the connection is HTTPS
@@ -127,7 +158,15 @@ impl ClientConnection {
         // close the connection if it left part of its body unread: those bytes are not a
         // request, and must not be parsed as one (request smuggling).
         self.next_header_source.wait_for_turn();
+        if let Some(clock) = &self.clock {
+            if self.requests_read > 0 {
+                clock.await_next_request();
+            }
+        }
         if self.body_unread.load(Ordering::Acquire) {
+            if let Some(clock) = &self.clock {
+                clock.linger();
+            }
             // A lingering close: read and drop what the client is still sending, so that
             // closing with unread data does not reset the connection (a TCP RST can make
             // the client lose the answer it was sent, such as a 413), then close.
@@ -207,6 +246,13 @@ impl ClientConnection {
                 }
             }
         })?;
+
+        // ollama-gateway: the head (and a small body read with it) is in; a larger body is
+        // bounded by the deadline its reader sets
+        self.requests_read += 1;
+        if let Some(clock) = &self.clock {
+            clock.head_done();
+        }
 
         // return the request
         Ok(request)
