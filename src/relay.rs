@@ -154,7 +154,7 @@ pub fn send(
         if cancel::cancelled() {
             // The client left and its upstream socket was shut: not the key's fault, and
             // nobody is waiting for another attempt.
-            return Err(client_gone());
+            return Err(ApiError::client_gone());
         }
         match sent {
             Ok(response) => {
@@ -202,12 +202,6 @@ pub fn send(
         },
     };
     Err(answer)
-}
-
-/// The answer to a request whose client left while it waited on upstream (nginx's 499);
-/// nobody reads it, but the log line says what happened.
-fn client_gone() -> ApiError {
-    ApiError::server(499, "the client closed the connection before the answer")
 }
 
 /// The 429 for a pool with no usable key: what holds the keys back and when one frees up.

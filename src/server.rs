@@ -310,7 +310,14 @@ impl Shared {
                 _ => None,
             };
             let _scope = cancel::scope(&cancel);
-            api::handle(&req, &gateway, admission, &mut log)
+            let reply = api::handle(&req, &gateway, admission, &mut log);
+            match cancel.is_cancelled() {
+                // Whatever the handler made of its cut upstream, nobody will read it.
+                true => {
+                    Reply::error(&ApiError::server(499, "the client closed the connection before the answer"))
+                }
+                false => reply,
+            }
         }))
         .unwrap_or_else(|_| {
             Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))

@@ -76,6 +76,12 @@ impl ApiError {
         }
     }
 
+    /// The answer to a request whose client left while it waited on upstream (nginx's
+    /// 499): nobody reads it, but the log line says what happened.
+    pub fn client_gone() -> ApiError {
+        ApiError::server(499, "the client closed the connection before the answer")
+    }
+
     /// A 5xx `api_error` with our own message.
     pub fn server(status: u16, message: impl Into<String>) -> ApiError {
         ApiError {

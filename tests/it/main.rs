@@ -30,5 +30,8 @@ mod sdk;
 mod keypool;
 // Ollama's native API (`/api/*`): routes, scopes, the query token, and OpenAI-compatible pools.
 mod native;
+// The gateway as a service: idle gaps, connection and body limits, descriptors running out,
+// clients that leave, the overall request timeout.
+mod service;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
