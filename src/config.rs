@@ -657,6 +657,31 @@ mod tests {
         assert_eq!(raw.upstream.strategy, Strategy::RoundRobin);
         assert_eq!(raw.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(raw.reasoning_field, ReasoningField::ReasoningContent);
+        assert_eq!(raw.max_connections, 0);
+        assert_eq!(raw.header_timeout_secs, 10);
+        assert_eq!(raw.min_body_bytes_per_sec, 1024);
+        assert_eq!(raw.max_inflight_body_bytes, 256 * 1024 * 1024);
+        assert_eq!(raw.upstream.request_timeout_secs, 600);
+    }
+
+    #[test]
+    fn the_example_config_parses_and_shows_the_defaults() {
+        let example = parse(include_str!("../config.example.toml")).unwrap();
+        let empty = parse("").unwrap();
+        assert_eq!(format!("{:?}", example.upstream), format!("{:?}", empty.upstream));
+        let limits = |raw: &RawConfig| {
+            (
+                raw.workers,
+                raw.queue_size,
+                raw.max_connections,
+                raw.client_timeout_secs,
+                raw.header_timeout_secs,
+                raw.min_body_bytes_per_sec,
+                raw.max_inflight_body_bytes,
+                raw.max_body_bytes,
+            )
+        };
+        assert_eq!(limits(&example), limits(&empty));
     }
 
     #[test]

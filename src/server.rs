@@ -41,7 +41,7 @@ const CONNECTION_STACK: usize = 512 * 1024;
 const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// Upper bound of the default `max_connections`, whatever the open-files limit allows.
-const DEFAULT_MAX_CONNECTIONS_CAP: u64 = 16_384;
+const DEFAULT_MAX_CONNECTIONS_CAP: u64 = 4096;
 
 /// How long the accept loop waits after a failed `accept()`, at first and at most.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_millis(500));
@@ -703,7 +703,7 @@ mod tests {
     fn the_default_connection_limit_leaves_descriptors_for_upstream() {
         assert_eq!(default_max_connections(Some(1024)), 480);
         assert_eq!(default_max_connections(Some(64)), 16);
-        assert_eq!(default_max_connections(Some(1 << 20)), 16_384);
+        assert_eq!(default_max_connections(Some(1 << 20)), 4096);
         assert_eq!(default_max_connections(None), 480);
     }
 
