@@ -130,6 +130,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
     // descriptors is more than max_connections' cap needs.
     let wanted = hard.unwrap_or(1 << 20).min(1 << 20);
     if wanted <= soft {
+        log::info!("open-files limit: {soft}");
         return Some(soft);
     }
     match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(wanted), maximum: hard }) {
