@@ -160,6 +160,13 @@ impl ClientConnection {
                     });
                 }
 
+                // ollama-gateway: a body whose end two parsers could place differently is
+                // refused here, with a 400 and a close (RFC 9112 §6.3; `util/framing.rs`)
+                if let Err(what) = crate::util::body_framing(&headers) {
+                    log::debug!("refusing a request from {:?}: {}", self.remote_addr.as_ref().ok(), what);
+                    return Err(ReadError::WrongHeader(version));
+                }
+
                 headers
             };
 
@@ -484,6 +491,60 @@ mod test {
             ] {
                 assert_refused(raw);
             }
+        }
+
+        #[test]
+        fn ambiguous_bodies_are_refused_and_closed() {
+            for headers in [
+                "Content-Length: 5\r\nTransfer-Encoding: chunked",
+                "Transfer-Encoding: chunked\r\nContent-Length: 5",
+                "Content-Length: 5\r\nContent-Length: 6",
+                "Content-Length: 5, 6",
+                "Content-Length: +5",
+                "Content-Length: 0x5",
+                "Content-Length: 18446744073709551616",
+                "Transfer-Encoding: chunked, identity",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            ] {
+                assert_refused(&format!(
+                    "POST /a HTTP/1.1\r\n{}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+                    headers
+                ));
+            }
+        }
+
+        #[test]
+        fn a_malformed_chunked_body_is_a_read_error_and_closes() {
+            let exchange = exchange(
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n\
+                  GET /b HTTP/1.1\r\n\r\n",
+            );
+            assert!(exchange.answer.starts_with("HTTP/1.1 400 "), "{:?}", exchange.answer);
+            assert_eq!(exchange.answer.matches("HTTP/1.1 ").count(), 1, "{:?}", exchange.answer);
+            assert_eq!(exchange.served, ["/a error InvalidData"]);
+        }
+
+        #[test]
+        fn well_framed_bodies_keep_the_connection() {
+            let exchange = exchange(
+                b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                  POST /length HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nworld\
+                  GET /last HTTP/1.1\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(exchange.answer.matches("HTTP/1.1 200 ").count(), 3, "{:?}", exchange.answer);
+            assert_eq!(exchange.served, ["/chunked hello", "/length world", "/last "]);
+        }
+
+        /// A body declared with `Connection: upgrade` is still delimited by its framing: 0.12.0
+        /// read the rest of the connection as the body.
+        #[test]
+        fn an_upgrade_request_body_keeps_its_framing() {
+            let exchange = exchange(
+                b"POST /a HTTP/1.1\r\nConnection: upgrade\r\nContent-Length: 5\r\n\r\nhello\
+                  GET /b HTTP/1.1\r\n\r\n",
+            );
+            assert_eq!(exchange.served, ["/a hello"]);
         }
     }
 }
