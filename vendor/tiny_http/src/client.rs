@@ -536,6 +536,14 @@ mod test {
             assert_eq!(exchange.served, ["/chunked hello", "/length world", "/last "]);
         }
 
+        #[test]
+        fn a_content_length_body_cut_short_is_a_read_error() {
+            let mut raw = b"POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+            raw.extend(std::iter::repeat_n(b'x', 2000));
+            let exchange = exchange(&raw);
+            assert_eq!(exchange.served, ["/a error UnexpectedEof"]);
+        }
+
         /// A body declared with `Connection: upgrade` is still delimited by its framing: 0.12.0
         /// read the rest of the connection as the body.
         #[test]
