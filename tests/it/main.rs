@@ -32,3 +32,5 @@ mod keypool;
 mod native;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
+// Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
+mod framing;
