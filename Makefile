@@ -14,8 +14,10 @@ run:
 	@test -f keys.txt || cp keys.example.txt keys.txt
 	$(CARGO) run --release -- serve --config config.toml
 
+# The gateway's tests, then the vendored tiny_http's own (not a workspace member).
 test:
 	$(CARGO) test
+	$(CARGO) test -p tiny_http
 
 lint:
 	$(CARGO) fmt --check

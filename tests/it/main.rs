@@ -35,3 +35,5 @@ mod native;
 mod service;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
+// Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
+mod framing;

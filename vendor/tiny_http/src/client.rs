@@ -2,10 +2,9 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::{SocketAddr, TcpStream};
-use std::str::FromStr;
 
 use crate::common::{HTTPVersion, Method};
 use crate::connection::Connection;
@@ -122,33 +121,54 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
+    ///
+    /// ollama-gateway: strictly (`util/line.rs`): a bare LF, a CR without LF, a NUL, a
+    /// non-ASCII byte or a line over 16 KiB (0.12.0 grew its buffer without end: tiny-http
+    /// issue 56) is an `InvalidData` error, for which the head is answered 400 (see
+    /// `head_error`). 0.12.0 took a bare LF as part of the line, and closed without an
+    /// answer on a non-ASCII or too long line.
     fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
+        let line = crate::util::read_line(&mut self.next_header_source, MAX_HEADER_LINE)?;
+        AsciiString::from_ascii(line)
+            .map_err(|_| IoError::new(ErrorKind::InvalidData, "header is not in ASCII"))
+    }
 
-        loop {
-            // ollama-gateway: a header line without end made 0.12.0 grow this buffer until
-            // memory ran out (tiny-http issue 56).
-            if buf.len() > MAX_HEADER_LINE {
-                return Err(IoError::new(ErrorKind::InvalidData, "header line too long"));
-            }
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
-            }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
+    /// ollama-gateway: a lingering close: reads and drops what the client is still sending
+    /// (at most `LINGER_LIMIT` bytes, within the head timeout), so that closing with unread
+    /// data does not reset the connection (a TCP RST can make the client lose the answer it
+    /// was sent, such as a 413 or a 400), then lets the caller close.
+    fn linger(&mut self) {
+        if let Some(clock) = &self.clock {
+            clock.linger();
         }
+        // The answer is written: end our side now, so the client sees it end at once
+        // rather than when the draining is over.
+        if let Some(socket) = &self.socket {
+            let _ = socket.shutdown(std::net::Shutdown::Write);
+        }
+        let mut sink = [0u8; 8192];
+        let mut discarded = 0;
+        while discarded < LINGER_LIMIT {
+            match self.next_header_source.read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => discarded += read,
+            }
+        }
+    }
+
+    /// ollama-gateway: answers a head that cannot be served with `status` and
+    /// `Connection: close`, then closes lingering (the client may have sent a body).
+    fn refuse_head(&mut self, status: u16, version: HTTPVersion) {
+        use crate::{Header, Response, StatusCode};
+        if let Some(mut writer) = self.sink.next() {
+            let mut response = Response::new_empty(StatusCode(status));
+            if let Ok(close) = Header::from_bytes(&b"Connection"[..], &b"close"[..]) {
+                response.add_header(close);
+            }
+            response.raw_print(&mut writer, version, &[], false, None).ok();
+            writer.flush().ok();
+        }
+        self.linger();
     }
 
     /// Reads a request from the stream.
@@ -164,20 +184,7 @@ impl ClientConnection {
             }
         }
         if self.body_unread.load(Ordering::Acquire) {
-            if let Some(clock) = &self.clock {
-                clock.linger();
-            }
-            // A lingering close: read and drop what the client is still sending, so that
-            // closing with unread data does not reset the connection (a TCP RST can make
-            // the client lose the answer it was sent, such as a 413), then close.
-            let mut sink = [0u8; 8192];
-            let mut discarded = 0;
-            while discarded < LINGER_LIMIT {
-                match self.next_header_source.read(&mut sink) {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => discarded += read,
-                }
-            }
+            self.linger();
             return Err(ReadError::ReadIoError(IoError::new(
                 ErrorKind::ConnectionAborted,
                 "the previous request's body was not read; closing",
@@ -186,18 +193,21 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line()
+                    .map_err(|err| head_error(err, ReadError::WrongRequestLine))?;
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
+                // ollama-gateway: exactly as sent; 0.12.0 trimmed it first
+                parse_request_line(line.as_str())?
             };
 
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line()
+                        .map_err(|err| head_error(err, ReadError::WrongHeader(version.clone())))?;
 
                     if line.is_empty() {
                         break;
@@ -205,11 +215,20 @@ impl ClientConnection {
                     if headers.len() >= MAX_HEADERS {
                         return Err(ReadError::WrongHeader(version));
                     }
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
+                    // ollama-gateway: strictly (`Header::from_str`): a line starting with
+                    // whitespace (obs-fold), whitespace before the colon or an empty name is
+                    // refused (RFC 9112 §5.1, §5.2); 0.12.0 trimmed the line first
+                    headers.push(match line.as_str().parse() {
                         Ok(h) => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
+                }
+
+                // ollama-gateway: a body whose end two parsers could place differently is
+                // refused here, with a 400 and a close (RFC 9112 §6.3; `util/framing.rs`)
+                if let Err(what) = crate::util::body_framing(&headers) {
+                    log::debug!("refusing a request from {:?}: {}", self.remote_addr.as_ref().ok(), what);
+                    return Err(ReadError::WrongHeader(version));
                 }
 
                 headers
@@ -275,22 +294,15 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
+                // we don't know where the next request would start, so we have to close
                 Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    self.refuse_head(400, HTTPVersion(1, 1));
+                    return None;
                 }
 
                 Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                    self.refuse_head(400, ver);
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(ref err))
@@ -304,10 +316,8 @@ impl Iterator for ClientConnection {
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
+                    self.refuse_head(417, ver);
+                    return None;
                 }
 
                 Err(ReadError::ReadIoError(_)) => return None,
@@ -369,16 +379,37 @@ fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
 
 /// Parses the request line of the request.
 /// eg. GET / HTTP/1.1
+///
+/// ollama-gateway: strictly `method SP request-target SP HTTP-version` (RFC 9112 §3): a token
+/// as the method, a target of visible ASCII, single spaces, nothing before or after; 0.12.0
+/// took extra words and any method.
 fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
     let mut parts = line.split(' ');
+    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(method), Some(target), Some(version), None) => (method, target, version),
+        _ => return Err(ReadError::WrongRequestLine),
+    };
+    if !crate::common::is_token(method)
+        || target.is_empty()
+        || !target.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ReadError::WrongRequestLine);
+    }
+    let version = parse_http_version(version)?;
+    let method = method.parse().map_err(|_| ReadError::WrongRequestLine)?;
 
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
+    Ok((method, target.to_owned(), version))
+}
 
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
+/// ollama-gateway: a malformed line of the head (an `InvalidData` error from
+/// `read_next_line`) is refused with `malformed`, a 400; any other error closes quietly.
+fn head_error(err: IoError, malformed: ReadError) -> ReadError {
+    if err.kind() == ErrorKind::InvalidData {
+        log::debug!("refusing a request head: {}", err);
+        malformed
+    } else {
+        ReadError::ReadIoError(err)
+    }
 }
 
 #[cfg(test)]
@@ -393,5 +424,197 @@ mod test {
 
         assert!(super::parse_request_line("GET /hello").is_err());
         assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    }
+
+    /// ollama-gateway: the request line is exactly `method SP target SP version`.
+    #[test]
+    fn request_lines_are_parsed_strictly() {
+        let (method, path, _) = super::parse_request_line("M-SEARCH * HTTP/1.0").unwrap();
+        assert_eq!((method.as_str(), path.as_str()), ("M-SEARCH", "*"));
+        assert!(super::parse_request_line("GET /?a=b&c=%20 HTTP/1.1").is_ok());
+        for bad in [
+            "GET  /hello HTTP/1.1",
+            "GET /hello  HTTP/1.1",
+            " GET /hello HTTP/1.1",
+            "GET /hello HTTP/1.1 ",
+            "GET\t/hello HTTP/1.1",
+            "GET /hello\tHTTP/1.1",
+            "GET /he\x01llo HTTP/1.1",
+            "GET /hello HTTP/1.1 extra",
+            "GET  HTTP/1.1",
+            "G(T /hello HTTP/1.1",
+            "GET /hello http/1.1",
+            "GET /hello HTTP/1.1.1",
+            "GET /hello HTTP/11",
+            "",
+        ] {
+            assert!(super::parse_request_line(bad).is_err(), "{:?}", bad);
+        }
+    }
+
+    /// ollama-gateway: raw requests through a real server on loopback.
+    mod wire {
+        use crate::{Response, Server};
+        use std::io::{ErrorKind, Read, Write};
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::thread;
+        use std::time::Duration;
+
+        /// What the client read until the server closed, and what the application saw:
+        /// `path body` for each request whose body read to its end, `path error` otherwise.
+        struct Exchange {
+            answer: String,
+            served: Vec<String>,
+        }
+
+        /// Sends `raw` to a fresh server, half-closes, and reads until the server closes
+        /// (bounded by a read timeout). The application reads each body to its end and
+        /// answers 200, or 400 and `Connection: close` when the body cannot be read.
+        fn exchange(raw: &[u8]) -> Exchange {
+            let server = Arc::new(Server::http("127.0.0.1:0").unwrap());
+            let addr = server.server_addr().to_ip().unwrap();
+            let served = Arc::new(Mutex::new(Vec::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let app = {
+                let (server, served, stop) = (server.clone(), served.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let mut request = match server.recv_timeout(Duration::from_millis(10)) {
+                            Ok(Some(request)) => request,
+                            _ => continue,
+                        };
+                        let mut body = Vec::new();
+                        let read = request.as_reader().read_to_end(&mut body);
+                        let path = request.url().to_owned();
+                        let response = match read {
+                            Ok(_) => {
+                                let body = String::from_utf8_lossy(&body).into_owned();
+                                served.lock().unwrap().push(format!("{} {}", path, body));
+                                Response::from_string("ok")
+                            }
+                            Err(err) => {
+                                served.lock().unwrap().push(format!("{} error {:?}", path, err.kind()));
+                                Response::from_string("bad body").with_status_code(400).with_header(
+                                    crate::Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap(),
+                                )
+                            }
+                        };
+                        request.respond(response).unwrap();
+                    }
+                })
+            };
+            let mut socket = TcpStream::connect(addr).unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // The server may close before it has read everything; what it answered counts.
+            let _ = socket.write_all(raw);
+            let _ = socket.shutdown(Shutdown::Write);
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match socket.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(read) => answer.extend_from_slice(&buf[..read]),
+                    // Closed with bytes of ours unread: a reset, after the answer.
+                    Err(err) if err.kind() == ErrorKind::ConnectionReset => break,
+                    Err(err) => panic!("the server did not close the connection: {}", err),
+                }
+            }
+            stop.store(true, Ordering::Release);
+            app.join().unwrap();
+            let served = served.lock().unwrap().clone();
+            Exchange { answer: String::from_utf8_lossy(&answer).into_owned(), served }
+        }
+
+        #[track_caller]
+        fn assert_refused(raw: &str) {
+            let exchange = exchange(raw.as_bytes());
+            assert!(exchange.answer.starts_with("HTTP/1.1 400 "), "{:?}: {:?}", raw, exchange.answer);
+            assert_eq!(exchange.answer.matches("HTTP/1.1 ").count(), 1, "{:?}: {:?}", raw, exchange.answer);
+            assert_eq!(exchange.served, Vec::<String>::new(), "{:?}", raw);
+        }
+
+        #[test]
+        fn malformed_heads_are_refused_and_closed() {
+            for raw in [
+                "GET /a HTTP/1.1\nHost: x\r\n\r\n",
+                "GET /a HTTP/1.1\r\nHost: x\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A: a\nb\r\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A: a\rb\r\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A: a\0b\r\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A: caf\u{e9}\r\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
+                "GET /a HTTP/1.1\r\n X-A: a\r\n\r\n",
+                "GET /a HTTP/1.1\r\nX-A : a\r\n\r\n",
+                "GET /a HTTP/1.1\r\n: a\r\n\r\n",
+                "GET  /a HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /a HTTP/1.1 \r\nHost: x\r\n\r\n",
+            ] {
+                assert_refused(raw);
+            }
+        }
+
+        #[test]
+        fn ambiguous_bodies_are_refused_and_closed() {
+            for headers in [
+                "Content-Length: 5\r\nTransfer-Encoding: chunked",
+                "Transfer-Encoding: chunked\r\nContent-Length: 5",
+                "Content-Length: 5\r\nContent-Length: 6",
+                "Content-Length: 5, 6",
+                "Content-Length: +5",
+                "Content-Length: 0x5",
+                "Content-Length: 18446744073709551616",
+                "Transfer-Encoding: chunked, identity",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            ] {
+                assert_refused(&format!(
+                    "POST /a HTTP/1.1\r\n{}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+                    headers
+                ));
+            }
+        }
+
+        #[test]
+        fn a_malformed_chunked_body_is_a_read_error_and_closes() {
+            let exchange = exchange(
+                b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n\
+                  GET /b HTTP/1.1\r\n\r\n",
+            );
+            assert!(exchange.answer.starts_with("HTTP/1.1 400 "), "{:?}", exchange.answer);
+            assert_eq!(exchange.answer.matches("HTTP/1.1 ").count(), 1, "{:?}", exchange.answer);
+            assert_eq!(exchange.served, ["/a error InvalidData"]);
+        }
+
+        #[test]
+        fn well_framed_bodies_keep_the_connection() {
+            let exchange = exchange(
+                b"POST /chunked HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                  POST /length HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nworld\
+                  GET /last HTTP/1.1\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(exchange.answer.matches("HTTP/1.1 200 ").count(), 3, "{:?}", exchange.answer);
+            assert_eq!(exchange.served, ["/chunked hello", "/length world", "/last "]);
+        }
+
+        #[test]
+        fn a_content_length_body_cut_short_is_a_read_error() {
+            let mut raw = b"POST /a HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+            raw.extend(std::iter::repeat_n(b'x', 2000));
+            let exchange = exchange(&raw);
+            assert_eq!(exchange.served, ["/a error UnexpectedEof"]);
+        }
+
+        /// A body declared with `Connection: upgrade` is still delimited by its framing: 0.12.0
+        /// read the rest of the connection as the body.
+        #[test]
+        fn an_upgrade_request_body_keeps_its_framing() {
+            let exchange = exchange(
+                b"POST /a HTTP/1.1\r\nConnection: upgrade\r\nContent-Length: 5\r\n\r\nhello\
+                  GET /b HTTP/1.1\r\n\r\n",
+            );
+            assert_eq!(exchange.served, ["/a hello"]);
+        }
     }
 }

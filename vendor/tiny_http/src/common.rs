@@ -181,17 +181,36 @@ impl Header {
 impl FromStr for Header {
     type Err = ();
 
+    /// Parses a field line, `name: value` (RFC 9112 §5).
+    ///
+    /// ollama-gateway: strictly. The name is a token, so whitespace before the colon, an empty
+    /// name and a line starting with whitespace (obs-fold, or whitespace before the first
+    /// field) are errors; the value loses its surrounding spaces and tabs and must hold no
+    /// other control character. 0.12.0 took any name without whitespace and trimmed the
+    /// value of any whitespace, vertical tab and form feed included.
     fn from_str(input: &str) -> Result<Header, ()> {
-        let mut elems = input.splitn(2, ':');
-
-        let field = elems.next().and_then(|f| f.parse().ok()).ok_or(())?;
-        let value = elems
-            .next()
-            .and_then(|v| AsciiString::from_ascii(v.trim()).ok())
-            .ok_or(())?;
+        let (name, value) = input.split_once(':').ok_or(())?;
+        let field = name.parse()?;
+        let value = value.trim_matches(is_ows);
+        if value.bytes().any(|b| b != b'\t' && (b < 0x20 || b == 0x7f)) {
+            return Err(());
+        }
+        let value = AsciiString::from_ascii(value).map_err(|_| ())?;
 
         Ok(Header { field, value })
     }
+}
+
+/// ollama-gateway: optional whitespace (OWS, RFC 9110 §5.6.3): a space or a tab.
+pub(crate) fn is_ows(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// ollama-gateway: a token (RFC 9110 §5.6.2), such as a method or a field name: one or more
+/// of ALPHA, DIGIT and ``!#$%&'*+-.^_`|~``.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl Display for Header {
@@ -226,11 +245,13 @@ impl HeaderField {
 impl FromStr for HeaderField {
     type Err = ();
 
+    /// ollama-gateway: a field name is a token (0.12.0 took anything without whitespace,
+    /// the empty name included).
     fn from_str(s: &str) -> Result<HeaderField, ()> {
-        if s.contains(char::is_whitespace) {
-            Err(())
-        } else {
+        if is_token(s) {
             AsciiString::from_ascii(s).map(HeaderField).map_err(|_| ())
+        } else {
+            Err(())
         }
     }
 }
@@ -436,5 +457,33 @@ mod test {
         assert!("Transfer-Encoding: chunked".parse::<Header>().is_ok());
         assert!("Transfer-Encoding: chunked ".parse::<Header>().is_ok());
         assert!("Transfer-Encoding:   chunked ".parse::<Header>().is_ok());
+    }
+
+    /// ollama-gateway: strict field lines (RFC 9112 §5).
+    #[test]
+    fn field_lines_are_parsed_strictly() {
+        for bad in [
+            ": empty name",
+            "Content-Length\t: 5",
+            "\tX-Folded: yes",
+            "X-Name(1): 5",
+            "X\u{e9}: non-ASCII name",
+            "X-A: a\0b",
+            "X-A: a\rb",
+            "X-A: a\nb",
+            "X-A: a\x0bb",
+            "X-A: a\x7fb",
+            "X-A: caf\u{e9}",
+            "no colon",
+        ] {
+            assert!(bad.parse::<Header>().is_err(), "{:?}", bad);
+        }
+        let header: Header = "X-A: \t a\tb \t".parse().unwrap();
+        assert_eq!(header.value.as_str(), "a\tb");
+        let header: Header = "X-Empty:".parse().unwrap();
+        assert_eq!(header.value.as_str(), "");
+        assert!("x!#$%&'*+-.^_`|~9: v".parse::<Header>().is_ok());
+        // trimming is of spaces and tabs only: a vertical tab or form feed is refused
+        assert!("X-A: a\x0c".parse::<Header>().is_err());
     }
 }

@@ -1,5 +1,5 @@
-use std::io::Read;
 use std::io::Result as IoResult;
+use std::io::{Error as IoError, ErrorKind, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
@@ -57,6 +57,13 @@ where
         };
 
         match self.reader.read(buf) {
+            // ollama-gateway: the stream ending before `Content-Length` bytes is an error, as
+            // it is for short bodies read up front; 0.12.0 returned a normal end, so the
+            // application took a truncated body for the whole of it.
+            Ok(0) if !buf.is_empty() => Err(IoError::new(
+                ErrorKind::UnexpectedEof,
+                "the connection closed before the end of the body (Content-Length)",
+            )),
             Ok(len) => {
                 self.size -= len;
                 Ok(len)
@@ -109,22 +116,38 @@ mod tests {
         assert_eq!(string, " world");
     }
 
+    /// ollama-gateway: an unread rest is not drained (0.12.0 drained it, which this test
+    /// checked); the connection is marked to close instead.
     #[test]
     fn test_not_enough() {
         use std::io::Cursor;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
 
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
+        let body_unread = Arc::new(AtomicBool::new(false));
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, Default::default());
+            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5, body_unread.clone());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();
             assert_eq!(vec[0], b'h');
         }
 
+        assert!(body_unread.load(Ordering::Acquire));
         let mut string = String::new();
         org_reader.read_to_string(&mut string).unwrap();
-        assert_eq!(string, " world");
+        assert_eq!(string, "ello world");
+    }
+
+    /// ollama-gateway: a body shorter than its Content-Length is an error, not its end.
+    #[test]
+    fn a_truncated_body_is_an_unexpected_eof() {
+        let (mut equal_reader, _) = EqualReader::new(&b"hello"[..], 8, Default::default());
+        let mut body = Vec::new();
+        let err = equal_reader.read_to_end(&mut body).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(body, b"hello");
     }
 }

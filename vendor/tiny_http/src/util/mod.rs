@@ -1,6 +1,9 @@
+pub use self::chunked::ChunkedDecoder;
 pub use self::custom_stream::CustomStream;
 pub use self::equal_reader::EqualReader;
+pub use self::framing::{body_framing, Framing};
 pub use self::fused_reader::FusedReader;
+pub use self::line::read_line;
 pub use self::messages_queue::MessagesQueue;
 pub use self::read_clock::ReadClock;
 pub use self::refined_tcp_stream::RefinedTcpStream;
@@ -10,9 +13,12 @@ pub use self::task_pool::TaskPool;
 
 use std::str::FromStr;
 
+mod chunked;
 mod custom_stream;
 mod equal_reader;
+mod framing;
 mod fused_reader;
+mod line;
 mod messages_queue;
 mod read_clock;
 pub(crate) mod refined_tcp_stream;
