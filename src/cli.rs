@@ -33,7 +33,8 @@ Usage:
   ollama-gateway --help | --version
 
 The config path defaults to ./config.toml, or $OLLAMA_GATEWAY_CONFIG when set.
-Logging follows RUST_LOG (default: info).
+Logging follows RUST_LOG (default: info); debug and trace lines of other crates (ureq's
+print request heads, upstream keys included) are dropped at every level.
 ";
 
 /// What the user asked for.

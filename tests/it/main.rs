@@ -30,5 +30,7 @@ mod sdk;
 mod keypool;
 // Ollama's native API (`/api/*`): routes, scopes, the query token, and OpenAI-compatible pools.
 mod native;
+// No key or token in any log, at every RUST_LOG level, as text or as ureq's hex dumps.
+mod logging;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
