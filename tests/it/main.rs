@@ -32,5 +32,7 @@ mod keypool;
 mod native;
 // No key or token in any log, at every RUST_LOG level, as text or as ureq's hex dumps.
 mod logging;
+// Reloads that meet config.toml or keys.txt half-written by an editor writing in place.
+mod reload;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
