@@ -52,11 +52,12 @@ fn the_leak_detector_finds_text_and_ureq_hex_dumps() {
     assert!(leaked_piece("key=\"kf-Q…cH6\" token=alice", KEY_FAILS).is_none());
 }
 
-/// An upstream that fails [`KEY_FAILS`] with a 500 (so requests starting on it fail over)
-/// and answers [`KEY_SERVES`] like Ollama, probes included.
+/// An upstream that fails [`KEY_FAILS`] with a 500 quoting the key, as some proxies do
+/// (so requests starting on it fail over, and its error is logged), and answers
+/// [`KEY_SERVES`] like Ollama, probes included.
 fn upstream(recorded: &Recorded) -> FakeReply {
     if recorded.authorization() == Some(&format!("Bearer {KEY_FAILS}")) {
-        return FakeReply::error(500, "upstream trouble");
+        return FakeReply::error(500, &format!("upstream trouble with key {KEY_FAILS}"));
     }
     match recorded.path.as_str() {
         "/api/usage" => FakeReply::ok(json!({})),
@@ -105,7 +106,9 @@ fn serve_at_trace_logs_no_key_and_no_token() {
             fake.requests().iter().any(|r| r.authorization().is_some_and(|a| a.contains(KEY_FAILS)));
         assert!(tried_failing, "{level}: some request tried the failing key first");
         let stopped = gateway.stop();
-        assert!(stopped.logs.contains("token=alice"), "{level}: request lines are logged:\n{}", stopped.logs);
+        for needle in ["token=alice", "upstream trouble with key"] {
+            assert!(stopped.logs.contains(needle), "{level}: no {needle:?} in the log:\n{}", stopped.logs);
+        }
         if level == "trace" {
             assert!(
                 stopped.logs.contains("DEBUG"),
@@ -126,7 +129,10 @@ fn check_and_keys_at_trace_print_no_key() {
     for level in LEVELS.into_iter().chain([ONLY_UREQ]) {
         let check = run_cli_logging(&["check", "--config", "config.toml"], dir.path(), level);
         eqnice!(0, check.code, "{level}: {check:?}");
-        assert!(check.stdout.contains("ok"), "{level}: {check:?}");
+        assert!(
+            check.stdout.contains("upstream trouble with key"),
+            "{level}: the note quotes the error: {check:?}"
+        );
         assert_holds_no_secret(&format!("check's stderr at RUST_LOG={level}"), &check.stderr);
         assert_holds_no_secret(&format!("check's stdout at RUST_LOG={level}"), &check.stdout);
         let keys = run_cli_logging(&["keys", "--config", "config.toml"], dir.path(), level);
