@@ -112,7 +112,7 @@ fn serve_at_trace_logs_no_key_and_no_token() {
         if level == "trace" {
             assert!(
                 stopped.logs.contains("DEBUG"),
-                "{level}: our own debug lines still pass:\n{}",
+                "{level}: tiny_http's debug lines still pass:\n{}",
                 stopped.logs
             );
         }
