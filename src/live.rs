@@ -7,8 +7,8 @@
 //! seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check` wrote, and
 //! runs the periodic health checks of `[health] interval_secs`.
 //!
-//! A reload reads both files, reads them again [`SETTLE`] later, and applies them only when
-//! both reads are the same. An editor that writes a file in place writes it in several
+//! A reload reads both files, reads them again half a second later, and applies them only
+//! when both reads are the same. An editor that writes a file in place writes it in several
 //! steps; a single read between two of them would load half a keys.txt (a cut-off key that
 //! the upstream refuses, the keys after it missing) or a config.toml cut off before some
 //! tokens, which may still parse. The first load at start-up reads once: nothing serves yet.
