@@ -4,7 +4,7 @@
 //! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
 
 use crate::check;
-use crate::config::{Config, RawConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, Files, DEFAULT_CONFIG_PATH};
 use crate::keys;
 use crate::live::{spawn_housekeeper, Live, Signals};
 use crate::secret::{self, sha256};
@@ -32,7 +32,8 @@ Usage:
   ollama-gateway --help | --version
 
 The config path defaults to ./config.toml, or $OLLAMA_GATEWAY_CONFIG when set.
-Logging follows RUST_LOG (default: info).
+Logging follows RUST_LOG (default: info); debug and trace lines of other crates (ureq's
+print request heads, upstream keys included) are dropped at every level.
 ";
 
 /// What the user asked for.
@@ -181,21 +182,15 @@ fn token_new(name: &str) -> ExitCode {
 }
 
 fn show_keys(config_path: &Path) -> ExitCode {
-    let raw = match std::fs::read_to_string(config_path)
-        .map_err(|err| format!("{}: cannot read the config file: {err}", config_path.display()))
-        .and_then(|text| RawConfig::parse(&text, config_path).map_err(|err| err.to_string()))
-    {
-        Ok(raw) => raw,
+    let files = Files::read(config_path);
+    let read = files.raw_config().and_then(|(raw, _)| {
+        let (keys_path, parsed) = files.keys(&raw.upstream.base_url)?;
+        Ok((keys_path.to_path_buf(), parsed))
+    });
+    let (keys_path, parsed) = match read {
+        Ok(read) => read,
         Err(err) => {
             eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    let keys_path = config_path.parent().unwrap_or(Path::new("")).join(&raw.keys_file);
-    let parsed = match keys::load(&keys_path, &raw.upstream.base_url) {
-        Ok(parsed) => parsed,
-        Err(err) => {
-            eprintln!("error: {}: cannot read the keys file: {err}", keys_path.display());
             return ExitCode::from(2);
         }
     };

@@ -445,6 +445,84 @@ fn key_on_line(line: &str) -> Option<String> {
     (!key.is_empty() && !key.starts_with('[')).then(|| key.to_string())
 }
 
+/// `config.toml` and the keys file it names, as bytes read from disk, not yet parsed.
+///
+/// [`Config::load`] reads them once. A reload reads them twice, a moment apart, and goes
+/// on only when both reads are the same (`==`), so it never uses a file that an editor is
+/// still writing in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    /// The config file.
+    pub path: PathBuf,
+    /// Its bytes, or why it could not be read.
+    pub config: Result<Vec<u8>, String>,
+    /// The keys file it names and its bytes (or why they could not be read); `None` when
+    /// the config does not parse, so which keys file it names is unknown.
+    pub keys: Option<(PathBuf, Result<Vec<u8>, String>)>,
+}
+
+impl Files {
+    /// Reads the config file at `path` and, when it parses, the keys file it names.
+    pub fn read(path: &Path) -> Files {
+        let config = std::fs::read(path).map_err(|err| {
+            let hint = match err.kind() {
+                std::io::ErrorKind::NotFound => " (copy config.example.toml to start, or pass --config PATH)",
+                _ => "",
+            };
+            format!("cannot read the config file: {err}{hint}")
+        });
+        let mut files = Files { path: path.to_path_buf(), config, keys: None };
+        if let Ok((raw, _)) = files.raw_config() {
+            let keys_file = path.parent().unwrap_or(Path::new("")).join(&raw.keys_file);
+            let bytes = std::fs::read(&keys_file).map_err(|err| {
+                let hint = match err.kind() {
+                    std::io::ErrorKind::NotFound => " (copy keys.example.txt to start, or set keys_file)",
+                    _ => "",
+                };
+                format!("cannot read the keys file named by keys_file: {err}{hint}")
+            });
+            files.keys = Some((keys_file, bytes));
+        }
+        files
+    }
+
+    /// The config as written, and its text.
+    pub fn raw_config(&self) -> Result<(RawConfig, &str), ConfigError> {
+        let bytes = self.config.as_ref().map_err(|why| ConfigError::new(&self.path, why.clone()))?;
+        let text = utf8(bytes, &self.path)?;
+        Ok((RawConfig::parse(text, &self.path)?, text))
+    }
+
+    /// The keys file's path and what it holds, bare keys going to `default_base_url`.
+    pub fn keys(&self, default_base_url: &str) -> Result<(&Path, ParsedKeys), ConfigError> {
+        match &self.keys {
+            Some((path, Ok(bytes))) => Ok((path, keys::parse(&bytes[..], default_base_url))),
+            Some((path, Err(why))) => Err(ConfigError::new(path, why.clone())),
+            None => Err(ConfigError::new(&self.path, "the keys file is unknown until the config parses")),
+        }
+    }
+}
+
+/// The bytes as text, or an error naming the line and column of the first byte that is not
+/// UTF-8 (toml reads only UTF-8).
+fn utf8<'b>(bytes: &'b [u8], file: &Path) -> Result<&'b str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|err| {
+        let (good, bad) = bytes.split_at(err.valid_up_to());
+        let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line_end = bad.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| good.len() + i);
+        ConfigError {
+            file: file.to_path_buf(),
+            line: Some(good.iter().filter(|&&b| b == b'\n').count() + 1),
+            key: key_on_line(&String::from_utf8_lossy(&bytes[line_start..line_end])),
+            message: format!(
+                "not UTF-8 text (byte 0x{:02X} at column {}): save the file as UTF-8",
+                bad[0],
+                good.len() - line_start + 1
+            ),
+        }
+    })
+}
+
 /// A client token as the gateway checks it.
 #[derive(Debug, Clone)]
 pub struct Token {
@@ -484,26 +562,15 @@ pub struct Config {
 impl Config {
     /// Reads the config file and the keys file it names, and checks them together.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            let hint = if err.kind() == std::io::ErrorKind::NotFound {
-                " (copy config.example.toml to start, or pass --config PATH)"
-            } else {
-                ""
-            };
-            ConfigError::new(path, format!("cannot read the config file: {err}{hint}"))
-        })?;
-        let raw = RawConfig::parse(&text, path)?;
-        let dir = path.parent().unwrap_or(Path::new(""));
-        let keys_file = dir.join(&raw.keys_file);
-        let state_file = dir.join(&raw.state_file);
-        let parsed = keys::load(&keys_file, &raw.upstream.base_url).map_err(|err| {
-            let hint = match err.kind() {
-                std::io::ErrorKind::NotFound => " (copy keys.example.txt to start, or set keys_file)",
-                _ => "",
-            };
-            ConfigError::new(&keys_file, format!("cannot read the keys file named by keys_file: {err}{hint}"))
-        })?;
-        Config::resolve(path, raw, keys_file, state_file, parsed, &text)
+        Config::from_files(&Files::read(path))
+    }
+
+    /// [`Config::load`] on files already read.
+    pub fn from_files(files: &Files) -> Result<Config, ConfigError> {
+        let (raw, text) = files.raw_config()?;
+        let (keys_file, parsed) = files.keys(&raw.upstream.base_url)?;
+        let state_file = files.path.parent().unwrap_or(Path::new("")).join(&raw.state_file);
+        Config::resolve(&files.path, raw, keys_file.to_path_buf(), state_file, parsed, text)
     }
 
     /// The cross-file checks of [`Config::load`], on already-read parts.
@@ -720,6 +787,28 @@ mod tests {
             assert!(err.to_string().contains(needle), "{text}: {err}");
             assert!(err.to_string().starts_with(&format!("config.toml:{line}: ")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_config_that_is_not_utf8_names_the_line_of_the_first_bad_byte() {
+        let cases: [(&[u8], &str); 3] = [
+            (
+                b"workers = 8\n\n[[tokens]]\nname = \"caf\xe9\"\n",
+                "config.toml:4: name: not UTF-8 text (byte 0xE9 at column 12)",
+            ),
+            (b"\xff\xfel\x00i\x00", "config.toml:1: not UTF-8 text (byte 0xFF at column 1)"),
+            (b"# \xc3\n", "config.toml:1: not UTF-8 text (byte 0xC3 at column 3)"),
+        ];
+        for (bytes, want) in cases {
+            let files = Files { path: PathBuf::from("config.toml"), config: Ok(bytes.to_vec()), keys: None };
+            let err = files.raw_config().expect_err(want).to_string();
+            assert!(err.starts_with(want) && err.ends_with("save the file as UTF-8"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_allowed() {
+        assert_eq!(parse("\u{feff}workers = 8\n").map(|raw| raw.workers), Ok(8));
     }
 
     fn resolve(config: &str, keys_text: &str) -> Result<Config, ConfigError> {

@@ -169,10 +169,15 @@ pub fn parse(mut reader: impl BufRead, default_base_url: &str) -> ParsedKeys {
             }
         }
         number += 1;
-        let Ok(text) = std::str::from_utf8(&buf) else {
-            let message = "not valid UTF-8; save the keys file as UTF-8 text".to_string();
-            parsed.errors.push(LineError { line: number, message });
-            continue;
+        let text = match std::str::from_utf8(&buf) {
+            Ok(text) => text,
+            Err(err) => {
+                // The column, not the byte: the byte may be part of a key.
+                let column = err.valid_up_to() + 1;
+                let message = format!("not UTF-8 text (at column {column}): save the file as UTF-8");
+                parsed.errors.push(LineError { line: number, message });
+                continue;
+            }
         };
         let text = if number == 1 { text.trim_start_matches('\u{feff}') } else { text };
         match parse_line(text, &default) {
@@ -659,7 +664,7 @@ mod tests {
         let parsed = parse(&bytes[..], CLOUD);
         assert_eq!(parsed.errors.len(), 1);
         assert_eq!(parsed.errors[0].line, 2);
-        assert!(parsed.errors[0].message.contains("UTF-8"));
+        assert_eq!(parsed.errors[0].message, "not UTF-8 text (at column 4): save the file as UTF-8");
         assert_eq!(parsed.entries.len(), 2);
     }
 

@@ -6,8 +6,14 @@
 //! broken edit is logged and the old config keeps serving), saves key states every few
 //! seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check` wrote, and
 //! runs the periodic health checks of `[health] interval_secs`.
+//!
+//! A reload reads both files, reads them again half a second later, and applies them only
+//! when both reads are the same. An editor that writes a file in place writes it in several
+//! steps; a single read between two of them would load half a keys.txt (a cut-off key that
+//! the upstream refuses, the keys after it missing) or a config.toml cut off before some
+//! tokens, which may still parse. The first load at start-up reads once: nothing serves yet.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Files};
 use crate::gateway::Gateway;
 use crate::health::{self, ProbeResult};
 use crate::keys::KeyEntry;
@@ -26,6 +32,12 @@ use std::time::{Duration, Instant, SystemTime};
 const TICK: Duration = Duration::from_millis(250);
 /// How often config files are checked for changes, and key states saved when changed.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long config.toml and keys.txt must stay the same before a reload applies them.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Reads in a row a reload makes of files that keep changing before it gives up (about
+/// 10 s); the next change it notices, or SIGHUP, starts it again.
+const SETTLE_TRIES: u32 = 20;
 
 /// How long a stop waits for requests (streams) in flight before it exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -72,9 +84,9 @@ impl Live {
         Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    /// Reads the config again and, when it is good, serves new requests with it.
-    pub fn reload(&self) -> Result<(), ConfigError> {
-        let config = Config::load(&self.config_path)?;
+    /// Serves new requests with the config in `files`, when it is good.
+    pub fn apply(&self, files: &Files) -> Result<(), ConfigError> {
+        let config = Config::from_files(files)?;
         let gateway = Gateway::new(config, Arc::clone(&self.store), self.started);
         forget_removed_keys(&gateway);
         log::info!(
@@ -175,30 +187,96 @@ impl Seen {
 fn housekeeper(live: &Live, signals: &Signals) {
     let mut seen = Seen::now(&live.current());
     let mut last_files_check = Instant::now();
+    let mut reload = Settling::default();
     loop {
         thread::sleep(TICK);
         if signals.stop.load(Ordering::Acquire) {
             stop(live, &mut seen);
         }
         let hup = signals.reload.swap(false, Ordering::AcqRel);
-        if !hup && last_files_check.elapsed() < FILE_CHECK_EVERY {
-            continue;
-        }
-        last_files_check = Instant::now();
-        let current = Seen::now(&live.current());
-        if hup || current.config != seen.config || current.keys != seen.keys {
-            seen.config = current.config;
-            seen.keys = current.keys;
-            if let Err(err) = live.reload() {
-                log::error!("reload failed, still serving the previous config: {err}");
+        if hup || last_files_check.elapsed() >= FILE_CHECK_EVERY {
+            last_files_check = Instant::now();
+            let current = Seen::now(&live.current());
+            if hup || current.config != seen.config || current.keys != seen.keys {
+                seen.config = current.config;
+                seen.keys = current.keys;
+                reload.start(live);
+            }
+            merge_state_file(live, &mut seen);
+            if live.store.take_dirty() {
+                live.save_states();
+                seen.state = modified(&live.current().config.state_file);
             }
         }
-        merge_state_file(live, &mut seen);
-        if live.store.take_dirty() {
-            live.save_states();
-            seen.state = modified(&live.current().config.state_file);
-        }
+        reload.tick(live);
     }
+}
+
+/// A reload waiting for config.toml and keys.txt to stay the same for [`SETTLE`].
+#[derive(Default)]
+struct Settling {
+    /// The latest read and when it was made; `None` when no reload is due.
+    read: Option<(Files, Instant)>,
+    /// Reads in a row that found the files changed since the read before.
+    changes: u32,
+}
+
+impl Settling {
+    /// Starts a reload (again, when one is waiting) with a first read of the files.
+    fn start(&mut self, live: &Live) {
+        self.read = Some((read_files(live), Instant::now()));
+        self.changes = 0;
+    }
+
+    /// Once the latest read is [`SETTLE`] old, reads again: applies the files when nothing
+    /// changed, else waits for the new read to settle in turn.
+    fn tick(&mut self, live: &Live) {
+        let Some((before, at)) = &self.read else { return };
+        if at.elapsed() < SETTLE {
+            return;
+        }
+        let now = read_files(live);
+        if now == *before {
+            self.read = None;
+            if let Err(err) = live.apply(&now) {
+                log::error!("reload failed, still serving the previous config: {err}");
+            }
+            return;
+        }
+        self.changes += 1;
+        if self.changes >= SETTLE_TRIES {
+            log::warn!(
+                "reload: {} or its keys file kept changing for {} s; still serving the previous config \
+                 (to change either file, write a new file and rename it over the old one)",
+                live.config_path.display(),
+                (SETTLE * SETTLE_TRIES).as_secs()
+            );
+            self.read = None;
+            return;
+        }
+        log::debug!("reload: the files changed while being read; waiting for them to settle");
+        self.read = Some((now, Instant::now()));
+    }
+}
+
+/// Reads config.toml and keys.txt for a reload.
+fn read_files(live: &Live) -> Files {
+    let files = Files::read(&live.config_path);
+    let size = |read: &Result<Vec<u8>, String>| match read {
+        Ok(bytes) => format!("{} bytes", bytes.len()),
+        Err(_) => "unreadable".to_string(),
+    };
+    let keys = match &files.keys {
+        Some((path, read)) => format!("{} ({})", path.display(), size(read)),
+        None => "no keys file".to_string(),
+    };
+    log::debug!(
+        "reload: read {} ({}) and {keys}; applying them if they are the same in {} ms",
+        files.path.display(),
+        size(&files.config),
+        SETTLE.as_millis()
+    );
+    files
 }
 
 /// Stops gracefully: refuse new requests, let those in flight finish (streams included, up

@@ -1,15 +1,88 @@
-//! The `ollama-gateway` binary: parse the command line, run it, exit with its code.
+//! The `ollama-gateway` binary: set up logging, parse the command line, run it, exit with
+//! its code.
+//!
+//! Logging follows `RUST_LOG` (default `info`) for every subcommand, with one limit no
+//! directive lifts: other crates' debug and trace records are dropped (see [`Logger`]).
 
+use log::{Level, Log, Metadata, Record};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    log::set_max_level(inner.filter());
+    // Only fails when a logger is already set, which nothing before this line does.
+    let _ = log::set_boxed_logger(Box::new(Logger(inner)));
     let args: Vec<String> = std::env::args().skip(1).collect();
     match ollama_gateway::cli::parse(&args, std::env::var("OLLAMA_GATEWAY_CONFIG").ok()) {
         Ok(command) => ollama_gateway::cli::run(command),
         Err(message) => {
             eprintln!("error: {message} (see ollama-gateway --help)");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Crates whose debug and trace records are written when `RUST_LOG` asks for them: ours,
+/// and tiny_http's (its accept thread starting and stopping).
+const VERBOSE_CRATES: [&str; 2] = ["ollama_gateway", "tiny_http"];
+
+/// `env_logger` behind a gate that keeps secrets out of the log at every level.
+///
+/// ureq and ureq-proto write each request head at debug and trace, as text and as a hex
+/// dump, upstream `Authorization: Bearer KEY` included; rustls logs handshake details.
+/// `RUST_LOG` directives combine in ways that are easy to get wrong (`RUST_LOG=trace`,
+/// `ureq_proto=trace`), so instead of adding a directive this gate drops every debug or
+/// trace record that does not come from a crate in [`VERBOSE_CRATES`], whatever `RUST_LOG`
+/// says. Their info, warn and error records pass as `RUST_LOG` decides.
+struct Logger(env_logger::Logger);
+
+/// Whether a record of this level and target may reach the log at all.
+fn admitted(metadata: &Metadata<'_>) -> bool {
+    metadata.level() <= Level::Info || VERBOSE_CRATES.iter().any(|name| in_crate(metadata.target(), name))
+}
+
+/// Whether `target` (a module path, by default) is crate `name` or one of its modules.
+fn in_crate(target: &str, name: &str) -> bool {
+    target.strip_prefix(name).is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        admitted(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if admitted(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_crates_debug_and_trace_records_pass() {
+        let cases = [
+            (Level::Trace, "ureq_proto::util", false),
+            (Level::Debug, "ureq::run", false),
+            (Level::Trace, "ureq", false),
+            (Level::Debug, "rustls::client::hs", false),
+            (Level::Debug, "ollama_gateway_evil", false),
+            (Level::Info, "ureq::run", true),
+            (Level::Warn, "rustls::common_state", true),
+            (Level::Trace, "ollama_gateway", true),
+            (Level::Debug, "ollama_gateway::live", true),
+            (Level::Debug, "tiny_http", true),
+        ];
+        for (level, target, want) in cases {
+            let metadata = Metadata::builder().level(level).target(target).build();
+            assert_eq!(admitted(&metadata), want, "{level} {target}");
         }
     }
 }

@@ -219,6 +219,7 @@ impl Shared {
         // TCP_NODELAY: each flushed event leaves at once instead of waiting on Nagle's
         // algorithm. The write timeout bounds a client that stops reading; reads are
         // bounded by the connection's clock.
+        log::debug!("connection from {peer}");
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(self.limits.idle));
         let shared = Arc::clone(self);
@@ -269,7 +270,7 @@ impl Shared {
                 None,
             );
         }
-        let Some(_admitted) = self.admit() else {
+        let Some(admitted) = self.admit() else {
             return refuse(
                 request,
                 allow_origins,
@@ -331,17 +332,20 @@ impl Shared {
                     // does not try.
                     headers.push(("Connection", "close".to_string()));
                 }
+                // Counted out before the client can see the answer and send the next
+                // request, which must find this one's worker free.
+                drop((slot, body_held, admitted));
                 let _ = request.respond(json_response(status, body, headers, Some(&id)));
                 (status, "")
             }
             Reply::Stream(stream) => {
                 let status = stream.status;
                 let (note, usage) = write_stream(request, stream, http10, close, &id);
+                drop((slot, body_held, admitted));
                 log.usage = usage;
                 (status, note)
             }
         };
-        drop((slot, body_held));
         let tokens = match log.usage {
             Some(usage) => {
                 if let Some(key) = &log.trace.key_id {

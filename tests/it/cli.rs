@@ -178,3 +178,34 @@ fn serve_refuses_a_bad_keys_line() {
     eqnice!(2, out.code, "{out:?}");
     assert!(out.stderr.contains("keys.txt:2"), "{}", out.stderr);
 }
+
+/// A file saved in another encoding (Latin-1 here) is refused with the line of its first
+/// byte that is not UTF-8, by every command that reads it.
+// See: review finding "a config.toml that is not UTF-8 gets exit 2 without a line number".
+#[test]
+fn a_file_that_is_not_utf8_is_refused_naming_the_line_of_the_first_bad_byte() {
+    let latin1_config = [format!("workers = 8\n{}", alice()).as_bytes(), b"# caf\xe9\n"].concat();
+    let latin1_keys = [&b"http://127.0.0.1:9\n\n# Jos\xe9's key\n"[..], KEY_A.as_bytes()].concat();
+    // (config.toml, keys.txt, what stderr names)
+    let cases = [
+        (
+            latin1_config.clone(),
+            b"http://127.0.0.1:9\n".to_vec(),
+            "config.toml:7: not UTF-8 text (byte 0xE9 at column 6)",
+        ),
+        (alice().into_bytes(), latin1_keys, "keys.txt:3: not UTF-8 text (at column 6)"),
+    ];
+    for (config_bytes, keys_bytes, want) in cases {
+        let dir = TempDir::new();
+        std::fs::write(dir.path().join("config.toml"), &config_bytes).unwrap();
+        std::fs::write(dir.path().join("keys.txt"), &keys_bytes).unwrap();
+        for command in ["serve", "check", "keys"] {
+            let out = run_cli(&[command, "--config", "config.toml"], dir.path());
+            eqnice!(2, out.code, "{command}, {want}: {out:?}");
+            let line = out.stderr.lines().find(|line| line.contains(want));
+            let line =
+                line.unwrap_or_else(|| panic!("{command}: stderr does not say {want:?}:\n{}", out.stderr));
+            assert!(line.starts_with("error: ") && line.contains("UTF-8"), "{command}: {line}");
+        }
+    }
+}

@@ -33,6 +33,10 @@ mod native;
 // The gateway as a service: idle gaps, connection and body limits, descriptors running out,
 // clients that leave, the overall request timeout.
 mod service;
+// No key or token in any log, at every RUST_LOG level, as text or as ureq's hex dumps.
+mod logging;
+// Reloads that meet config.toml or keys.txt half-written by an editor writing in place.
+mod reload;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.

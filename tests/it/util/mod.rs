@@ -187,7 +187,17 @@ pub struct CliOutput {
 
 /// Runs the gateway binary with `args` in `dir` and waits for it.
 pub fn run_cli(args: &[&str], dir: &Path) -> CliOutput {
-    let output = gateway_command(args).current_dir(dir).stdin(Stdio::null()).output().expect("run gateway");
+    run_cli_logging(args, dir, "info")
+}
+
+/// [`run_cli`] with `RUST_LOG` set to `rust_log` instead of `info`.
+pub fn run_cli_logging(args: &[&str], dir: &Path, rust_log: &str) -> CliOutput {
+    let output = gateway_command(args)
+        .env("RUST_LOG", rust_log)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gateway");
     CliOutput {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -234,8 +244,14 @@ impl Gateway {
     /// Starts `serve --config` on the `config.toml` already in `dir` (a stopped gateway's
     /// folder, say) and waits until `/health` answers 200.
     pub fn resume(dir: TempDir) -> Gateway {
+        Gateway::resume_logging(dir, "info")
+    }
+
+    /// [`Gateway::resume`] with `RUST_LOG` set to `rust_log` instead of `info`.
+    pub fn resume_logging(dir: TempDir, rust_log: &str) -> Gateway {
         let config = dir.path().join("config.toml");
         let mut child = gateway_command(&["serve", "--config", config.to_str().expect("utf-8 temp path")])
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
