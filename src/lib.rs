@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod check;
 pub mod cli;
 pub mod config;
