@@ -23,6 +23,7 @@ pub mod keys;
 pub mod keystate;
 pub mod live;
 pub mod model_policy;
+pub mod modelfile;
 pub mod native;
 pub mod pool;
 pub mod relay;
