@@ -1,22 +1,29 @@
 //! Ollama's native API (`/api/*`) behind the gateway's tokens, scopes and key pools.
 //!
 //! Each known route has a scope (inference, models, manage), its methods, and the shape of
-//! its stream. JSON bodies are checked by `access` (every field Ollama reads as a model,
+//! its answer. JSON bodies are checked by `access` (every field Ollama reads as a model,
 //! matched as Go matches keys) and go upstream with the pool's key and the same failover,
-//! byte for byte except where an alias is resolved. Answers come back line by line,
-//! unchanged ([`Passthrough`]), streams and plain bodies alike. Errors are answered the way
-//! Ollama answers them: `{"error": "…"}` with the status.
+//! byte for byte except where an alias is resolved. Streams come back line by line,
+//! unchanged ([`Passthrough`]); a plain answer that should be one JSON object is read whole
+//! and passed on only if it is one, so an upstream's HTML, garbage or cut-off body becomes
+//! a 502 rather than a 200. Errors are answered the way Ollama answers them:
+//! `{"error": "…"}` with the status.
 
 use crate::access;
 use crate::api::{Client, LogFields, Reply, Req, StreamReply};
+use crate::body;
 use crate::config::Scope;
 use crate::gateway::Gateway;
 use crate::model_policy;
 use crate::relay::{self, Outgoing};
 use crate::translate::errors::ApiError;
-use crate::translate::native::Passthrough;
+use crate::translate::native::{self as passthrough, Passthrough};
+use crate::upstream::{self, UpstreamResponse};
 use serde_json::{json, Value};
 use std::io::Read;
+
+/// Longest plain native answer read (a long `/api/embed` answer fits).
+const MAX_PLAIN_ANSWER: u64 = 64 * 1024 * 1024;
 
 /// What the gateway knows about one native route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,14 +32,17 @@ pub struct Route {
     pub scope: Scope,
     /// The methods it answers.
     pub methods: &'static [&'static str],
+    /// Whether its plain (not streamed) answer is one JSON object; `copy`, `delete` and
+    /// blobs answer with an empty body.
+    pub json_answer: bool,
     /// Whether it streams unless the body says `"stream": false`.
     pub streams: bool,
     /// Whether its stream ends with a `"done": true` line.
     pub has_done_line: bool,
 }
 
-const fn route(scope: Scope, methods: &'static [&'static str]) -> Route {
-    Route { scope, methods, streams: false, has_done_line: false }
+const fn route(scope: Scope, methods: &'static [&'static str], json_answer: bool) -> Route {
+    Route { scope, methods, json_answer, streams: false, has_done_line: false }
 }
 
 /// The route of a native path (`/api/chat`, `/api/blobs/sha256:…`), if it is one.
@@ -40,18 +50,18 @@ pub fn route_of(path: &str) -> Option<Route> {
     use Scope::{Inference, Manage, Models};
     const POST: &[&str] = &["POST"];
     const GET: &[&str] = &["GET", "HEAD"];
-    let generating = Route { streams: true, has_done_line: true, ..route(Inference, POST) };
-    let progress = Route { streams: true, ..route(Manage, POST) };
+    let generating = Route { streams: true, has_done_line: true, ..route(Inference, POST, true) };
+    let progress = Route { streams: true, ..route(Manage, POST, true) };
     Some(match path {
         "/api/chat" | "/api/generate" => generating,
-        "/api/embed" | "/api/embeddings" => route(Inference, POST),
-        "/api/tags" | "/api/ps" | "/api/version" => route(Models, GET),
-        "/api/show" => route(Models, POST),
+        "/api/embed" | "/api/embeddings" => route(Inference, POST, true),
+        "/api/tags" | "/api/ps" | "/api/version" => route(Models, GET, true),
+        "/api/show" => route(Models, POST, true),
         "/api/pull" | "/api/push" | "/api/create" => progress,
-        "/api/copy" => route(Manage, POST),
-        "/api/delete" => route(Manage, &["DELETE"]),
+        "/api/copy" => route(Manage, POST, false),
+        "/api/delete" => route(Manage, &["DELETE"], false),
         _ if path.starts_with("/api/blobs/") && path.len() > "/api/blobs/".len() => {
-            route(Manage, &["HEAD", "POST"])
+            route(Manage, &["HEAD", "POST"], false)
         }
         _ => return None,
     })
@@ -102,18 +112,63 @@ pub fn handle(
     if req.method == "HEAD" {
         return Ok(Reply::Full { status: response.status, body: Vec::new(), headers: Vec::new() });
     }
+    if stream || !route.json_answer {
+        let content_type =
+            response.content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
+        return Ok(Reply::Stream(StreamReply {
+            status: response.status,
+            content_type,
+            headers: Vec::new(),
+            upstream: response.body,
+            translator: Box::new(Passthrough::new(stream && route.has_done_line)),
+        }));
+    }
     let listing = path == "/api/tags" || path == "/api/ps";
     if listing && (client.models.is_some() || !gateway.config.raw.aliases.is_empty()) {
-        return models_for(client, gateway, response.body, path == "/api/tags");
+        let answer = read_plain(response.body)?;
+        return models_for(client, gateway, &answer, path == "/api/tags");
     }
-    let content_type = response.content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
-    Ok(Reply::Stream(StreamReply {
-        status: response.status,
-        content_type,
-        headers: Vec::new(),
-        upstream: response.body,
-        translator: Box::new(Passthrough::new(stream && route.has_done_line)),
-    }))
+    plain_json(response, log)
+}
+
+/// A plain answer that should be one JSON object: passed on unchanged if it is one, a 502
+/// if it is not (an HTML page, garbage, a body cut off, nothing).
+fn plain_json(response: UpstreamResponse, log: &mut LogFields) -> Result<Reply, ApiError> {
+    let UpstreamResponse { status, content_type, body } = response;
+    let answer = read_plain(body)?;
+    log.usage = Some(passthrough::usage_of(&answer));
+    let content_type = content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
+    Ok(Reply::Full { status, body: answer, headers: vec![("Content-Type", content_type)] })
+}
+
+/// Reads a whole plain answer, and checks it is one JSON object without building it.
+fn read_plain(body: Box<dyn Read + Send>) -> Result<Vec<u8>, ApiError> {
+    let mut answer = Vec::new();
+    body.take(MAX_PLAIN_ANSWER + 1).read_to_end(&mut answer).map_err(|err| {
+        let status = if upstream::is_timeout(&err) { 504 } else { 502 };
+        ApiError::server(status, format!("reading the upstream answer failed: {err}"))
+    })?;
+    if answer.len() as u64 > MAX_PLAIN_ANSWER {
+        return Err(ApiError::server(
+            502,
+            format!("the upstream answer is larger than {} MiB", MAX_PLAIN_ANSWER >> 20),
+        ));
+    }
+    if let Err(err) = body::scan(&answer, &[]) {
+        let text = match err {
+            body::BodyError::Syntax(text) => text,
+            other => other.to_string(),
+        };
+        let shown = String::from_utf8_lossy(&answer[..answer.len().min(80)]).into_owned();
+        return Err(ApiError::server(
+            502,
+            format!(
+                "the upstream answer is not valid JSON ({text}; it begins {shown:?}); is base_url an \
+                 Ollama server?"
+            ),
+        ));
+    }
+    Ok(answer)
 }
 
 /// `/api/tags` or `/api/ps` as this token may see it: the models it may use, and (for
@@ -121,14 +176,10 @@ pub fn handle(
 fn models_for(
     client: Client<'_>,
     gateway: &Gateway,
-    body: Box<dyn Read + Send>,
+    answer: &[u8],
     with_aliases: bool,
 ) -> Result<Reply, ApiError> {
-    let mut bytes = Vec::new();
-    body.take(64 * 1024 * 1024)
-        .read_to_end(&mut bytes)
-        .map_err(|err| ApiError::server(502, format!("reading the upstream model list failed: {err}")))?;
-    let mut tags: Value = serde_json::from_slice(&bytes)
+    let mut tags: Value = serde_json::from_slice(answer)
         .map_err(|err| ApiError::server(502, format!("the upstream model list is not JSON: {err}")))?;
     let Some(list) = tags.get_mut("models").and_then(Value::as_array_mut) else {
         return Ok(Reply::json(200, &tags));
