@@ -30,5 +30,7 @@ mod sdk;
 mod keypool;
 // Ollama's native API (`/api/*`): routes, scopes, the query token, and OpenAI-compatible pools.
 mod native;
+// The model allowlist on every form a native body can name a model in; plain answers checked.
+mod access;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
