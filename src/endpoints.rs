@@ -4,6 +4,7 @@
 //! [`Reply`] or an [`ApiError`]. Validation and the model allowlist are checked before any
 //! upstream call. JSON shapes live in `translate`; choosing and retrying keys in `relay`.
 
+use crate::access;
 use crate::api::{parse_json_body, Client, LogFields, Reply, Req};
 use crate::gateway::Gateway;
 use crate::model_policy;
@@ -67,29 +68,8 @@ fn route_model(
     Ok(Routed { target: target.to_string(), body, cloud_body, response_model })
 }
 
-/// The model `requested` stands for, if `client` may use it.
-pub(crate) fn check_model<'g>(
-    requested: &'g str,
-    gateway: &'g Gateway,
-    client: Client<'_>,
-) -> Result<&'g str, ApiError> {
-    let target = model_policy::resolve(&gateway.config.raw.aliases, requested);
-    if model_policy::is_allowed(client.models, requested, target) {
-        return Ok(target);
-    }
-    Err(ApiError {
-        status: 403,
-        kind: "permission_error",
-        message: format!(
-            "token '{}' may not use model '{requested}' (allowed: {}); ask the gateway operator to add it",
-            client.name,
-            client.models.unwrap_or_default().join(", ")
-        ),
-        param: Some("model".to_string()),
-        code: Some("model_not_allowed"),
-        retry_after: None,
-    })
-}
+// The one model check of every route lives in `access`; kept here under its old path.
+pub(crate) use crate::access::check_model;
 
 pub(crate) fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
     gateway.pools.get(client.pool).ok_or_else(|| {
@@ -175,19 +155,22 @@ pub fn embeddings(
     Ok(Reply::json(200, &embeddings::from_ollama(&native, &request.model, request.encoding)?))
 }
 
-/// `GET /v1/models` ← `GET /api/tags`, filtered by the token's allowlist, with aliases.
+/// `GET /v1/models` ← `GET /api/tags`: the models the token may use, and the aliases whose
+/// targets it may use.
 pub fn list_models(gateway: &Gateway, client: Client<'_>, log: &mut LogFields) -> Result<Reply, ApiError> {
     let response = relay(gateway, client, Outgoing::get("/api/tags"), log)?;
     let tags = read_upstream_json(response.body)?;
-    let aliases = &gateway.config.raw.aliases;
     let mut listed: Vec<(String, i64)> = models::ids_from_tags(&tags)
         .into_iter()
-        .filter(|(id, _)| model_policy::is_allowed(client.models, id, id))
+        .filter(|(id, _)| access::visible(id, gateway, client))
         .collect();
-    for (alias, target) in aliases {
+    for (alias, target) in &gateway.config.raw.aliases {
         let known = listed.iter().any(|(id, _)| id == alias);
-        if !known && model_policy::is_allowed(client.models, alias, target) {
-            let created = listed.iter().find(|(id, _)| id == target).map_or(0, |(_, created)| *created);
+        if !known && access::visible(alias, gateway, client) {
+            let created = listed
+                .iter()
+                .find(|(id, _)| model_policy::same_model(id, target))
+                .map_or(0, |(_, created)| *created);
             listed.push((alias.clone(), created));
         }
     }
@@ -228,8 +211,9 @@ fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
 }
 
 /// A `/v1` request for a pool of an OpenAI-compatible upstream: passed through as it is,
-/// with the pool's key, the token's model allowlist and the `[aliases]`; the answer (a
-/// stream or not) comes back line by line, unchanged.
+/// with the pool's key, the token's model allowlist and the `[aliases]` (checked by
+/// `access`, keys matched without regard to case); the answer (a stream or not) comes back
+/// line by line, unchanged.
 pub fn openai_passthrough(
     req: &Req,
     path: &str,
@@ -237,46 +221,20 @@ pub fn openai_passthrough(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
-    let mut body = None;
-    let mut stream = false;
-    let mut model = None;
+    let mut checked = access::OpenAiBody::default();
     if req.method == "POST" {
-        let mut value = parse_json_body(&req.body)?;
-        stream = value.get("stream").and_then(Value::as_bool) == Some(true);
-        match value.get("model").and_then(Value::as_str).map(str::to_string) {
-            Some(requested) => {
-                let target = check_model(&requested, gateway, client)?.to_string();
-                value["model"] = Value::from(target.as_str());
-                log.model = Some(requested);
-                model = Some(target);
-            }
-            // Without a model the provider picks the account's default: not for a token
-            // limited to some models.
-            None if client.models.is_some() => {
-                return Err(ApiError::bad_request(
-                    "model is required for this token (it may use only some models)",
-                    Some("model"),
-                ))
-            }
-            None => {}
-        }
-        // OpenRouter's fallback list names more models: each must be allowed.
-        if let Some(Value::Array(fallbacks)) = value.get("models") {
-            for fallback in fallbacks {
-                check_model(fallback.as_str().unwrap_or_default(), gateway, client)?;
-            }
-        }
-        body = Some(value.to_string().into_bytes());
+        checked = access::openai_body(&req.body, gateway, client)?;
+        log.model = checked.model.as_ref().map(|(requested, _)| requested.clone());
     } else if let Some(id) = path.strip_prefix("/models/") {
         check_model(id, gateway, client)?;
     }
     let outgoing = Outgoing {
         method: &req.method,
         path,
-        body: body.as_deref(),
+        body: (req.method == "POST").then(|| checked.rewritten.as_deref().unwrap_or(&req.body)),
         cloud_body: None,
-        stream,
-        model: model.as_deref(),
+        stream: checked.stream,
+        model: checked.model.as_ref().map(|(_, target)| target.as_str()),
         content_type: "application/json",
     };
     let response = relay(gateway, client, outgoing, log)?;
@@ -284,9 +242,7 @@ pub fn openai_passthrough(
         let mut list = read_upstream_json(response.body)?;
         if let Some(data) = list.get_mut("data").and_then(Value::as_array_mut) {
             data.retain(|m| {
-                m.get("id")
-                    .and_then(Value::as_str)
-                    .is_some_and(|id| model_policy::is_allowed(client.models, id, id))
+                m.get("id").and_then(Value::as_str).is_some_and(|id| access::visible(id, gateway, client))
             });
         }
         return Ok(Reply::json(200, &list));

@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod cancel;
 pub mod check;
 pub mod cli;
@@ -23,6 +25,7 @@ pub mod keys;
 pub mod keystate;
 pub mod live;
 pub mod model_policy;
+pub mod modelfile;
 pub mod native;
 pub mod pool;
 pub mod relay;

@@ -1,8 +1,9 @@
 //! Model names: aliases, per-token allowlists, and Ollama Cloud's name suffixes.
 //!
 //! In scope: deciding which upstream model a client's model name means, whether a token may
-//! use it, and how the name is spelled for a given upstream. Out of scope: the request
-//! bodies themselves (`translate`) and where requests go (`relay`). Pure functions only.
+//! use it ([`permit`], the one rule every route applies), and how the name is spelled for a
+//! given upstream. Out of scope: finding the names in request bodies (`access`) and where
+//! requests go (`relay`). Pure functions only.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -36,14 +37,59 @@ pub fn resolve<'a>(aliases: &'a BTreeMap<String, String>, requested: &'a str) ->
     aliases.get(requested).map(String::as_str).unwrap_or(requested)
 }
 
-/// Whether a token with allowlist `allowed` (`None` = every model) may use `requested`,
-/// which resolves to `target`. Either name matching a pattern is enough, so an operator
-/// may allow an alias by its own name.
-pub fn is_allowed(allowed: Option<&[String]>, requested: &str, target: &str) -> bool {
-    match allowed {
-        None => true,
-        Some(patterns) => patterns.iter().any(|p| glob_match(p, requested) || glob_match(p, target)),
+/// The model a token reaches by asking for `requested`, if its allowlist lets it use that
+/// model: the one rule of the gateway, for using a model and for seeing it in a list.
+///
+/// - An alias is resolved first and its target decides, since the target is what upstream
+///   serves: an alias whose own name matches the allowlist but whose target does not is
+///   refused, and an alias of an allowed model need not match itself.
+/// - `name` and `name:latest` are one model (Ollama reads the first as the second): a
+///   pattern that matches either allows both.
+/// - A local Ollama's name for a cloud model (`gpt-oss:120b-cloud`, `kimi-k2.6:cloud`) is
+///   also allowed by the name Ollama Cloud gives it (`gpt-oss:120b`), which is what it
+///   reaches. Not the other way round: on a local Ollama `gpt-oss:120b` runs local weights.
+/// - `allowed` of `None` allows every model; an empty list allows none.
+pub fn permit<'a>(
+    allowed: Option<&[String]>,
+    aliases: &'a BTreeMap<String, String>,
+    requested: &'a str,
+) -> Option<&'a str> {
+    let target = resolve(aliases, requested);
+    let Some(patterns) = allowed else {
+        return Some(target);
+    };
+    let cloud = cloud_name(target);
+    let matched = matches_any(patterns, target) || (cloud != target && matches_any(patterns, &cloud));
+    matched.then_some(target)
+}
+
+/// Whether a pattern matches `name` or its `:latest` twin.
+fn matches_any(patterns: &[String], name: &str) -> bool {
+    let twin = latest_twin(name);
+    patterns.iter().any(|p| glob_match(p, name) || twin.as_deref().is_some_and(|twin| glob_match(p, twin)))
+}
+
+/// The other spelling of the same model: `llama3.2` for `llama3.2:latest` and back.
+/// Names with another tag (`qwen3:8b`) or a digest have none.
+fn latest_twin(name: &str) -> Option<Cow<'_, str>> {
+    // The tag follows the last `:` after the last `/` (`host:port/model` has no tag).
+    let last_segment = name.rsplit('/').next().unwrap_or(name);
+    match last_segment.rsplit_once(':') {
+        Some((model, "latest")) if !model.is_empty() => {
+            Some(Cow::Borrowed(&name[..name.len() - ":latest".len()]))
+        }
+        Some(_) => None,
+        None if !last_segment.is_empty() && !last_segment.contains('@') => {
+            Some(Cow::Owned(format!("{name}:latest")))
+        }
+        None => None,
     }
+}
+
+/// Whether a model list's entry `listed` is the model `name` (`llama3.2:latest` is
+/// `llama3.2`).
+pub fn same_model(listed: &str, name: &str) -> bool {
+    listed == name || latest_twin(listed).as_deref() == Some(name)
 }
 
 /// Whether an upstream base URL is Ollama Cloud, which names models without the `:cloud`
@@ -99,13 +145,58 @@ mod tests {
     }
 
     #[test]
-    fn allowlists_accept_the_alias_or_its_target() {
-        let allowed = vec!["gpt-oss:*".to_string(), "mini".to_string()];
-        assert!(is_allowed(None, "x", "y"));
-        assert!(is_allowed(Some(&allowed), "gpt-4o-mini", "gpt-oss:20b"));
-        assert!(is_allowed(Some(&allowed), "mini", "qwen3:8b"));
-        assert!(!is_allowed(Some(&allowed), "qwen3:8b", "qwen3:8b"));
-        assert!(!is_allowed(Some(&[]), "gpt-oss:20b", "gpt-oss:20b"));
+    fn one_rule_for_using_and_seeing_models() {
+        let aliases = BTreeMap::from([
+            ("gpt-4o-mini".to_string(), "gpt-oss:20b".to_string()),
+            ("mini".to_string(), "qwen3:8b".to_string()),
+            ("local".to_string(), "llama3.2".to_string()),
+        ]);
+        let allowed: Vec<String> =
+            ["gpt-oss:*", "mini", "llama3.2:latest", "qwen3", "kimi-k2.6", "hf.co/org/model"]
+                .map(String::from)
+                .to_vec();
+        // (requested, the model reached when allowed)
+        let cases = [
+            ("gpt-oss:20b", Some("gpt-oss:20b")),
+            ("gpt-oss-safeguard:20b", None),
+            ("gpt-oss", Some("gpt-oss")),
+            // An alias: its target decides, whatever its own name.
+            ("gpt-4o-mini", Some("gpt-oss:20b")),
+            ("mini", None),
+            ("local", Some("llama3.2")),
+            // `name` and `name:latest` are one model, either way round.
+            ("llama3.2", Some("llama3.2")),
+            ("llama3.2:latest", Some("llama3.2:latest")),
+            ("qwen3:latest", Some("qwen3:latest")),
+            ("qwen3:8b", None),
+            ("hf.co/org/model:latest", Some("hf.co/org/model:latest")),
+            ("localhost:5000/qwen3", None),
+            // A local cloud name is allowed by its Ollama Cloud name, not the reverse.
+            ("gpt-oss:120b-cloud", Some("gpt-oss:120b-cloud")),
+            ("kimi-k2.6:cloud", Some("kimi-k2.6:cloud")),
+            ("kimi-k2.6:latest", Some("kimi-k2.6:latest")),
+            ("qwen3:cloud", Some("qwen3:cloud")),
+            ("deepseek-v3.1:671b-cloud", None),
+        ];
+        for (requested, want) in cases {
+            assert_eq!(permit(Some(&allowed), &aliases, requested), want, "{requested}");
+        }
+        let cloud_only = vec!["deepseek-v3.1:671b-cloud".to_string()];
+        assert_eq!(permit(Some(&cloud_only), &aliases, "deepseek-v3.1:671b"), None, "not the reverse");
+        assert_eq!(permit(None, &aliases, "mini"), Some("qwen3:8b"), "no allowlist: all");
+        assert_eq!(permit(Some(&[]), &aliases, "gpt-oss:20b"), None, "an empty allowlist: none");
+    }
+
+    #[test]
+    fn list_entries_name_models_with_or_without_latest() {
+        assert!(same_model("llama3.2:latest", "llama3.2"));
+        assert!(same_model("llama3.2", "llama3.2"));
+        assert!(!same_model("llama3.2:1b", "llama3.2"));
+        assert!(same_model("llama3.2", "llama3.2:latest"));
+        assert_eq!(latest_twin("llama3.2").as_deref(), Some("llama3.2:latest"));
+        assert_eq!(latest_twin("host:5000/ns/model").as_deref(), Some("host:5000/ns/model:latest"));
+        assert_eq!(latest_twin(":latest"), None);
+        assert_eq!(latest_twin("model@sha256"), None);
     }
 
     #[test]

@@ -1,20 +1,29 @@
 //! Ollama's native API (`/api/*`) behind the gateway's tokens, scopes and key pools.
 //!
-//! Each known route has a scope (inference, models, manage), its methods, and the body
-//! fields that name models, so the token's model allowlist and the `[aliases]` apply as on
-//! `/v1`. Bodies go upstream with the pool's key and the same failover; answers come back
-//! line by line, unchanged ([`Passthrough`]), streams and plain bodies alike. Errors are
-//! answered the way Ollama answers them: `{"error": "…"}` with the status.
+//! Each known route has a scope (inference, models, manage), its methods, and the shape of
+//! its answer. JSON bodies are checked by `access` (every field Ollama reads as a model,
+//! matched as Go matches keys) and go upstream with the pool's key and the same failover,
+//! byte for byte except where an alias is resolved. Streams come back line by line,
+//! unchanged ([`Passthrough`]); a plain answer that should be one JSON object is read whole
+//! and passed on only if it is one, so an upstream's HTML, garbage or cut-off body becomes
+//! a 502 rather than a 200. Errors are answered the way Ollama answers them:
+//! `{"error": "…"}` with the status.
 
+use crate::access;
 use crate::api::{Client, LogFields, Reply, Req, StreamReply};
+use crate::body;
 use crate::config::Scope;
 use crate::gateway::Gateway;
 use crate::model_policy;
 use crate::relay::{self, Outgoing};
 use crate::translate::errors::ApiError;
-use crate::translate::native::Passthrough;
+use crate::translate::native::{self as passthrough, Passthrough};
+use crate::upstream::{self, UpstreamResponse};
 use serde_json::{json, Value};
 use std::io::Read;
+
+/// Longest plain native answer read (a long `/api/embed` answer fits).
+const MAX_PLAIN_ANSWER: u64 = 64 * 1024 * 1024;
 
 /// What the gateway knows about one native route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,20 +32,17 @@ pub struct Route {
     pub scope: Scope,
     /// The methods it answers.
     pub methods: &'static [&'static str],
-    /// Body fields that name a model.
-    pub model_fields: &'static [&'static str],
+    /// Whether its plain (not streamed) answer is one JSON object; `copy`, `delete` and
+    /// blobs answer with an empty body.
+    pub json_answer: bool,
     /// Whether it streams unless the body says `"stream": false`.
     pub streams: bool,
     /// Whether its stream ends with a `"done": true` line.
     pub has_done_line: bool,
 }
 
-const fn route(
-    scope: Scope,
-    methods: &'static [&'static str],
-    model_fields: &'static [&'static str],
-) -> Route {
-    Route { scope, methods, model_fields, streams: false, has_done_line: false }
+const fn route(scope: Scope, methods: &'static [&'static str], json_answer: bool) -> Route {
+    Route { scope, methods, json_answer, streams: false, has_done_line: false }
 }
 
 /// The route of a native path (`/api/chat`, `/api/blobs/sha256:…`), if it is one.
@@ -44,19 +50,18 @@ pub fn route_of(path: &str) -> Option<Route> {
     use Scope::{Inference, Manage, Models};
     const POST: &[&str] = &["POST"];
     const GET: &[&str] = &["GET", "HEAD"];
-    const MODEL: &[&str] = &["model", "name"];
-    let generating = Route { streams: true, has_done_line: true, ..route(Inference, POST, MODEL) };
-    let progress = Route { streams: true, ..route(Manage, POST, MODEL) };
+    let generating = Route { streams: true, has_done_line: true, ..route(Inference, POST, true) };
+    let progress = Route { streams: true, ..route(Manage, POST, true) };
     Some(match path {
         "/api/chat" | "/api/generate" => generating,
-        "/api/embed" | "/api/embeddings" => route(Inference, POST, MODEL),
-        "/api/tags" | "/api/ps" | "/api/version" => route(Models, GET, &[]),
-        "/api/show" => route(Models, POST, MODEL),
+        "/api/embed" | "/api/embeddings" => route(Inference, POST, true),
+        "/api/tags" | "/api/ps" | "/api/version" => route(Models, GET, true),
+        "/api/show" => route(Models, POST, true),
         "/api/pull" | "/api/push" | "/api/create" => progress,
-        "/api/copy" => route(Manage, POST, &["source", "destination"]),
-        "/api/delete" => route(Manage, &["DELETE"], MODEL),
+        "/api/copy" => route(Manage, POST, false),
+        "/api/delete" => route(Manage, &["DELETE"], false),
         _ if path.starts_with("/api/blobs/") && path.len() > "/api/blobs/".len() => {
-            route(Manage, &["HEAD", "POST"], &[])
+            route(Manage, &["HEAD", "POST"], false)
         }
         _ => return None,
     })
@@ -84,34 +89,22 @@ pub fn handle(
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
     let is_json = !path.starts_with("/api/blobs/");
-    let mut body = None;
-    let mut stream = false;
-    let mut cloud_body = None;
-    let mut model = None;
-    if req.method == "POST" || req.method == "DELETE" {
-        if !is_json {
-            body = Some(req.body.clone());
-        } else if !req.body.iter().all(u8::is_ascii_whitespace) {
-            let mut value: Value = serde_json::from_slice(&req.body).map_err(|err| {
-                ApiError::bad_request(format!("the request body is not valid JSON: {err}"), None)
-            })?;
-            stream = route.streams && value.get("stream").and_then(Value::as_bool) != Some(false);
-            let (plain, cloud, target) = rewrite_models(&mut value, route, gateway, client)?;
-            log.model = target.clone();
-            model = target;
-            body = Some(plain);
-            cloud_body = cloud;
-        } else {
-            body = Some(Vec::new());
-        }
-    }
+    let has_body = req.method == "POST" || req.method == "DELETE";
+    // Every field Ollama would read as a model, in every JSON body: a field a route does
+    // not use today is still checked, since an Ollama may read it tomorrow.
+    let checked = match has_body && is_json && !req.body.iter().all(u8::is_ascii_whitespace) {
+        true => access::native_body(&req.body, gateway, client)?,
+        false => access::NativeBody::default(),
+    };
+    let stream = route.streams && checked.stream != Some(false);
+    log.model.clone_from(&checked.model);
     let outgoing = Outgoing {
         method: &req.method,
         path,
-        body: body.as_deref(),
-        cloud_body: cloud_body.as_deref(),
+        body: has_body.then(|| checked.rewritten.as_deref().unwrap_or(&req.body)),
+        cloud_body: checked.cloud.as_deref(),
         stream,
-        model: model.as_deref(),
+        model: checked.model.as_deref(),
         content_type: if is_json { "application/json" } else { "application/octet-stream" },
     };
     let pool = crate::endpoints::pool(gateway, client)?;
@@ -119,79 +112,91 @@ pub fn handle(
     if req.method == "HEAD" {
         return Ok(Reply::Full { status: response.status, body: Vec::new(), headers: Vec::new() });
     }
+    if stream || !route.json_answer {
+        let content_type =
+            response.content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
+        return Ok(Reply::Stream(StreamReply {
+            status: response.status,
+            content_type,
+            headers: Vec::new(),
+            upstream: response.body,
+            translator: Box::new(Passthrough::new(stream && route.has_done_line)),
+        }));
+    }
     let listing = path == "/api/tags" || path == "/api/ps";
     if listing && (client.models.is_some() || !gateway.config.raw.aliases.is_empty()) {
-        return models_for(client, gateway, response.body, path == "/api/tags");
+        let answer = read_plain(response.body)?;
+        return models_for(client, gateway, &answer, path == "/api/tags");
     }
-    let content_type = response.content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
-    Ok(Reply::Stream(StreamReply {
-        status: response.status,
-        content_type,
-        headers: Vec::new(),
-        upstream: response.body,
-        translator: Box::new(Passthrough::new(stream && route.has_done_line)),
-    }))
+    plain_json(response, log)
 }
 
-/// Applies aliases and the allowlist to the model fields of a native body; returns the
-/// body, its Ollama Cloud spelling when different, and the (first) model asked for.
-#[allow(clippy::type_complexity)] // (body, cloud body, model): named at the one call site
-fn rewrite_models(
-    value: &mut Value,
-    route: Route,
-    gateway: &Gateway,
-    client: Client<'_>,
-) -> Result<(Vec<u8>, Option<Vec<u8>>, Option<String>), ApiError> {
-    let mut first = None;
-    let mut cloud = value.clone();
-    let mut differs = false;
-    for field in route.model_fields {
-        let Some(requested) = value.get(*field).and_then(Value::as_str).map(str::to_string) else {
-            continue;
+/// A plain answer that should be one JSON object: passed on unchanged if it is one, a 502
+/// if it is not (an HTML page, garbage, a body cut off, nothing).
+fn plain_json(response: UpstreamResponse, log: &mut LogFields) -> Result<Reply, ApiError> {
+    let UpstreamResponse { status, content_type, body } = response;
+    let answer = read_plain(body)?;
+    log.usage = Some(passthrough::usage_of(&answer));
+    let content_type = content_type.unwrap_or_else(|| "application/json; charset=utf-8".to_string());
+    Ok(Reply::Full { status, body: answer, headers: vec![("Content-Type", content_type)] })
+}
+
+/// Reads a whole plain answer, and checks it is one JSON object without building it.
+fn read_plain(body: Box<dyn Read + Send>) -> Result<Vec<u8>, ApiError> {
+    let mut answer = Vec::new();
+    body.take(MAX_PLAIN_ANSWER + 1).read_to_end(&mut answer).map_err(|err| {
+        let status = if upstream::is_timeout(&err) { 504 } else { 502 };
+        ApiError::server(status, format!("reading the upstream answer failed: {err}"))
+    })?;
+    if answer.len() as u64 > MAX_PLAIN_ANSWER {
+        return Err(ApiError::server(
+            502,
+            format!("the upstream answer is larger than {} MiB", MAX_PLAIN_ANSWER >> 20),
+        ));
+    }
+    if let Err(err) = body::scan(&answer, &[]) {
+        let text = match err {
+            body::BodyError::Syntax(text) => text,
+            other => other.to_string(),
         };
-        let target = crate::endpoints::check_model(&requested, gateway, client)?.to_string();
-        let cloud_name = model_policy::cloud_name(&target).into_owned();
-        differs |= cloud_name != target;
-        value[*field] = Value::from(target.clone());
-        cloud[*field] = Value::from(cloud_name);
-        first.get_or_insert(target);
+        let shown = String::from_utf8_lossy(&answer[..answer.len().min(80)]).into_owned();
+        return Err(ApiError::server(
+            502,
+            format!(
+                "the upstream answer is not valid JSON ({text}; it begins {shown:?}); is base_url an \
+                 Ollama server?"
+            ),
+        ));
     }
-    let plain = value.to_string().into_bytes();
-    Ok((plain, differs.then(|| cloud.to_string().into_bytes()), first))
+    Ok(answer)
 }
 
-/// `/api/tags` or `/api/ps` as this token may see it: models outside its list hidden, and
-/// (for tags) the aliases added.
+/// `/api/tags` or `/api/ps` as this token may see it: the models it may use, and (for
+/// tags) the aliases whose targets it may use.
 fn models_for(
     client: Client<'_>,
     gateway: &Gateway,
-    body: Box<dyn Read + Send>,
+    answer: &[u8],
     with_aliases: bool,
 ) -> Result<Reply, ApiError> {
-    let mut bytes = Vec::new();
-    body.take(64 * 1024 * 1024)
-        .read_to_end(&mut bytes)
-        .map_err(|err| ApiError::server(502, format!("reading the upstream model list failed: {err}")))?;
-    let mut tags: Value = serde_json::from_slice(&bytes)
+    let mut tags: Value = serde_json::from_slice(answer)
         .map_err(|err| ApiError::server(502, format!("the upstream model list is not JSON: {err}")))?;
     let Some(list) = tags.get_mut("models").and_then(Value::as_array_mut) else {
         return Ok(Reply::json(200, &tags));
     };
     let name_of =
         |m: &Value| m.get("model").or_else(|| m.get("name")).and_then(Value::as_str).map(str::to_string);
-    list.retain(|m| name_of(m).is_some_and(|name| model_policy::is_allowed(client.models, &name, &name)));
+    list.retain(|m| name_of(m).is_some_and(|name| access::visible(&name, gateway, client)));
     let aliases = if with_aliases { &gateway.config.raw.aliases } else { &Default::default() };
-    // `llama3.2` names the model listed as `llama3.2:latest`.
-    let same = |listed: &str, name: &str| listed == name || listed.strip_suffix(":latest") == Some(name);
     for (alias, target) in aliases {
-        if !model_policy::is_allowed(client.models, alias, target)
+        if !access::visible(alias, gateway, client)
             || list.iter().any(|m| name_of(m).as_deref() == Some(alias))
         {
             continue;
         }
         let mut entry = list
             .iter()
-            .find(|m| name_of(m).is_some_and(|listed| same(&listed, target)))
+            .find(|m| name_of(m).is_some_and(|listed| model_policy::same_model(&listed, target)))
             .cloned()
             .unwrap_or_else(|| json!({"details": {}, "size": 0}));
         entry["name"] = Value::from(alias.as_str());

@@ -6,7 +6,9 @@
 //! model rewriting (`native` at the crate root).
 
 use super::{Flow, LineTranslator, Usage};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
 
 /// Copies upstream lines through.
 #[derive(Debug)]
@@ -26,6 +28,34 @@ impl Passthrough {
     }
 }
 
+/// The fields of an answer line that the gateway reads; the rest is skipped unbuilt, so a
+/// long `/api/embed` answer costs no tree.
+#[derive(Deserialize)]
+struct Counts<'a> {
+    #[serde(borrow)]
+    prompt_eval_count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    eval_count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    done: Option<&'a RawValue>,
+}
+
+/// OpenAI's `usage` object.
+#[derive(Deserialize)]
+struct OpenAiUsage<'a> {
+    #[serde(borrow)]
+    prompt_tokens: Option<&'a RawValue>,
+    #[serde(borrow)]
+    completion_tokens: Option<&'a RawValue>,
+}
+
+/// A count as `as_u64` reads it: 0 unless a whole non-negative number.
+fn count(raw: Option<&RawValue>) -> u64 {
+    raw.and_then(|raw| raw.get().parse::<u64>().ok()).unwrap_or(0)
+}
+
 /// Token counts in a line, when it has any: a native object's `prompt_eval_count` and
 /// `eval_count`, or an OpenAI object's (or SSE event's) `usage`.
 fn usage_in(line: &[u8]) -> Option<Usage> {
@@ -33,25 +63,25 @@ fn usage_in(line: &[u8]) -> Option<Usage> {
     if !text.contains("eval_count") && !text.contains("\"usage\"") {
         return None;
     }
-    let value: Value = serde_json::from_str(text.strip_prefix("data: ").unwrap_or(text)).ok()?;
-    let count = |object: &Value, key: &str| object.get(key).and_then(Value::as_u64).unwrap_or(0);
-    match value.get("usage").filter(|usage| usage.is_object()) {
-        Some(usage) => Some(Usage {
-            prompt: count(usage, "prompt_tokens"),
-            completion: count(usage, "completion_tokens"),
-        }),
-        None => Some(Usage {
-            prompt: count(&value, "prompt_eval_count"),
-            completion: count(&value, "eval_count"),
-        }),
+    let counts: Counts<'_> = serde_json::from_str(text.strip_prefix("data: ").unwrap_or(text)).ok()?;
+    match counts.usage.and_then(|usage| serde_json::from_str::<OpenAiUsage<'_>>(usage.get()).ok()) {
+        Some(usage) => {
+            Some(Usage { prompt: count(usage.prompt_tokens), completion: count(usage.completion_tokens) })
+        }
+        None => Some(Usage { prompt: count(counts.prompt_eval_count), completion: count(counts.eval_count) }),
     }
+}
+
+/// The token counts of a whole plain answer (zero when it has none).
+pub fn usage_of(answer: &[u8]) -> Usage {
+    usage_in(answer).unwrap_or_default()
 }
 
 /// Whether a line is the `done: true` line, without parsing lines that cannot be.
 fn is_done(line: &[u8]) -> bool {
     let text = String::from_utf8_lossy(line);
     (text.contains("\"done\":true") || text.contains("\"done\": true"))
-        && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.get("done") == Some(&Value::Bool(true)))
+        && serde_json::from_str::<Counts<'_>>(&text).is_ok_and(|c| c.done.is_some_and(|d| d.get() == "true"))
 }
 
 impl LineTranslator for Passthrough {
@@ -98,6 +128,7 @@ impl LineTranslator for Passthrough {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn run(expects_done: bool, lines: &[&str], ended: Option<Option<&str>>) -> (String, Flow, Passthrough) {
         let mut pass = Passthrough::new(expects_done);

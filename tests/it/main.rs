@@ -37,6 +37,8 @@ mod service;
 mod logging;
 // Reloads that meet config.toml or keys.txt half-written by an editor writing in place.
 mod reload;
+// The model allowlist on every form a native body can name a model in; plain answers checked.
+mod access;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.

@@ -903,6 +903,54 @@ fn an_openai_pool_gets_v1_requests_unchanged() {
 }
 
 #[test]
+fn an_openai_pool_checks_every_key_that_names_a_model() {
+    let openai_fake = RawFake::start(openai_upstream);
+    let config = format!(
+        "{}models = [\"openai/*\"]\n\
+         [aliases]\n\"fast\" = \"openai/gpt-4o-mini\"\n\"openai/cheap\" = \"anthropic/claude-opus-4\"\n\
+         [pools.openrouter]\nprovider = \"openai\"\nbase_url = \"{}/api/v1\"\n",
+        token_entry("limited", MULTI, "openrouter"),
+        openai_fake.url
+    );
+    let gateway = Gateway::start(&config, &format!("[openrouter]\n{OR_KEY_A}\n"));
+    let path = "/openrouter/v1/chat/completions";
+    let hi = r#""messages":[{"role":"user","content":"Hi"}]"#;
+    let headers = [("authorization", bearer(MULTI)), ("content-type", "application/json".to_string())];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    // (body, status, the field at fault)
+    let refused = [
+        (format!(r#"{{"model":"openai/gpt-4o-mini","MODEL":"anthropic/claude-opus-4",{hi}}}"#), 400, "model"),
+        (format!(r#"{{"Model":"anthropic/claude-opus-4",{hi}}}"#), 403, "Model"),
+        (format!(r#"{{"model":"openai/cheap",{hi}}}"#), 403, "model"),
+        (
+            format!(r#"{{"model":"openai/gpt-4o-mini","models":["anthropic/claude-opus-4"],{hi}}}"#),
+            403,
+            "models",
+        ),
+        (format!(r#"{{"model":"openai/gpt-4o-mini","Models":["openai/cheap"],{hi}}}"#), 403, "Models"),
+        (format!(r#"{{"model":"openai/gpt-4o-mini","models":[1],{hi}}}"#), 400, "models"),
+        (format!(r#"{{{hi}}}"#), 400, "model"),
+    ];
+    for (body, status, param) in &refused {
+        let reply = send(&gateway, "POST", path, &headers, Some(body.as_bytes()));
+        let envelope: Value = reply.json();
+        eqnice!(*status, reply.status, "{body}: {envelope}");
+        eqnice!(Some(*param), envelope["error"]["param"].as_str(), "{body}: {envelope}");
+    }
+    eqnice!(0, openai_fake.count(), "refused bodies never reach the provider");
+
+    let body = format!(r#"{{"MODEL":"fast", "models":["fast","openai/gpt-4o"],{hi}}}"#);
+    let reply = send(&gateway, "POST", path, &headers, Some(body.as_bytes()));
+    eqnice!(200, reply.status, "{}", reply.text());
+    let sent = String::from_utf8(openai_fake.requests()[0].body.clone()).unwrap();
+    eqnice!(
+        format!(r#"{{"MODEL":"openai/gpt-4o-mini", "models":["openai/gpt-4o-mini","openai/gpt-4o"],{hi}}}"#),
+        sent,
+        "aliases resolved in place, the rest byte for byte"
+    );
+}
+
+#[test]
 fn an_openai_pool_streams_sse_byte_for_byte_and_live() {
     let (_ollama_fake, openai_fake, gateway) = two_pools();
     let hi = json!([{"role": "user", "content": "Hi"}]);
