@@ -187,8 +187,8 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
     Ok(Value::Object(native))
 }
 
-/// The function name of the latest earlier tool call with this id.
-fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
+/// The function name of the latest earlier tool call with this id (also used by `anthropic`).
+pub(super) fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
     earlier
         .iter()
         .rev()
@@ -333,13 +333,14 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
     text.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
-/// Base64 as Go decodes it: line breaks are skipped.
-fn without_line_breaks(data: &str) -> String {
+/// Base64 as Go decodes it: line breaks are skipped (also used by `anthropic`).
+pub(super) fn without_line_breaks(data: &str) -> String {
     data.chars().filter(|c| !matches!(c, '\r' | '\n')).collect()
 }
 
-/// A cheap check of padded standard base64 (alphabet, length, padding), without decoding.
-fn is_base64(data: &str) -> bool {
+/// A cheap check of padded standard base64 (alphabet, length, padding), without decoding
+/// (also used by `anthropic`).
+pub(super) fn is_base64(data: &str) -> bool {
     let body = data.trim_end_matches('=');
     let padding = data.len() - body.len();
     !data.is_empty()

@@ -1,10 +1,11 @@
-//! Translation between the OpenAI API and Ollama's native API.
+//! Translation between the OpenAI (and Anthropic) APIs and Ollama's native API.
 //!
 //! In scope: pure functions from JSON to JSON, and sans-IO stream translators that take one
 //! upstream NDJSON line at a time and return the bytes to write to the client.
 //! Out of scope: sockets, files, threads, the clock (callers pass the current time in) and
 //! anything about keys or tokens. `translate` never does IO; `server` never parses bodies.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
