@@ -6,8 +6,9 @@
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
 
+use crate::auth::Scope;
 use crate::auth::{self, Caller};
-use crate::config::{Provider, Scope};
+use crate::config::Provider;
 use crate::cors;
 use crate::endpoints;
 use crate::gateway::Gateway;

@@ -1,13 +1,43 @@
-//! Client authentication: which configured token, if any, a request carries.
+//! Client authentication: which configured token, if any, a request carries, and what a
+//! token is ([`Token`], its [`Scope`]s).
 //!
 //! Clients send `Authorization: Bearer TOKEN` (or `x-api-key: TOKEN`). The token is hashed
 //! with SHA-256 and compared against every configured digest in constant time, without an
 //! early exit, so neither a match nor its position shows in the timing. Errors never echo
 //! the token presented.
 
-use crate::config::Token;
 use crate::secret::{digest_eq, sha256};
 use crate::translate::errors::ApiError;
+use serde::Deserialize;
+
+/// A family of calls a token may be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Chat, generate, embeddings, and the whole OpenAI `/v1` API.
+    Inference,
+    /// Listing and describing models: `/api/tags`, `show`, `ps`, `version`.
+    Models,
+    /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
+    Manage,
+}
+
+/// A client token as the gateway checks it.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// Its name, for logs.
+    pub name: String,
+    /// SHA-256 of the token text.
+    pub digest: [u8; 32],
+    /// The pool it draws keys from.
+    pub pool: String,
+    /// Every pool it may use, the default one first.
+    pub pools: Vec<String>,
+    /// Model globs it may use; `None`: every model.
+    pub models: Option<Vec<String>>,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+}
 
 /// Who a request is from.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::health::{self, Outcome, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
-use crate::relay;
 use crate::statefile::{self, Loaded};
 use crate::upstream;
 use serde_json::{json, Value};
@@ -48,7 +47,7 @@ pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
         failure_threshold: upstream_cfg.failure_threshold,
     };
     let probe = config.raw.health.probe();
-    let now = relay::now();
+    let now = crate::keystate::now();
     let results = health::probe_config_keys(&agent, &config, now, &policy);
 
     // Read the file again just before writing, so what a running gateway saved meanwhile

@@ -7,7 +7,7 @@
 //! Building agents, pools and threads from a [`Config`] is the server's business, not this
 //! module's.
 
-use crate::health::{Probe, ProbeKind};
+use crate::auth::{Scope, Token};
 use crate::keys::{self, KeyEntry, ParsedKeys};
 use crate::secret;
 use crate::translate::ReasoningField;
@@ -240,16 +240,26 @@ pub struct RawToken {
     pub scopes: Vec<Scope>,
 }
 
-/// A family of calls a token may be allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Which call tells whether a key works (`[health] probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// Chat, generate, embeddings, and the whole OpenAI `/v1` API.
-    Inference,
-    /// Listing and describing models: `/api/tags`, `show`, `ps`, `version`.
-    Models,
-    /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
-    Manage,
+pub enum ProbeKind {
+    /// `GET /api/usage`: free; falls back to `show` when the answer is neither 200 nor 401.
+    #[default]
+    Usage,
+    /// `POST /api/show` for the probe's model.
+    Show,
+    /// One token from the probe's model via `POST /api/generate`.
+    Generate,
+}
+
+/// How to probe: the call, and the model for `show` and `generate` (`[health] model`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The call.
+    pub kind: ProbeKind,
+    /// The model asked about by `show` and `generate` (and by `usage`'s fallback).
+    pub model: String,
 }
 
 fn default_scopes() -> Vec<Scope> {
@@ -521,23 +531,6 @@ fn utf8<'b>(bytes: &'b [u8], file: &Path) -> Result<&'b str, ConfigError> {
             ),
         }
     })
-}
-
-/// A client token as the gateway checks it.
-#[derive(Debug, Clone)]
-pub struct Token {
-    /// Its name, for logs.
-    pub name: String,
-    /// SHA-256 of the token text.
-    pub digest: [u8; 32],
-    /// The pool it draws keys from.
-    pub pool: String,
-    /// Every pool it may use, the default one first.
-    pub pools: Vec<String>,
-    /// Model globs it may use; `None`: every model.
-    pub models: Option<Vec<String>>,
-    /// What it may do.
-    pub scopes: Vec<Scope>,
 }
 
 /// The resolved configuration: paths made absolute, keys read, cross-file checks done.

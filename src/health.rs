@@ -8,12 +8,11 @@
 //!
 //! Why not `GET /api/tags`: ollama.com answers it without a key, so it proves nothing.
 
-use crate::config::Config;
+use crate::config::{Config, Probe, ProbeKind};
 use crate::keys::KeyEntry;
 use crate::keystate::{classify, Failure, KeyState, Policy};
 use crate::translate::errors::upstream_message;
 use crate::upstream::{self, UpstreamError};
-use serde::Deserialize;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,28 +22,6 @@ const MAX_DRAIN: u64 = 64 * 1024;
 
 /// Longest upstream text quoted in a note.
 const MAX_NOTE_TEXT: usize = 160;
-
-/// Which call tells whether a key works (`[health] probe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeKind {
-    /// `GET /api/usage`: free; falls back to `show` when the answer is neither 200 nor 401.
-    #[default]
-    Usage,
-    /// `POST /api/show` for the probe's model.
-    Show,
-    /// One token from the probe's model via `POST /api/generate`.
-    Generate,
-}
-
-/// How to probe: the call, and the model for `show` and `generate` (`[health] model`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Probe {
-    /// The call.
-    pub kind: ProbeKind,
-    /// The model asked about by `show` and `generate` (and by `usage`'s fallback).
-    pub model: String,
-}
 
 /// What a probe found out about a key.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,12 +3,18 @@
 //! In scope: reading an upstream failure into a [`Failure`] class (revoked, quota spent,
 //! transient, model not in the plan, upstream trouble, the request's own fault), the
 //! [`KeyState`] each key carries (health, until-when, counters), and when a key may be
-//! used. Pure: the clock is passed in as Unix seconds. Out of scope: sending requests
+//! used. Pure: the clock is passed in as Unix seconds (read it with [`now`]). Out of scope: sending requests
 //! (`relay`), keeping states across restarts (`statefile`), probing keys (`health`).
 
 use crate::secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The current time in Unix seconds.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
 
 /// A session usage window of Ollama Cloud.
 pub const SESSION_WINDOW_SECS: u64 = 5 * 3600;

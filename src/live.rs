@@ -19,7 +19,6 @@ use crate::health::{self, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Health};
 use crate::pool::KeyStore;
-use crate::relay;
 use crate::statefile::{self, Loaded};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -312,7 +311,7 @@ fn merge_state_file(live: &Live, seen: &mut Seen) {
 
 /// Probes the keys marked invalid, and brings back those found good.
 fn recheck_invalid(gateway: &Gateway) {
-    let now = relay::now();
+    let now = crate::keystate::now();
     let entries: Vec<_> = gateway
         .config
         .keys
@@ -356,7 +355,7 @@ fn health_loop(live: &Live) {
         }
         thread::sleep(Duration::from_secs(interval));
         let gateway = live.current();
-        let probed = record_probes(&gateway, &gateway.config.keys, relay::now());
+        let probed = record_probes(&gateway, &gateway.config.keys, crate::keystate::now());
         log::info!("health check: {} keys probed", probed.len());
     }
 }

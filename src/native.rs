@@ -11,8 +11,8 @@
 
 use crate::access;
 use crate::api::{Client, LogFields, Reply, Req, StreamReply};
+use crate::auth::Scope;
 use crate::body;
-use crate::config::Scope;
 use crate::gateway::Gateway;
 use crate::model_policy;
 use crate::relay::{self, Outgoing};

@@ -62,7 +62,7 @@ impl KeyStore {
 
     /// A copy of every state, for saving (waits that are over are saved as over).
     pub fn snapshot(&self) -> BTreeMap<String, KeyState> {
-        let now = crate::relay::now();
+        let now = crate::keystate::now();
         let mut states = self.lock().clone();
         states.values_mut().for_each(|state| state.expire(now));
         states

@@ -17,7 +17,7 @@ use crate::sse;
 use crate::translate::errors::{upstream_message, ApiError};
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 use std::io::{BufReader, Cursor, Read};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// What the relay did, for the request log and token accounting.
 #[derive(Debug, Default, Clone)]
@@ -43,11 +43,6 @@ pub struct Relay<'a> {
     pub max_attempts: u32,
     /// When the whole upstream exchange of this request must be over (`request_timeout_secs`).
     pub deadline: Option<Instant>,
-}
-
-/// The current time in Unix seconds.
-pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The failure class of an upstream error.
@@ -135,7 +130,7 @@ pub fn send(
     request: Outgoing<'_>,
     trace: &mut Trace,
 ) -> Result<UpstreamResponse, ApiError> {
-    let now = now();
+    let now = keystate::now();
     let order = pool
         .attempt_order(relay.max_attempts as usize, request.model, relay.store, now)
         .map_err(|why| pool_unavailable(pool, &why, now))?;
