@@ -19,11 +19,11 @@ use super::{sse_data, Flow, LineTranslator, Usage};
 use serde_json::{json, Map, Value};
 
 /// Ollama's text for `http(s)://` image URLs (the gateway never fetches them: SSRF).
-const IMAGE_URL_UNSUPPORTED: &str =
+pub(super) const IMAGE_URL_UNSUPPORTED: &str =
     "image URLs are not currently supported, please use base64 encoded data instead";
 
 /// Any other image URL that is not a usable base64 data URL.
-const INVALID_IMAGE: &str =
+pub(super) const INVALID_IMAGE: &str =
     "invalid image input: send a base64 data URL such as data:image/png;base64,... (JPEG, PNG or WebP)";
 
 // ---------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
     Ok(Value::Object(native))
 }
 
-/// The function name of the latest earlier tool call with this id (also used by `anthropic`).
+/// The function name of the latest earlier tool call with this id.
 pub(super) fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
     earlier
         .iter()
@@ -309,7 +309,7 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
 }
 
 /// The base64 payload of an image data URL (JPEG, PNG, WebP or blank MIME type).
-fn image_data(url: &str, param: &str) -> Result<String, ApiError> {
+pub(super) fn image_data(url: &str, param: &str) -> Result<String, ApiError> {
     if starts_with_ignore_case(url, "http://") || starts_with_ignore_case(url, "https://") {
         return Err(ApiError::bad_request(IMAGE_URL_UNSUPPORTED, Some(param)));
     }
@@ -329,17 +329,16 @@ fn image_data(url: &str, param: &str) -> Result<String, ApiError> {
     Ok(data)
 }
 
-fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+pub(super) fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
     text.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
-/// Base64 as Go decodes it: line breaks are skipped (also used by `anthropic`).
+/// Base64 as Go decodes it: line breaks are skipped.
 pub(super) fn without_line_breaks(data: &str) -> String {
     data.chars().filter(|c| !matches!(c, '\r' | '\n')).collect()
 }
 
-/// A cheap check of padded standard base64 (alphabet, length, padding), without decoding
-/// (also used by `anthropic`).
+/// A cheap check of padded standard base64 (alphabet, length, padding), without decoding.
 pub(super) fn is_base64(data: &str) -> bool {
     let body = data.trim_end_matches('=');
     let padding = data.len() - body.len();
@@ -407,7 +406,7 @@ fn format(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
 
 /// Native `think` from `reasoning.effort` (when a `reasoning` object is sent) or else
 /// `reasoning_effort`.
-fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+pub(super) fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
     let (effort, param) = match field(req, "reasoning") {
         Some(Value::Object(reasoning)) => (field(reasoning, "effort"), "reasoning.effort"),
         None => (field(req, "reasoning_effort"), "reasoning_effort"),
@@ -488,7 +487,7 @@ fn finish_reason(native: &Value, made_tool_calls: bool) -> String {
 }
 
 /// The native `message.tool_calls` of an object (empty when absent).
-fn native_tool_calls(native: &Value) -> &[Value] {
+pub(super) fn native_tool_calls(native: &Value) -> &[Value] {
     native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
@@ -498,7 +497,7 @@ fn logprobs(native: &Value) -> Option<&Value> {
 }
 
 /// A native tool call as an OpenAI one, with a synthesized id when upstream has none.
-fn openai_tool_call(call: &Value, index: usize) -> Value {
+pub(super) fn openai_tool_call(call: &Value, index: usize) -> Value {
     let id = match call.get("id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() => id.to_string(),
         _ => call_id(),

@@ -14,6 +14,7 @@ mod fields;
 pub mod models;
 pub mod native;
 mod reply;
+pub mod responses;
 #[cfg(test)]
 mod testkit;
 
