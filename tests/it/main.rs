@@ -32,3 +32,5 @@ mod keypool;
 mod native;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
+// Peak RSS per large body (hostile ones refused with 413, legitimate ones served) on real processes.
+mod memory;
