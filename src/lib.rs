@@ -21,6 +21,7 @@ pub mod cors;
 pub mod endpoints;
 pub mod gateway;
 pub mod health;
+pub mod json_cost;
 pub mod keys;
 pub mod keystate;
 pub mod live;

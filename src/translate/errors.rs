@@ -82,6 +82,19 @@ impl ApiError {
         ApiError::server(499, "the client closed the connection before the answer")
     }
 
+    /// A 413 for a body within `max_body_bytes` whose JSON would take too much memory to
+    /// parse (see `json_cost::tree_budget`).
+    pub fn too_complex(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 413,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+            code: Some("request_too_complex"),
+            retry_after: None,
+        }
+    }
+
     /// A 5xx `api_error` with our own message.
     pub fn server(status: u16, message: impl Into<String>) -> ApiError {
         ApiError {

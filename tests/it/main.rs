@@ -43,3 +43,5 @@ mod access;
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
 mod framing;
+// Peak RSS per large body (hostile ones refused with 413, legitimate ones served) on real processes.
+mod memory;

@@ -187,3 +187,50 @@ fn an_absurd_timeout_is_a_config_error() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("idle_timeout_secs") && out.stderr.contains("86400"), "{}", out.stderr);
 }
+
+/// serde_json's private `RawValue` key (the `raw_value` feature) made it parse the string
+/// under it again as JSON, with a fresh nesting limit each time: twelve such levels of 120
+/// arrays, 20 KB of body, overflowed a worker's stack and aborted the whole gateway. The
+/// key is now refused before parsing, in the body and in tool-call arguments.
+// See: the json_cost review (`api::parse_json_body`); `/api/*` bodies are parsed elsewhere.
+#[test]
+fn the_raw_value_key_cannot_crash_the_gateway() {
+    let fake = Fake::start(healthy);
+    let gateway = gateway_over(&fake, "");
+    let mut nested = serde_json::json!(0);
+    for _ in 0..12 {
+        let inner = format!("{}{nested}{}", "[".repeat(120), "]".repeat(120));
+        nested = serde_json::json!({ "$serde_json::private::RawValue": inner });
+    }
+    let arguments = serde_json::json!({ "$serde_json::private::RawValue": "[0]" }).to_string();
+    let call =
+        serde_json::json!({"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}});
+    let bodies = [
+        ("/v1/chat/completions", serde_json::json!({"model": "llama3.2", "messages": [], "extra": nested})),
+        ("/v1/completions", serde_json::json!({"model": "llama3.2", "prompt": nested})),
+        ("/v1/embeddings", serde_json::json!({"model": "all-minilm", "input": [nested]})),
+        (
+            "/v1/chat/completions",
+            serde_json::json!({"model": "llama3.2", "messages": [{"role": "assistant", "tool_calls": [call]}]}),
+        ),
+    ];
+    for (path, body) in bodies {
+        let reply = gateway.post_json(path, Some(TOKEN), &body);
+        let error = crate::util::assert_envelope(&reply, 400);
+        assert!(error.message.contains("reserved key"), "{path}: {}", error.message);
+        assert_eq!(gateway.get("/health").status, 200, "the gateway is still up after {path}");
+    }
+    assert_eq!(fake.count(), 0);
+    // Native bodies are read by the gateway at the top level only: whatever they nest
+    // goes upstream as written, and the gateway stays up.
+    let native = [
+        ("/api/chat", serde_json::json!({"model": "llama3.2", "messages": [], "extra": nested})),
+        ("/api/generate", serde_json::json!({"model": "llama3.2", "prompt": "x", "options": nested})),
+        ("/api/chat", nested.clone()),
+    ];
+    for (path, body) in native {
+        let reply = gateway.post_json(path, Some(TOKEN), &body);
+        assert!(reply.status < 500, "{path}: {} {}", reply.status, reply.text);
+        assert_eq!(gateway.get("/health").status, 200, "the gateway is still up after {path}");
+    }
+}
