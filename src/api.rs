@@ -524,7 +524,7 @@ fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result
 
 /// Parses a request body as a JSON object, once [`json_cost::estimate`](crate::json_cost::estimate) has shown that its
 /// `Value` tree fits [`json_cost::tree_budget`](crate::json_cost::tree_budget): a body of N bytes may build at most
-/// `max(5/4 N + 8 MiB, 12 MiB)` of tree, which keeps a `/v1` request's peak (body, tree,
+/// `max(5/4 N + 8 MiB, 16 MiB)` of tree, which keeps a `/v1` request's peak (body, tree,
 /// translated tree, upstream body) under 4N + 16 MiB; the arithmetic is on `tree_budget`.
 ///
 /// A body over the budget, or nested deeper than 128 levels, is a 413 `request_too_complex`

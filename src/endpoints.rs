@@ -197,7 +197,7 @@ fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
         let status = if upstream::is_timeout(&err) { 504 } else { 502 };
         ApiError::server(status, format!("reading the upstream answer failed: {err}"))
     })?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
+    let value: Value = crate::json_cost::parse_tree(&bytes).map_err(|err| {
         ApiError::server(
             502,
             format!("the upstream answer is not valid JSON ({err}); is base_url an Ollama server?"),

@@ -179,7 +179,7 @@ fn models_for(
     answer: &[u8],
     with_aliases: bool,
 ) -> Result<Reply, ApiError> {
-    let mut tags: Value = serde_json::from_slice(answer)
+    let mut tags: Value = crate::json_cost::parse_tree(answer)
         .map_err(|err| ApiError::server(502, format!("the upstream model list is not JSON: {err}")))?;
     let Some(list) = tags.get_mut("models").and_then(Value::as_array_mut) else {
         return Ok(Reply::json(200, &tags));

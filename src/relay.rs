@@ -250,7 +250,7 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
     }
     // An NDJSON line, or the first event of an OpenAI-style SSE stream.
     let json = line.strip_prefix(b"data: ").unwrap_or(&line);
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) {
+    if let Ok(value) = crate::json_cost::parse_tree(json) {
         if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
             // Kept as a body, so it reads like any upstream error; a quota message in the
             // stream still counts as a spent quota.

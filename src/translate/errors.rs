@@ -160,7 +160,7 @@ impl std::error::Error for ApiError {}
 /// OpenAI-style `error.message`), else the trimmed raw text.
 pub fn upstream_message(body: &[u8]) -> String {
     const FALLBACK: &str = "upstream returned an error without a message";
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+    if let Ok(value) = crate::json_cost::parse_tree(body) {
         match value.get("error") {
             Some(Value::String(text)) if !text.is_empty() => return text.clone(),
             Some(Value::Object(obj)) => {

@@ -106,7 +106,7 @@ pub(crate) fn read_line(line: &[u8]) -> Result<Option<Value>, String> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let value: Value = match serde_json::from_slice(line) {
+    let value: Value = match crate::json_cost::parse_tree(line) {
         Ok(value @ Value::Object(_)) => value,
         _ => {
             let quoted: String = String::from_utf8_lossy(line).chars().take(QUOTED_LINE_CHARS).collect();
