@@ -6,8 +6,8 @@
 //! early exit, so neither a match nor its position shows in the timing. Errors never echo
 //! the token presented.
 
+use crate::error::ApiError;
 use crate::secret::{digest_eq, sha256};
-use crate::translate::errors::ApiError;
 use serde::Deserialize;
 
 /// A family of calls a token may be allowed.

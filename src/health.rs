@@ -11,7 +11,7 @@
 use crate::config::{Config, Probe, ProbeKind};
 use crate::keys::KeyEntry;
 use crate::keystate::{classify, Failure, KeyState, Policy};
-use crate::translate::errors::upstream_message;
+use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError};
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -415,6 +415,13 @@ fn check_key(key: &str) -> Result<Secret, String> {
     Ok(Secret::new(key))
 }
 
+/// Whether an upstream base URL is Ollama Cloud, which names models without the `:cloud`
+/// / `-cloud` suffixes a local Ollama uses for them.
+pub fn is_ollama_cloud(base_url: &str) -> bool {
+    let host = base_url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
+    host.eq_ignore_ascii_case("ollama.com") || host.to_ascii_lowercase().ends_with(".ollama.com")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,5 +724,14 @@ mod tests {
         for form in [Key, Url, UrlPipeKey, KeyPipeUrl, UrlHashKey, KeyHashUrl, UrlSlashKey, AccountExport] {
             assert!(forms.contains(&form), "keys.example.txt has no {form:?} line");
         }
+    }
+
+    #[test]
+    fn ollama_cloud_hosts() {
+        assert!(is_ollama_cloud("https://ollama.com"));
+        assert!(is_ollama_cloud("https://OLLAMA.com:443"));
+        assert!(is_ollama_cloud("https://api.ollama.com"));
+        assert!(!is_ollama_cloud("http://127.0.0.1:11434"));
+        assert!(!is_ollama_cloud("https://notollama.com"));
     }
 }

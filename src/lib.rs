@@ -9,30 +9,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod access;
 pub mod api;
 pub mod auth;
-pub mod body;
 pub mod cancel;
 pub mod check;
+pub mod chunked;
 pub mod cli;
 pub mod config;
-pub mod cors;
-pub mod endpoints;
+pub mod error;
 pub mod gateway;
 pub mod health;
+pub mod http;
 pub mod json_cost;
 pub mod keys;
 pub mod keystate;
 pub mod live;
-pub mod model_policy;
-pub mod modelfile;
-pub mod native;
 pub mod pool;
 pub mod relay;
 pub mod secret;
 pub mod server;
-pub mod sse;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;

@@ -11,10 +11,8 @@
 use crate::cancel;
 use crate::keys::KeyEntry;
 use crate::keystate::{self, Failure, Policy};
-use crate::model_policy;
 use crate::pool::{KeyStore, Pool, PoolUnavailable};
-use crate::sse;
-use crate::translate::errors::{upstream_message, ApiError};
+use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 use std::io::{BufReader, Cursor, Read};
 use std::time::Instant;
@@ -61,23 +59,39 @@ pub fn failure_of(error: &UpstreamError, now: u64, policy: &Policy) -> Failure {
     }
 }
 
-/// The answer a client gets for an upstream failure.
-pub fn to_api_error(error: &UpstreamError) -> ApiError {
-    match error {
-        UpstreamError::Status { status, body, .. } => ApiError::from_upstream(*status, body),
-        UpstreamError::Timeout(text) => ApiError::server(
-            504,
-            format!(
-                "the upstream did not answer in time ({text}); try again, or raise the upstream timeouts"
-            ),
-        ),
-        UpstreamError::Connect(text) => {
-            ApiError::server(502, format!("could not reach the upstream ({text}); is it running?"))
-        }
-        UpstreamError::Protocol(text) => {
-            ApiError::server(502, format!("the upstream sent an answer the gateway could not read ({text})"))
-        }
-    }
+/// Why a request could not be relayed; `error` turns each into the client's answer.
+#[derive(Debug)]
+pub enum RelayError {
+    /// No key of the pool is usable now: `reasons` says what holds them back, `wait`
+    /// when the first frees up (`None`: none will on its own).
+    Unavailable {
+        /// The pool.
+        pool: String,
+        /// What holds the keys back ("2 quota spent, 1 invalid").
+        reasons: String,
+        /// Seconds until the first key frees up.
+        wait: Option<u64>,
+    },
+    /// The pool has no keys at all.
+    NoKeys {
+        /// The pool.
+        pool: String,
+    },
+    /// The upstream refused the request itself (a 400 or 404): no other key would do better.
+    Refused(UpstreamError),
+    /// Every attempt failed; `error` is the last one's.
+    Failed {
+        /// The last attempt's failure.
+        error: UpstreamError,
+        /// Upstream requests made.
+        attempts: u32,
+        /// The pool.
+        pool: String,
+        /// When to come back: when the pool frees up, or the upstream's own `Retry-After`.
+        retry_after: Option<u64>,
+    },
+    /// The client left while the request waited on upstream.
+    ClientGone,
 }
 
 /// One request to relay: the same for every key, except that Ollama Cloud upstreams may
@@ -117,7 +131,7 @@ impl<'a> Outgoing<'a> {
 
     fn body_for(&self, entry: &KeyEntry) -> Option<&'a [u8]> {
         match self.cloud_body {
-            Some(cloud) if model_policy::is_ollama_cloud(&entry.base_url) => Some(cloud),
+            Some(cloud) if crate::keys::is_ollama_cloud(&entry.base_url) => Some(cloud),
             _ => self.body,
         }
     }
@@ -129,11 +143,16 @@ pub fn send(
     pool: &Pool,
     request: Outgoing<'_>,
     trace: &mut Trace,
-) -> Result<UpstreamResponse, ApiError> {
+) -> Result<UpstreamResponse, RelayError> {
     let now = keystate::now();
-    let order = pool
-        .attempt_order(relay.max_attempts as usize, request.model, relay.store, now)
-        .map_err(|why| pool_unavailable(pool, &why, now))?;
+    let order =
+        pool.attempt_order(relay.max_attempts as usize, request.model, relay.store, now).map_err(|why| {
+            RelayError::Unavailable {
+                pool: pool.name.clone(),
+                reasons: why.reasons.to_string(),
+                wait: why.soonest.map(|until| until.saturating_sub(now).max(1)),
+            }
+        })?;
     let mut last_error = None;
     for index in order {
         let (entry, id): (&KeyEntry, &str) = (&pool.keys[index], &pool.ids[index]);
@@ -149,7 +168,7 @@ pub fn send(
         if cancel::cancelled() {
             // The client left and its upstream socket was shut: not the key's fault, and
             // nobody is waiting for another attempt.
-            return Err(ApiError::client_gone());
+            return Err(RelayError::ClientGone);
         }
         match sent {
             Ok(response) => {
@@ -168,67 +187,25 @@ pub fn send(
                 });
                 log::warn!("pool '{}': {} failed ({failure:?}): {error}", pool.name, entry.label());
                 if failure == Failure::Request {
-                    return Err(to_api_error(&error));
+                    return Err(RelayError::Refused(error));
                 }
                 last_error = Some(error);
             }
         }
     }
     let Some(error) = last_error else {
-        return Err(ApiError::server(
-            503,
-            format!("pool '{}' has no upstream keys: add some to keys.txt", pool.name),
-        ));
+        return Err(RelayError::NoKeys { pool: pool.name.clone() });
     };
-    let mut answer = to_api_error(&error);
-    if trace.attempts > 1 {
-        answer.message = format!(
-            "all {} keys tried in pool '{}' failed; the last one: {}",
-            trace.attempts, pool.name, answer.message
-        );
-    }
     // When this request spent the pool, say when it will serve again, as the next
     // request's 429 would; else pass on the upstream's own Retry-After.
-    answer.retry_after = match pool.unavailable(request.model, relay.store, now) {
+    let retry_after = match pool.unavailable(request.model, relay.store, now) {
         Some(PoolUnavailable { soonest: Some(until), .. }) => Some(until.saturating_sub(now).max(1)),
         _ => match error {
             UpstreamError::Status { retry_after, .. } => retry_after,
             _ => None,
         },
     };
-    Err(answer)
-}
-
-/// The 429 for a pool with no usable key: what holds the keys back and when one frees up.
-fn pool_unavailable(pool: &Pool, why: &PoolUnavailable, now: u64) -> ApiError {
-    let (message, retry_after) = match why.soonest {
-        Some(until) => {
-            let wait = until.saturating_sub(now).max(1);
-            (
-                format!(
-                    "no upstream key of pool '{}' is usable now ({}); the first one frees up in {} s",
-                    pool.name, why.reasons, wait
-                ),
-                Some(wait),
-            )
-        }
-        None => (
-            format!(
-                "no upstream key of pool '{}' is usable ({}), and none frees up on its own: the gateway \
-                 operator should fix keys.txt or run `ollama-gateway check`",
-                pool.name, why.reasons
-            ),
-            None,
-        ),
-    };
-    ApiError {
-        status: 429,
-        kind: "rate_limit_error",
-        message,
-        param: None,
-        code: Some("rate_limit_exceeded"),
-        retry_after,
-    }
+    Err(RelayError::Failed { error, attempts: trace.attempts, pool: pool.name.clone(), retry_after })
 }
 
 /// Reads a stream's first line: an `{"error":…}` there (a model that fails at once) or an
@@ -238,7 +215,7 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
     let mut reader = BufReader::new(body);
     let mut line = Vec::new();
     loop {
-        match sse::read_line(&mut reader, &mut line, sse::MAX_LINE_BYTES) {
+        match upstream::read_line(&mut reader, &mut line, upstream::MAX_LINE_BYTES) {
             Ok(true) if line.iter().all(u8::is_ascii_whitespace) => continue,
             Ok(true) => break,
             Ok(false) => {
@@ -286,12 +263,5 @@ mod tests {
         }
         assert!(fails_over(&UpstreamError::Connect("refused".into())));
         assert!(fails_over(&UpstreamError::Timeout("read".into())));
-    }
-
-    #[test]
-    fn transport_failures_map_to_502_and_504() {
-        assert_eq!(to_api_error(&UpstreamError::Connect("refused".into())).status, 502);
-        assert_eq!(to_api_error(&UpstreamError::Timeout("read".into())).status, 504);
-        assert_eq!(to_api_error(&status(429)).status, 429);
     }
 }

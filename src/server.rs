@@ -13,13 +13,14 @@
 //! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
 //! Nothing here parses JSON bodies.
 
-use crate::api::{self, LogFields, Reply, Req, StreamReply};
+use crate::api;
+use crate::api::cors;
 use crate::cancel::{self, Cancel};
+use crate::chunked::{self, LiveWriter};
 use crate::config::RawConfig;
-use crate::cors;
+use crate::error::ApiError;
+use crate::http::{LogFields, Reply, Req, StreamReply};
 use crate::live::Live;
-use crate::sse::{self, LiveWriter};
-use crate::translate::errors::ApiError;
 use crate::translate::{Flow, Usage};
 use crate::watch::{ClientSocket, Watch};
 use std::fs::File;
@@ -650,7 +651,8 @@ fn write_stream(
     let StreamReply { status, content_type, mut headers, upstream, mut translator } = stream;
     headers.push(("X-Request-Id", id.to_string()));
     let reason = tiny_http::StatusCode(status).default_reason_phrase();
-    let head = sse::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
+    let head =
+        chunked::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
     let mut writer = match LiveWriter::start(request.into_writer(), &head) {
         Ok(writer) => writer,
         Err(_) => return (" client gone before the stream started", None),
@@ -659,7 +661,8 @@ fn write_stream(
     let (mut line, mut out) = (Vec::new(), Vec::new());
     loop {
         out.clear();
-        let flow = match sse::read_line(&mut upstream, &mut line, sse::MAX_LINE_BYTES) {
+        let flow = match crate::upstream::read_line(&mut upstream, &mut line, crate::upstream::MAX_LINE_BYTES)
+        {
             Ok(true) => translator.push_line(&line, &mut out),
             Ok(false) => {
                 translator.upstream_ended(None, &mut out);

@@ -7,8 +7,9 @@
 
 use crate::cancel;
 use crate::keys::KeyEntry;
+use serde_json::Value;
 use std::fmt;
-use std::io::Read;
+use std::io::{self, BufRead, Read};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::DefaultResolver;
@@ -150,7 +151,7 @@ impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UpstreamError::Status { status, body, .. } => {
-                write!(f, "upstream answered {status}: {}", crate::translate::errors::upstream_message(body))
+                write!(f, "upstream answered {status}: {}", upstream_message(body))
             }
             UpstreamError::Timeout(text) => write!(f, "upstream timed out: {text}"),
             UpstreamError::Connect(text) => write!(f, "upstream unreachable: {text}"),
@@ -169,6 +170,53 @@ pub struct UpstreamResponse {
     pub content_type: Option<String>,
     /// The body, read as it arrives.
     pub body: Box<dyn Read + Send>,
+}
+
+/// The text of an upstream error body: the `error` string of a JSON object (also an
+/// OpenAI-style `error.message`), else the trimmed raw text.
+pub fn upstream_message(body: &[u8]) -> String {
+    const FALLBACK: &str = "upstream returned an error without a message";
+    if let Ok(value) = crate::json_cost::parse_tree(body) {
+        match value.get("error") {
+            Some(Value::String(text)) if !text.is_empty() => return text.clone(),
+            Some(Value::Object(obj)) => {
+                if let Some(Value::String(text)) = obj.get("message") {
+                    return text.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        FALLBACK.to_string()
+    } else {
+        // An HTML error page or similar: keep it short enough for a log line.
+        text.chars().take(500).collect()
+    }
+}
+
+/// Longest upstream line accepted, so a broken upstream cannot grow a buffer without end.
+pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads one line into `line` (without its `\n`). Returns `Ok(false)` at end of input.
+/// A line longer than `limit` is an `InvalidData` error.
+pub fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, limit: u64) -> io::Result<bool> {
+    line.clear();
+    let read = reader.take(limit).read_until(b'\n', line)?;
+    if read == 0 {
+        return Ok(false);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if read as u64 >= limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("upstream sent a line over {limit} bytes"),
+        ));
+    }
+    Ok(true)
 }
 
 /// Sends one request to `path` (e.g. `/api/chat`) on `entry`'s upstream with its key:
@@ -274,5 +322,37 @@ fn redact(body: Vec<u8>, entry: &KeyEntry) -> Vec<u8> {
     match (&entry.key, std::str::from_utf8(&body)) {
         (Some(key), Ok(text)) if text.contains(key.expose()) => scrub(text, entry).into_bytes(),
         _ => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_capped_and_the_last_may_lack_a_newline() {
+        let mut input = io::Cursor::new(b"one\r\ntwo\nthree".to_vec());
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_line(&mut input, &mut line, 100).unwrap() {
+            lines.push(String::from_utf8(line.clone()).unwrap());
+        }
+        assert_eq!(lines, ["one\r", "two", "three"]);
+        let mut long = io::Cursor::new(vec![b'x'; 50]);
+        assert!(read_line(&mut long, &mut line, 10).is_err());
+    }
+
+    #[test]
+    fn upstream_bodies_are_read_as_json_or_text() {
+        let cases: &[(&[u8], &str)] = &[
+            (br#"{"error":"model 'x' not found"}"#, "model 'x' not found"),
+            (br#"{"error":{"message":"nested","type":"x"}}"#, "nested"),
+            (b"Server overloaded\n", "Server overloaded"),
+            (b"", "upstream returned an error without a message"),
+            (br#"{"error":""}"#, r#"{"error":""}"#),
+        ];
+        for (body, want) in cases {
+            assert_eq!(upstream_message(body), *want, "body {:?}", String::from_utf8_lossy(body));
+        }
     }
 }

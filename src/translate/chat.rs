@@ -11,11 +11,11 @@
 //! the error event that ends a broken stream.
 //! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
 
-use super::errors::ApiError;
 use super::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
 use super::reply::{ended_message, error_event, read_line, usage_json, FINGERPRINT};
 pub use super::reply::{usage_of, ReplyContext};
 use super::{sse_data, Flow, LineTranslator, Usage};
+use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
 /// Ollama's text for `http(s)://` image URLs (the gateway never fetches them: SSRF).

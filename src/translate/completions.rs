@@ -12,10 +12,10 @@
 //! the [`ReplyContext`]), model routing and keys. Native `thinking` text and logprobs are
 //! not returned, as in Ollama's `/v1/completions`.
 
-use super::errors::ApiError;
 use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
 use super::reply::{ended_message, error_event, read_line, usage_json, usage_of, ReplyContext, FINGERPRINT};
 use super::{sse_data, Flow, LineTranslator, Usage};
+use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
 /// Ollama's text for a bad `stop`, kept as the start of ours.

@@ -11,8 +11,8 @@
 //! Out of scope: IO, model routing and keys. Token-array inputs are forwarded untouched and
 //! left to upstream to accept or reject.
 
-use super::errors::ApiError;
 use super::fields::{describe, expected, field, object};
+use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
 /// How embedding vectors are returned (`encoding_format`).

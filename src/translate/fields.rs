@@ -4,7 +4,7 @@
 //! reads one field, treats JSON `null` as absent, and on a wrong type answers a 400 whose
 //! `param` is the field's path and whose message says what was expected and what came.
 
-use super::errors::ApiError;
+use crate::error::ApiError;
 use serde_json::{Map, Value};
 
 /// The value of `key`, with JSON `null` read as absent.

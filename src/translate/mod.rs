@@ -9,10 +9,9 @@ pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
-pub mod errors;
 mod fields;
 pub mod models;
-pub mod native;
+pub mod passthrough;
 mod reply;
 pub mod responses;
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //!
 //! Used by the `chat` and `completions` translators; pure like the rest of `translate`.
 
-use super::errors::ApiError;
 use super::{rfc3339_to_unix, sse_data, ReasoningField, Usage};
+use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
 /// Ollama's constant `system_fingerprint`.

@@ -7,8 +7,8 @@
 //! (Claude Code sends one inside `messages`) stays a native system message where it is.
 //! Text blocks are joined with `\n`.
 
+use crate::error::ApiError;
 use crate::translate::chat::{is_base64, tool_name_for, without_line_breaks};
-use crate::translate::errors::ApiError;
 use crate::translate::fields::{describe, expected, field, join, opt_bool, opt_str};
 use serde_json::{json, Map, Value};
 

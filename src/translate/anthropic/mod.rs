@@ -3,7 +3,7 @@
 //! [`to_ollama`] validates a Messages request and builds the native `/api/chat` body;
 //! [`from_ollama`] turns a native non-streaming reply into a `message` object;
 //! [`MessagesStream`] turns native NDJSON lines, one at a time, into Anthropic's named SSE
-//! events; [`count_tokens`] estimates a request's input tokens locally; and [`error_body`]
+//! events; [`count_tokens`] estimates a request's input tokens locally; and [`crate::error`]
 //! writes any [`ApiError`] in Anthropic's error envelope. The rules follow Ollama's own
 //! Anthropic layer (`anthropic/anthropic.go`) where it is right, and what Claude Code needs
 //! where it is not (thinking signatures, the billing header, server tools).
@@ -26,7 +26,6 @@ pub use response::from_ollama;
 pub use stream::MessagesStream;
 pub use tokens::count_tokens;
 
-use super::errors::ApiError;
 use super::random_id;
 use serde_json::{json, Map, Value};
 
@@ -44,38 +43,6 @@ pub struct MessageContext {
 /// thinking block (and with it the whole turn) that ends without a `signature_delta`. It is
 /// opaque to clients, and ignored when it comes back in a later request.
 pub(crate) const THINKING_SIGNATURE: &str = "b2xsYW1hLWdhdGV3YXk=";
-
-/// Anthropic's error `type` for an HTTP status.
-///
-/// 400 and any other 4xx not listed: `invalid_request_error`; 401 `authentication_error`;
-/// 402 `billing_error`; 403 `permission_error`; 404 `not_found_error`; 413
-/// `request_too_large` (as Anthropic's error reference names it); 429 `rate_limit_error`;
-/// 503 and 529 `overloaded_error`; 500, 502, 504 and any other status `api_error`.
-pub fn error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
-
-/// Any of the gateway's errors in Anthropic's envelope,
-/// `{"type":"error","error":{"type":…,"message":…}}`, its type chosen by [`error_type`]
-/// from the status. The status itself and `Retry-After` are the handler's to send.
-pub fn error_body(error: &ApiError) -> Vec<u8> {
-    error_json(error_type(error.status), &error.message).to_string().into_bytes()
-}
-
-/// The error envelope (also the `data` of a stream's `error` event).
-fn error_json(kind: &str, message: &str) -> Value {
-    json!({"type": "error", "error": {"type": kind, "message": message}})
-}
 
 /// Appends one named SSE event, `event: NAME\ndata: JSON\n\n`, to `out`.
 fn event(name: &str, data: &Value, out: &mut Vec<u8>) {
@@ -140,54 +107,6 @@ fn tool_use_parts(call: &Value) -> (String, &str, Value) {
 mod tests {
     use super::*;
     use crate::translate::testkit::eq_json;
-
-    #[test]
-    fn error_types_per_status() {
-        let cases = [
-            (400, "invalid_request_error"),
-            (401, "authentication_error"),
-            (402, "billing_error"),
-            (403, "permission_error"),
-            (404, "not_found_error"),
-            (405, "invalid_request_error"),
-            (413, "request_too_large"),
-            (429, "rate_limit_error"),
-            (499, "invalid_request_error"),
-            (500, "api_error"),
-            (502, "api_error"),
-            (503, "overloaded_error"),
-            (504, "api_error"),
-            (529, "overloaded_error"),
-        ];
-        for (status, want) in cases {
-            assert_eq!(error_type(status), want, "{status}");
-        }
-    }
-
-    #[test]
-    fn error_envelope_for_each_of_our_errors() {
-        let mut rate_limited =
-            ApiError::from_upstream(429, br#"{"error":"you have reached your session usage limit"}"#);
-        rate_limited.retry_after = Some(30);
-        let cases = [
-            (ApiError::bad_request("max_tokens is required", Some("max_tokens")), "invalid_request_error"),
-            (ApiError::invalid_api_key("missing gateway token"), "authentication_error"),
-            (
-                ApiError { status: 403, kind: "permission_error", ..ApiError::server(403, "no") },
-                "permission_error",
-            ),
-            (ApiError::not_found("no route"), "not_found_error"),
-            (ApiError::too_large(1024), "request_too_large"),
-            (rate_limited, "rate_limit_error"),
-            (ApiError::server(502, "upstream unreachable"), "api_error"),
-            (ApiError::server(503, "pool 'x' has no upstream keys"), "overloaded_error"),
-            (ApiError::from_upstream(404, br#"{"error":"model 'x' not found"}"#), "not_found_error"),
-        ];
-        for (error, kind) in cases {
-            let body: Value = serde_json::from_slice(&error_body(&error)).unwrap();
-            eq_json(&body, &json!({"type": "error", "error": {"type": kind, "message": error.message}}));
-        }
-    }
 
     #[test]
     fn stop_reasons() {

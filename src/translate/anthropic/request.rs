@@ -7,7 +7,7 @@
 
 use super::content::{one_of, push_message, system_text};
 use super::tokens::count_tokens;
-use crate::translate::errors::ApiError;
+use crate::error::ApiError;
 use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
 use serde_json::{json, Map, Value};
 

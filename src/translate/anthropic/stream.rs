@@ -11,8 +11,7 @@
 //! `event: error` instead: never a silent stop.
 
 use super::{
-    error_json, event, native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext,
-    THINKING_SIGNATURE,
+    event, native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE,
 };
 use crate::translate::reply::{ended_message, read_line, usage_of};
 use crate::translate::{Flow, LineTranslator, Usage};
@@ -130,7 +129,7 @@ impl MessagesStream {
     /// Ends the stream with an error event.
     fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
         self.close_open(out);
-        event("error", &error_json("api_error", message), out);
+        event("error", &crate::error::anthropic_error("api_error", message), out);
         self.ended = true;
         Flow::Done
     }

@@ -4,7 +4,7 @@
 //! is an estimate of what the model will see, not a tokenizer's exact answer.
 
 use super::content::one_of;
-use crate::translate::errors::ApiError;
+use crate::error::ApiError;
 use crate::translate::fields::{expected, field, join, object};
 use serde_json::{Map, Value};
 

@@ -9,8 +9,8 @@
 
 use super::reply::ResponseContext;
 use super::ToolNames;
+use crate::error::ApiError;
 use crate::translate::chat;
-use crate::translate::errors::ApiError;
 use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
 use serde_json::{json, Map, Value};
 

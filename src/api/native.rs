@@ -9,15 +9,15 @@
 //! a 502 rather than a 200. Errors are answered the way Ollama answers them:
 //! `{"error": "…"}` with the status.
 
-use crate::access;
-use crate::api::{Client, LogFields, Reply, Req, StreamReply};
+use crate::api::access;
+use crate::api::access::body;
+use crate::api::access::rule;
 use crate::auth::Scope;
-use crate::body;
+use crate::error::{ApiError, Family};
 use crate::gateway::Gateway;
-use crate::model_policy;
+use crate::http::{Client, LogFields, Reply, Req, StreamReply};
 use crate::relay::{self, Outgoing};
-use crate::translate::errors::ApiError;
-use crate::translate::native::{self as passthrough, Passthrough};
+use crate::translate::passthrough::{self as passthrough, Passthrough};
 use crate::upstream::{self, UpstreamResponse};
 use serde_json::{json, Value};
 use std::io::Read;
@@ -69,14 +69,7 @@ pub fn route_of(path: &str) -> Option<Route> {
 
 /// Ollama's error shape for an error of ours.
 pub fn error_reply(error: &ApiError) -> Reply {
-    let mut headers: Vec<(&'static str, String)> =
-        error.retry_after.map(|secs| ("Retry-After", secs.to_string())).into_iter().collect();
-    headers.push(("Content-Type", "application/json; charset=utf-8".to_string()));
-    Reply::Full {
-        status: error.status,
-        body: json!({ "error": error.message }).to_string().into_bytes(),
-        headers,
-    }
+    Reply::error_in(Family::Ollama, error)
 }
 
 /// Forwards one native call.
@@ -107,7 +100,7 @@ pub fn handle(
         model: checked.model.as_deref(),
         content_type: if is_json { "application/json" } else { "application/octet-stream" },
     };
-    let pool = crate::endpoints::pool(gateway, client)?;
+    let pool = crate::api::openai::pool(gateway, client)?;
     let response = relay::send(gateway.relay(), pool, outgoing, &mut log.trace)?;
     if req.method == "HEAD" {
         return Ok(Reply::Full { status: response.status, body: Vec::new(), headers: Vec::new() });
@@ -196,7 +189,7 @@ fn models_for(
         }
         let mut entry = list
             .iter()
-            .find(|m| name_of(m).is_some_and(|listed| model_policy::same_model(&listed, target)))
+            .find(|m| name_of(m).is_some_and(|listed| rule::same_model(&listed, target)))
             .cloned()
             .unwrap_or_else(|| json!({"details": {}, "size": 0}));
         entry["name"] = Value::from(alias.as_str());

@@ -4,15 +4,16 @@
 //! [`Reply`] or an [`ApiError`]. Validation and the model allowlist are checked before any
 //! upstream call. JSON shapes live in `translate`; choosing and retrying keys in `relay`.
 
-use crate::access;
-use crate::api::{parse_json_body, Client, LogFields, Reply, Req};
+use crate::api::access;
+use crate::api::access::rule;
+use crate::api::parse_json_body;
+use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::model_policy;
+use crate::http::{Client, LogFields, Reply, Req, StreamReply};
 use crate::pool::Pool;
 use crate::relay::{self, Outgoing};
 use crate::translate::chat::{self, ChatStream};
 use crate::translate::completions::{self, CompletionStream};
-use crate::translate::errors::ApiError;
 use crate::translate::{embeddings, models, random_id, ReplyContext};
 use crate::upstream::{self, UpstreamResponse};
 use serde_json::Value;
@@ -59,7 +60,7 @@ fn route_model(
     let target = check_model(requested, gateway, client)?;
     native[field] = Value::from(target);
     let body = native.to_string().into_bytes();
-    let cloud = model_policy::cloud_name(target);
+    let cloud = rule::cloud_name(target);
     let cloud_body = (cloud != target).then(|| {
         native[field] = Value::from(cloud.as_ref());
         native.to_string().into_bytes()
@@ -69,7 +70,7 @@ fn route_model(
 }
 
 // The one model check of every route lives in `access`; kept here under its old path.
-pub(crate) use crate::access::check_model;
+pub(crate) use crate::api::access::check_model;
 
 pub(crate) fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
     gateway.pools.get(client.pool).ok_or_else(|| {
@@ -83,7 +84,7 @@ fn relay(
     request: Outgoing<'_>,
     log: &mut LogFields,
 ) -> Result<UpstreamResponse, ApiError> {
-    relay::send(gateway.relay(), pool(gateway, client)?, request, &mut log.trace)
+    Ok(relay::send(gateway.relay(), pool(gateway, client)?, request, &mut log.trace)?)
 }
 
 fn reply_context(gateway: &Gateway, id_prefix: &str, routed: &Routed, include_usage: bool) -> ReplyContext {
@@ -167,10 +168,8 @@ pub fn list_models(gateway: &Gateway, client: Client<'_>, log: &mut LogFields) -
     for (alias, target) in &gateway.config.raw.aliases {
         let known = listed.iter().any(|(id, _)| id == alias);
         if !known && access::visible(alias, gateway, client) {
-            let created = listed
-                .iter()
-                .find(|(id, _)| model_policy::same_model(id, target))
-                .map_or(0, |(_, created)| *created);
+            let created =
+                listed.iter().find(|(id, _)| rule::same_model(id, target)).map_or(0, |(_, created)| *created);
             listed.push((alias.clone(), created));
         }
     }
@@ -248,11 +247,11 @@ pub fn openai_passthrough(
         return Ok(Reply::json(200, &list));
     }
     let content_type = response.content_type.unwrap_or_else(|| "application/json".to_string());
-    Ok(Reply::Stream(crate::api::StreamReply {
+    Ok(Reply::Stream(StreamReply {
         status: response.status,
         content_type,
         headers: Vec::new(),
         upstream: response.body,
-        translator: Box::new(crate::translate::native::Passthrough::new(false)),
+        translator: Box::new(crate::translate::passthrough::Passthrough::new(false)),
     }))
 }

@@ -1,7 +1,7 @@
 //! Which models a request reaches, and whether its token may use them: one check for
 //! every route.
 //!
-//! [`model_policy::permit`] is the rule (aliases resolved, the target decides). This
+//! [`rule::permit`] is the rule (aliases resolved, the target decides). This
 //! module applies it to everything a client can name a model with, and turns a refusal
 //! into the API's 403: a name ([`check_model`], for `/v1` and `/v1/models/{id}`), an entry
 //! of a model list ([`visible`]), the top-level fields of a native body that Ollama reads
@@ -12,15 +12,17 @@
 //! (`body`), so the field checked is the field read.
 //!
 //! In scope: finding model names in bodies, checking them, rewriting aliases (and Ollama
-//! Cloud spellings) in place. Out of scope: the rule itself (`model_policy`), sending
+//! Cloud spellings) in place. Out of scope: the rule itself (`rule`), sending
 //! (`relay`), and the JSON of `/v1` requests (`translate`, which builds its own bodies).
 
-use crate::api::Client;
-use crate::body::{self, BodyError, Member};
+pub mod body;
+pub mod modelfile;
+pub mod rule;
+
+use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::model_policy;
-use crate::modelfile;
-use crate::translate::errors::ApiError;
+use crate::http::Client;
+use body::{BodyError, Member};
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -116,7 +118,7 @@ impl<'a> Asker<'a> {
 
     /// Whether this token sees the model-list entry `listed`: exactly when it may use it.
     pub fn visible(&self, listed: &str) -> bool {
-        model_policy::permit(self.allowed, self.aliases, listed).is_some()
+        rule::permit(self.allowed, self.aliases, listed).is_some()
     }
 
     /// The model `requested` (in the body field `key`, as the client wrote it) stands for,
@@ -125,10 +127,10 @@ impl<'a> Asker<'a> {
     where
         'a: 'r,
     {
-        if let Some(target) = model_policy::permit(self.allowed, self.aliases, requested) {
+        if let Some(target) = rule::permit(self.allowed, self.aliases, requested) {
             return Ok(target);
         }
-        let target = model_policy::resolve(self.aliases, requested);
+        let target = rule::resolve(self.aliases, requested);
         let alias = match target == requested {
             true => String::new(),
             false => format!("an alias of '{target}'; "),
@@ -172,7 +174,7 @@ impl<'a> Asker<'a> {
             let Some(member) = member(&members, field) else { continue };
             let Some(requested) = string_field(member)? else { continue };
             let target = self.check(&member.key, &requested)?;
-            let cloud_name = model_policy::cloud_name(target);
+            let cloud_name = rule::cloud_name(target);
             cloud_differs |= cloud_name != target;
             if target != requested {
                 plain.push((member.span.clone(), json_string(target)));
@@ -203,7 +205,7 @@ impl<'a> Asker<'a> {
                 self.refused(&member.key, what)
             })?;
             for name in names {
-                if model_policy::permit(Some(allowed), NO_ALIASES, &name).is_none() {
+                if rule::permit(Some(allowed), NO_ALIASES, &name).is_none() {
                     let what = format!(
                         "may not build from model '{name}' (a FROM line of '{}'; {})",
                         member.key,

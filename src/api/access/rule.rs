@@ -92,13 +92,6 @@ pub fn same_model(listed: &str, name: &str) -> bool {
     listed == name || latest_twin(listed).as_deref() == Some(name)
 }
 
-/// Whether an upstream base URL is Ollama Cloud, which names models without the `:cloud`
-/// / `-cloud` suffixes a local Ollama uses for them.
-pub fn is_ollama_cloud(base_url: &str) -> bool {
-    let host = base_url.split("://").nth(1).unwrap_or("").split(['/', ':']).next().unwrap_or("");
-    host.eq_ignore_ascii_case("ollama.com") || host.to_ascii_lowercase().ends_with(".ollama.com")
-}
-
 /// A model name as Ollama Cloud spells it: `gpt-oss:120b-cloud` → `gpt-oss:120b`,
 /// `kimi-k2.6:cloud` → `kimi-k2.6`, `gpt-oss:20b:cloud` → `gpt-oss:20b`. Other names are
 /// returned unchanged.
@@ -221,14 +214,5 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(cloud_name(name), want, "{name}");
         }
-    }
-
-    #[test]
-    fn ollama_cloud_hosts() {
-        assert!(is_ollama_cloud("https://ollama.com"));
-        assert!(is_ollama_cloud("https://OLLAMA.com:443"));
-        assert!(is_ollama_cloud("https://api.ollama.com"));
-        assert!(!is_ollama_cloud("http://127.0.0.1:11434"));
-        assert!(!is_ollama_cloud("https://notollama.com"));
     }
 }

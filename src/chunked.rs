@@ -4,12 +4,8 @@
 //! (measured: five events 200 ms apart all arrived together after a second), so a stream
 //! takes the raw connection with `Request::into_writer()` and writes the status line,
 //! headers and one `{len:x}\r\n…\r\n` chunk per upstream line, flushing each at once.
-//! This module also reads upstream lines with a length cap.
 
-use std::io::{self, BufRead, Read, Write};
-
-/// Longest upstream line accepted, so a broken upstream cannot grow a buffer without end.
-pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
+use std::io::{self, Write};
 
 /// The head of a live response.
 pub struct Head<'a> {
@@ -86,25 +82,6 @@ impl LiveWriter {
     }
 }
 
-/// Reads one line into `line` (without its `\n`). Returns `Ok(false)` at end of input.
-/// A line longer than `limit` is an `InvalidData` error.
-pub fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>, limit: u64) -> io::Result<bool> {
-    line.clear();
-    let read = reader.take(limit).read_until(b'\n', line)?;
-    if read == 0 {
-        return Ok(false);
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-    } else if read as u64 >= limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("upstream sent a line over {limit} bytes"),
-        ));
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,18 +125,5 @@ mod tests {
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("Connection: close\r\n") && !text.contains("chunked"));
         assert!(text.ends_with("\r\n\r\nabc"));
-    }
-
-    #[test]
-    fn lines_are_split_capped_and_the_last_may_lack_a_newline() {
-        let mut input = io::Cursor::new(b"one\r\ntwo\nthree".to_vec());
-        let mut line = Vec::new();
-        let mut lines = Vec::new();
-        while read_line(&mut input, &mut line, 100).unwrap() {
-            lines.push(String::from_utf8(line.clone()).unwrap());
-        }
-        assert_eq!(lines, ["one\r", "two", "three"]);
-        let mut long = io::Cursor::new(vec![b'x'; 50]);
-        assert!(read_line(&mut long, &mut line, 10).is_err());
     }
 }

@@ -10,7 +10,7 @@
 //! `FROM` value), the text is called ambiguous rather than guessed at.
 //!
 //! In scope: the parsers' syntax (commands, quoting, comments). Out of scope: what a name
-//! may be (`model_policy`, `access`). Pure functions only.
+//! may be (`rule`, `access`). Pure functions only.
 
 /// Why a Modelfile's `FROM` names could not be told.
 #[derive(Debug, PartialEq, Eq)]

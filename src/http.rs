@@ -1,0 +1,155 @@
+//! The values handlers take and give: a [`Req`] (no socket, body already read), a [`Reply`]
+//! (a whole answer, or a live stream of upstream lines through a translator), who the
+//! [`Client`] is, and the [`LogFields`] a request's log line is built from.
+//!
+//! `server` turns tiny_http requests into these and writes them back; `api` and its
+//! handlers work only with these, so a route can be tested without a socket.
+
+use crate::auth::Scope;
+use crate::error::{ApiError, Family};
+use crate::relay::Trace;
+use crate::translate::LineTranslator;
+use serde_json::Value;
+use std::io::Read;
+
+/// A request as the handlers see it: no sockets, body already read.
+#[derive(Clone, Default)]
+pub struct Req {
+    /// HTTP method, upper case.
+    pub method: String,
+    /// The URL path and query, as sent.
+    pub url: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Headers whose values are secrets: `Debug` shows them masked.
+const SECRET_HEADERS: &[&str] = &["authorization", "x-api-key", "cookie"];
+
+impl std::fmt::Debug for Req {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, String)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| match SECRET_HEADERS.contains(&name.as_str()) {
+                true => (name.as_str(), crate::secret::mask(value)),
+                false => (name.as_str(), value.clone()),
+            })
+            .collect();
+        f.debug_struct("Req")
+            .field("method", &self.method)
+            .field("url", &self.path())
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+impl Req {
+    /// The first value of a header, by lower-case name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The path without the query string.
+    pub fn path(&self) -> &str {
+        self.url.split('?').next().unwrap_or("")
+    }
+}
+
+/// What to answer.
+pub enum Reply {
+    /// A whole response.
+    Full {
+        /// HTTP status.
+        status: u16,
+        /// Its body, JSON (empty for 204).
+        body: Vec<u8>,
+        /// Extra headers beyond `Content-Type: application/json`.
+        headers: Vec<(&'static str, String)>,
+    },
+    /// A response streamed line by line from upstream.
+    Stream(StreamReply),
+}
+
+/// A live stream: upstream lines go through `translator` to the client as they arrive.
+pub struct StreamReply {
+    /// HTTP status (200, or the upstream's own 2xx on native routes).
+    pub status: u16,
+    /// The `Content-Type` to send (`text/event-stream` for SSE).
+    pub content_type: String,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// The upstream body.
+    pub upstream: Box<dyn Read + Send>,
+    /// Turns each upstream line into what the client receives.
+    pub translator: Box<dyn LineTranslator>,
+}
+
+impl Reply {
+    /// A JSON answer.
+    pub fn json(status: u16, value: &Value) -> Reply {
+        Reply::Full { status, body: value.to_string().into_bytes(), headers: Vec::new() }
+    }
+
+    /// The OpenAI error envelope for `error` (with `Retry-After` when it says when).
+    pub fn error(error: &ApiError) -> Reply {
+        Reply::error_in(Family::OpenAi, error)
+    }
+
+    /// `error` in the envelope of `family` (with `Retry-After` when it says when).
+    pub fn error_in(family: Family, error: &ApiError) -> Reply {
+        let (body, content_type) = error.envelope(family);
+        let mut headers: Vec<(&'static str, String)> =
+            error.retry_after.map(|secs| ("Retry-After", secs.to_string())).into_iter().collect();
+        headers.push(("Content-Type", content_type.to_string()));
+        Reply::Full { status: error.status, body, headers }
+    }
+
+    /// A stream of SSE events.
+    pub fn sse(upstream: Box<dyn Read + Send>, translator: Box<dyn LineTranslator>) -> Reply {
+        Reply::Stream(StreamReply {
+            status: 200,
+            content_type: "text/event-stream".to_string(),
+            headers: Vec::new(),
+            upstream,
+            translator,
+        })
+    }
+
+    pub(crate) fn add_headers(&mut self, extra: Vec<(&'static str, String)>) {
+        match self {
+            Reply::Full { headers, .. } | Reply::Stream(StreamReply { headers, .. }) => headers.extend(extra),
+        }
+    }
+}
+
+/// What a request log line says beyond method, path and status.
+#[derive(Debug, Default, Clone)]
+pub struct LogFields {
+    /// The token's name (`-` when none).
+    pub token: Option<String>,
+    /// The model asked for.
+    pub model: Option<String>,
+    /// What the relay did.
+    pub trace: Trace,
+    /// Tokens of the reply, once known.
+    pub usage: Option<crate::translate::Usage>,
+}
+
+/// Who is asking, once authenticated: the pool to draw from and the models allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'g> {
+    /// The pool this request uses.
+    pub pool: &'g str,
+    /// Every pool its token may use.
+    pub pools: &'g [String],
+    /// Model globs it may use (`None`: all).
+    pub models: Option<&'g [String]>,
+    /// Its token's name, for messages.
+    pub name: &'g str,
+    /// What it may do.
+    pub scopes: &'g [Scope],
+}
