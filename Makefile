@@ -2,7 +2,7 @@
 CARGO ?= cargo
 MUSL_TARGET := x86_64-unknown-linux-musl
 
-.PHONY: build run test lint static bench doc clean
+.PHONY: build run test lint static bench soak doc clean
 
 build:
 	$(CARGO) build --release
@@ -36,6 +36,12 @@ static:
 # Direct-to-upstream vs through-the-gateway, side by side (see README "Performance").
 bench:
 	$(CARGO) bench --bench gateway
+
+# Ten minutes of mixed traffic with faults, disconnects, slow clients, bursts and reloads
+# against the release binary; fails unless RSS, threads and descriptors end where they
+# started. Not part of `make test`. Shorter: `SOAK_SECS=60 make soak`.
+soak:
+	$(CARGO) bench --bench soak
 
 clean:
 	$(CARGO) clean
