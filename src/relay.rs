@@ -94,6 +94,21 @@ pub enum RelayError {
     ClientGone,
 }
 
+/// What an answer must show before its attempt counts as a success. Nothing has reached
+/// the client until then, so an answer that fails here still moves on to the next key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An NDJSON (or SSE) stream: its first line arrives and is not an error.
+    Stream,
+    /// One JSON value: it arrives whole (up to [`MAX_WHOLE_ANSWER`]) and parses.
+    Json,
+    /// Anything with a 2xx status (an empty `/api/delete` answer, a blob).
+    Raw,
+}
+
+/// Largest answer read whole.
+pub const MAX_WHOLE_ANSWER: u64 = 256 * 1024 * 1024;
+
 /// One request to relay: the same for every key, except that Ollama Cloud upstreams may
 /// get their own body (model names without the local `-cloud` suffix).
 #[derive(Debug, Clone, Copy)]
@@ -106,9 +121,8 @@ pub struct Outgoing<'a> {
     pub body: Option<&'a [u8]>,
     /// The body for Ollama Cloud upstreams, when it differs from `body`.
     pub cloud_body: Option<&'a [u8]>,
-    /// The answer is an NDJSON stream: its first line is read before the attempt counts as
-    /// a success, so an error there still fails over (nothing has reached the client yet).
-    pub stream: bool,
+    /// What the answer must be before the attempt counts as a success.
+    pub answer: Answer,
     /// The model asked of upstream, for keys whose plan lacks it.
     pub model: Option<&'a str>,
     /// The body's media type.
@@ -123,7 +137,7 @@ impl<'a> Outgoing<'a> {
             path,
             body: None,
             cloud_body: None,
-            stream: false,
+            answer: Answer::Json,
             model: None,
             content_type: "application/json",
         }
@@ -161,10 +175,11 @@ pub fn send(
         trace.key_id = Some(id.to_string());
         let body = request.body_for(entry).map(|body| (body, request.content_type));
         let sent = upstream::send(relay.agent, entry, request.method, request.path, body, relay.deadline);
-        let sent = match sent {
-            Ok(response) if request.stream => first_line_checked(response),
-            other => other,
-        };
+        let sent = sent.and_then(|response| match request.answer {
+            Answer::Stream => first_line_checked(response),
+            Answer::Json => whole_json_checked(response),
+            Answer::Raw => Ok(response),
+        });
         if cancel::cancelled() {
             // The client left and its upstream socket was shut: not the key's fault, and
             // nobody is waiting for another attempt.
@@ -206,6 +221,35 @@ pub fn send(
         },
     };
     Err(RelayError::Failed { error, attempts: trace.attempts, pool: pool.name.clone(), retry_after })
+}
+
+/// Reads a whole answer and checks it is JSON (without building it): a body cut off, a
+/// timeout, garbage or an HTML page is a failed attempt, not a 200.
+fn whole_json_checked(response: UpstreamResponse) -> Result<UpstreamResponse, UpstreamError> {
+    let UpstreamResponse { status, content_type, body } = response;
+    let mut bytes = Vec::new();
+    if let Err(err) = body.take(MAX_WHOLE_ANSWER + 1).read_to_end(&mut bytes) {
+        let text = format!("reading the answer failed: {err}");
+        return Err(match upstream::is_timeout(&err) {
+            true => UpstreamError::Timeout(text),
+            false => UpstreamError::Protocol(text),
+        });
+    }
+    if bytes.len() as u64 > MAX_WHOLE_ANSWER {
+        return Err(UpstreamError::Protocol(format!(
+            "the answer is larger than {} MiB",
+            MAX_WHOLE_ANSWER >> 20
+        )));
+    }
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|err| err.to_string());
+    if let Err(err) = parsed.and_then(|_| object.then_some(()).ok_or_else(|| "not an object".to_string())) {
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned();
+        return Err(UpstreamError::Protocol(format!(
+            "the answer is not valid JSON ({err}; it begins {shown:?}); is base_url an Ollama server?"
+        )));
+    }
+    Ok(UpstreamResponse { status, content_type, body: Box::new(Cursor::new(bytes)) })
 }
 
 /// Reads a stream's first line: an `{"error":…}` there (a model that fails at once) or an

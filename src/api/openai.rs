@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req, StreamReply};
 use crate::pool::Pool;
-use crate::relay::{self, Outgoing};
+use crate::relay::{self, Answer, Outgoing};
 use crate::translate::chat::{self, ChatStream};
 use crate::translate::completions::{self, CompletionStream};
 use crate::translate::{embeddings, models, random_id, ReplyContext};
@@ -36,12 +36,13 @@ struct Routed {
 
 impl Routed {
     fn outgoing<'a>(&'a self, path: &'a str, stream: bool) -> Outgoing<'a> {
+        let answer = if stream { Answer::Stream } else { Answer::Json };
         Outgoing {
             method: "POST",
             path,
             body: Some(&self.body),
             cloud_body: self.cloud_body.as_deref(),
-            stream,
+            answer,
             model: Some(&self.target),
             content_type: "application/json",
         }
@@ -232,7 +233,7 @@ pub fn openai_passthrough(
         path,
         body: (req.method == "POST").then(|| checked.rewritten.as_deref().unwrap_or(&req.body)),
         cloud_body: None,
-        stream: checked.stream,
+        answer: if checked.stream { Answer::Stream } else { Answer::Json },
         model: checked.model.as_ref().map(|(_, target)| target.as_str()),
         content_type: "application/json",
     };

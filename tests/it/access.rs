@@ -238,8 +238,10 @@ fn broken(recorded: &Recorded) -> FakeReply {
 fn plain_native_answers_that_are_not_json_become_502_in_ollamas_shape() {
     let fake = Fake::start(broken);
     let keys = format!("{}|{KEY_A}\n", fake.url);
-    let open = Gateway::with_keys(&keys);
-    let filtered = Gateway::start(&format!("{}models = [\"*\"]\n", alice()), &keys);
+    // Each bad answer is a failure of the only key: let it take them all without resting.
+    let patient = "[upstream]\nfailure_threshold = 1000\n";
+    let open = Gateway::start(&format!("{}\n{patient}", alice()), &keys);
+    let filtered = Gateway::start(&format!("{}models = [\"*\"]\n{patient}", alice()), &keys);
     let cases = [
         ("POST", "/api/chat", r#"{"model":"html","stream":false}"#),
         ("POST", "/api/chat", r#"{"model":"cut","stream":false}"#),

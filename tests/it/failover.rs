@@ -134,3 +134,33 @@ fn a_stream_fails_over_before_its_first_byte() {
     );
     eqnice!(2, keys_seen(&fake).into_iter().collect::<BTreeSet<_>>().len(), "both keys were tried");
 }
+
+/// A 200 whose body is not the JSON it should be (an HTML page, a body cut off) is a
+/// failed attempt like a 5xx: nothing has reached the client, so the next key serves it.
+/// Before, the attempt counted as a success and the client got a 502 after one key.
+#[test]
+fn a_200_that_is_not_json_is_followed_by_the_next_key() {
+    for bad in ["<!doctype html><p>maintenance</p>", r#"{"model":"m","message":{"role":"assist"#] {
+        let fake =
+            Fake::start(move |recorded| match recorded.authorization() == Some(&format!("Bearer {KEY_A}")) {
+                true => FakeReply::Text { status: 200, body: bad.to_string() },
+                false => FakeReply::ok(chat_answer("from the good key")),
+            });
+        let gateway = Gateway::start(&alice(), &two_keys(&fake.url));
+        for _ in 0..2 {
+            let completion = completion(&gateway.chat(&chat_body("m", false)));
+            eqnice!(
+                "from the good key",
+                completion.choices[0].message.content.as_deref().unwrap_or(""),
+                "{bad}"
+            );
+        }
+        assert!(
+            keys_seen(&fake).contains(&KEY_A.to_string()),
+            "the bad key was tried: {:?}",
+            keys_seen(&fake)
+        );
+        gateway.wait_for_log(&["attempts=2", "status=200"]);
+        gateway.wait_for_log(&["failed (Trouble)", "not valid JSON"]);
+    }
+}
