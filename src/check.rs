@@ -6,7 +6,7 @@
 //! when every pool has at least one usable key, 1 when some pool has none, 2 on a config
 //! error.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::health::{self, Outcome, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
@@ -28,14 +28,8 @@ struct Row<'a> {
 }
 
 /// Runs the check for the config at `config_path`.
-pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
+pub fn run(config_path: &Path, as_json: bool) -> Result<ExitCode, ConfigError> {
+    let config = Config::load(config_path)?;
     let upstream_cfg = &config.raw.upstream;
     let agent = upstream::agent(
         Duration::from_secs(upstream_cfg.connect_timeout_secs),
@@ -77,14 +71,13 @@ pub fn run(config_path: &Path, as_json: bool) -> ExitCode {
     let pools = pool_summary(&rows);
     let report = if as_json { to_json(&rows, &pools).to_string() + "\n" } else { to_table(&rows, &pools) };
     let _ = std::io::stdout().lock().write_all(report.as_bytes());
-    if pools.values().all(|(usable, _)| *usable > 0) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(match pools.values().all(|(usable, _)| *usable > 0) {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
+    })
 }
 
-/// Usable and total keys per pool, in keys.txt order of first appearance.
+/// Usable and total keys per pool, sorted by name.
 fn pool_summary(rows: &[Row<'_>]) -> BTreeMap<String, (usize, usize)> {
     let mut pools: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for row in rows {

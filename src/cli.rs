@@ -4,7 +4,7 @@
 //! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
 
 use crate::check;
-use crate::config::{Config, Files, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, Files, DEFAULT_CONFIG_PATH};
 use crate::keys;
 use crate::live::{spawn_housekeeper, Live, Signals};
 use crate::secret::{self, sha256};
@@ -135,26 +135,55 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
     }
 }
 
-/// Runs a command and returns the process exit code.
-pub fn run(command: Command) -> ExitCode {
-    match command {
-        Command::Help => {
-            emit(USAGE);
-            ExitCode::SUCCESS
+/// Why a command could not do its work: what `main` prints (each line as `error: …`) and
+/// the exit code it picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    /// The command line is wrong (exit 2).
+    Usage(String),
+    /// A file is wrong: config.toml or keys.txt, each message naming file and line (exit 2).
+    Config(Vec<String>),
+    /// A failure after start-up, such as a port already taken (exit 1).
+    Failed(String),
+}
+
+impl CliError {
+    /// The lines to print, without the `error: ` each gets.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            CliError::Usage(message) => vec![format!("{message} (see ollama-gateway --help)")],
+            CliError::Config(messages) => messages.clone(),
+            CliError::Failed(message) => vec![message.clone()],
         }
-        Command::Version => {
-            emit(&format!("ollama-gateway {}\n", env!("CARGO_PKG_VERSION")));
-            ExitCode::SUCCESS
-        }
-        Command::TokenHash { token } => {
-            emit(&format!("{}\n", secret::sha256_hex(&token)));
-            ExitCode::SUCCESS
-        }
-        Command::TokenNew { name } => token_new(&name),
-        Command::Keys { config } => show_keys(&config),
-        Command::Check { config, json } => check::run(&config, json),
-        Command::Serve { config } => serve(&config),
     }
+
+    /// The documented exit code: 2 for usage and config errors, 1 for failures.
+    pub fn code(&self) -> ExitCode {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => ExitCode::from(2),
+            CliError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(error: ConfigError) -> CliError {
+        CliError::Config(vec![error.to_string()])
+    }
+}
+
+/// Runs a command: its exit code when it ran (`check` has three), or why it could not.
+pub fn run(command: Command) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Help => emit(USAGE),
+        Command::Version => emit(&format!("ollama-gateway {}\n", env!("CARGO_PKG_VERSION"))),
+        Command::TokenHash { token } => emit(&format!("{}\n", secret::sha256_hex(&token))),
+        Command::TokenNew { name } => token_new(&name)?,
+        Command::Keys { config } => show_keys(&config)?,
+        Command::Check { config, json } => return Ok(check::run(&config, json)?),
+        Command::Serve { config } => serve(&config)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes to stdout; a closed pipe (`ollama-gateway keys | head`) is not an error.
@@ -163,13 +192,11 @@ fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-fn token_new(name: &str) -> ExitCode {
+fn token_new(name: &str) -> Result<(), CliError> {
     let mut bytes = [0u8; 32];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if let Err(err) = read {
-        eprintln!("error: cannot read the OS random source /dev/urandom: {err}");
-        return ExitCode::from(1);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|err| CliError::Failed(format!("cannot read the OS random source /dev/urandom: {err}")))?;
     let token = format!("sk-{}", hex::encode(bytes));
     let name = name.replace('\\', "\\\\").replace('"', "\\\"");
     emit(&format!(
@@ -178,22 +205,16 @@ fn token_new(name: &str) -> ExitCode {
         secret::sha256_hex(&token),
         keys::DEFAULT_POOL
     ));
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-fn show_keys(config_path: &Path) -> ExitCode {
+fn show_keys(config_path: &Path) -> Result<(), CliError> {
     let files = Files::read(config_path);
     let read = files.raw_config().and_then(|(raw, _)| {
         let (keys_path, parsed) = files.keys(&raw.upstream.base_url)?;
         Ok((keys_path.to_path_buf(), parsed))
     });
-    let (keys_path, parsed) = match read {
-        Ok(read) => read,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
+    let (keys_path, parsed) = read?;
     let pools = parsed.pools();
     let mut out =
         format!("{}: {} upstreams in {} pools\n", keys_path.display(), parsed.entries.len(), pools.len());
@@ -208,24 +229,21 @@ fn show_keys(config_path: &Path) -> ExitCode {
         out.push_str(&format!("{}: {duplicate}\n", keys_path.display()));
     }
     emit(&out);
-    for error in &parsed.errors {
-        eprintln!("error: {}:{}: {}", keys_path.display(), error.line, error.message);
-    }
-    if parsed.errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
+    match parsed.errors.is_empty() {
+        true => Ok(()),
+        false => Err(CliError::Config(
+            parsed
+                .errors
+                .iter()
+                .map(|error| format!("{}:{}: {}", keys_path.display(), error.line, error.message))
+                .collect(),
+        )),
     }
 }
 
-fn serve(config_path: &Path) -> ExitCode {
-    let config = match Config::load(config_path) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(2);
-        }
-    };
+/// Serves until a signal stops the process; returns only when it cannot start.
+fn serve(config_path: &Path) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
     for duplicate in &config.duplicate_keys {
         log::warn!("{}: {duplicate}", config.keys_file.display());
     }
@@ -243,13 +261,8 @@ fn serve(config_path: &Path) -> ExitCode {
              `ollama-gateway token new` before exposing this port"
         );
     }
-    let server = match Server::bind(config.raw.listen) {
-        Ok(server) => server,
-        Err(err) => {
-            eprintln!("error: cannot listen on {}: {err}", config.raw.listen);
-            return ExitCode::from(1);
-        }
-    };
+    let server = Server::bind(config.raw.listen)
+        .map_err(|err| CliError::Failed(format!("cannot listen on {}: {err}", config.raw.listen)))?;
     let pools = config.keys.iter().map(|k| k.pool.as_str()).collect::<std::collections::BTreeSet<_>>().len();
     log::info!(
         "ollama-gateway {} listening on http://{} ({} workers, {} upstreams in {pools} pools, {} tokens)",

@@ -5,8 +5,9 @@
 //! was learnt about a key survives a reload (and, through the state file, a restart).
 
 use crate::config::{Config, Provider};
+use crate::keystate::KeyStore;
 use crate::keystate::Policy;
-use crate::pool::{KeyStore, Pool};
+use crate::pool::Pool;
 use crate::relay::Relay;
 use crate::upstream;
 use std::collections::HashMap;

@@ -3,12 +3,16 @@
 //! In scope: reading an upstream failure into a [`Failure`] class (revoked, quota spent,
 //! transient, model not in the plan, upstream trouble, the request's own fault), the
 //! [`KeyState`] each key carries (health, until-when, counters), and when a key may be
-//! used. Pure: the clock is passed in as Unix seconds (read it with [`now`]). Out of scope: sending requests
+//! used. Pure: the clock is passed in as Unix seconds (read it with [`now`]). The
+//! [`KeyStore`] holds every key's state by key id, shared by all pools and kept across
+//! config reloads. Out of scope: sending requests
 //! (`relay`), keeping states across restarts (`statefile`), probing keys (`health`).
 
 use crate::secret;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The current time in Unix seconds.
@@ -280,6 +284,99 @@ impl Default for Policy {
 pub fn key_id(base_url: &str, key: Option<&secret::Secret>) -> String {
     let text = format!("{base_url}\n{}", key.map(secret::Secret::expose).unwrap_or(""));
     secret::sha256_hex(&text)[..24].to_string()
+}
+
+/// Every key's state, by [`key_id`].
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    states: Mutex<BTreeMap<String, KeyState>>,
+    dirty: AtomicBool,
+}
+
+impl KeyStore {
+    /// A store starting from `states` (as read from the state file).
+    pub fn new(states: BTreeMap<String, KeyState>) -> KeyStore {
+        KeyStore { states: Mutex::new(states), dirty: AtomicBool::new(false) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, KeyState>> {
+        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes one key's state.
+    pub fn update<R>(&self, id: &str, change: impl FnOnce(&mut KeyState) -> R) -> R {
+        let mut states = self.lock();
+        // Known keys (every request after the first) are found without allocating.
+        let result = match states.get_mut(id) {
+            Some(state) => change(state),
+            None => change(states.entry(id.to_string()).or_default()),
+        };
+        drop(states);
+        self.dirty.store(true, Ordering::Release);
+        result
+    }
+
+    /// One key's state (default when unknown).
+    pub fn get(&self, id: &str) -> KeyState {
+        self.lock().get(id).cloned().unwrap_or_default()
+    }
+
+    /// Whether each of `ids` may serve `model` at `now`, under one lock and without copies
+    /// (this runs on every request).
+    pub fn availability(
+        &self,
+        ids: &[String],
+        model: Option<&str>,
+        now: u64,
+    ) -> Vec<Result<(), Unavailable>> {
+        let states = self.lock();
+        ids.iter().map(|id| states.get(id).map_or(Ok(()), |state| state.available(model, now))).collect()
+    }
+
+    /// A copy of every state, for saving (waits that are over are saved as over).
+    pub fn snapshot(&self) -> BTreeMap<String, KeyState> {
+        let now = now();
+        let mut states = self.lock().clone();
+        states.values_mut().for_each(|state| state.expire(now));
+        states
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    /// Forgets keys that are no longer in keys.txt.
+    pub fn retain(&self, ids: &BTreeSet<String>) {
+        let mut states = self.lock();
+        let before = states.len();
+        states.retain(|id, _| ids.contains(id));
+        if states.len() != before {
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Takes in what another process (`ollama-gateway check`) found about the keys in
+    /// `known`: a key's health when its change is at least as recent as ours, and each model
+    /// lock-out at its later end; counters and failure streaks stay this process's.
+    pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
+        let mut states = self.lock();
+        for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
+            let ours = states.entry(id).or_default();
+            // `>=`: a change made in the same second by `check` still counts (this process
+            // never merges its own saves back).
+            if theirs.changed_at >= ours.changed_at && theirs.changed_at > 0 {
+                ours.state = theirs.state;
+                ours.until = theirs.until;
+                ours.last_error = theirs.last_error;
+                ours.changed_at = theirs.changed_at;
+            }
+            for (model, until) in theirs.model_cooldowns {
+                let mine = ours.model_cooldowns.entry(model).or_insert(until);
+                *mine = (*mine).max(until);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

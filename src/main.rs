@@ -18,12 +18,17 @@ fn main() -> ExitCode {
     // Only fails when a logger is already set, which nothing before this line does.
     let _ = log::set_boxed_logger(Box::new(Logger(inner)));
     match command {
-        Ok(command) => ollama_gateway::cli::run(command),
-        Err(message) => {
-            eprintln!("error: {message} (see ollama-gateway --help)");
-            ExitCode::from(2)
-        }
+        Ok(command) => ollama_gateway::cli::run(command).unwrap_or_else(|error| report(&error)),
+        Err(message) => report(&ollama_gateway::cli::CliError::Usage(message)),
     }
+}
+
+/// Prints why a command failed, once, and picks its exit code.
+fn report(error: &ollama_gateway::cli::CliError) -> ExitCode {
+    for message in error.messages() {
+        eprintln!("error: {message}");
+    }
+    error.code()
 }
 
 /// The glibc tunable that fixes malloc's mmap threshold at 128 KiB.

@@ -1,110 +1,15 @@
-//! Key pools and the store of key states: which keys a request may use, in what order.
+//! Key pools: which keys a request may use, in what order.
 //!
 //! A [`Pool`] is one keys.txt section. For each request it hands out an attempt order of
 //! distinct keys that are usable now (not invalid, not resting after a spent quota or a
-//! back-off, not locked out of the model), starting where the [`Strategy`] says. The
-//! [`KeyStore`] holds every key's [`KeyState`] by key id, shared by all pools and kept
-//! across config reloads. Sending requests and judging answers is `relay`'s job.
+//! back-off, not locked out of the model), starting where the [`Strategy`] says, from the
+//! states in the [`KeyStore`]. Sending requests and judging answers is `relay`'s job.
 
 use crate::config::{Provider, Strategy};
 use crate::keys::KeyEntry;
-use crate::keystate::{key_id, KeyState, Unavailable};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
-
-/// Every key's state, by [`key_id`].
-#[derive(Debug, Default)]
-pub struct KeyStore {
-    states: Mutex<BTreeMap<String, KeyState>>,
-    dirty: AtomicBool,
-}
-
-impl KeyStore {
-    /// A store starting from `states` (as read from the state file).
-    pub fn new(states: BTreeMap<String, KeyState>) -> KeyStore {
-        KeyStore { states: Mutex::new(states), dirty: AtomicBool::new(false) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, KeyState>> {
-        self.states.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Changes one key's state.
-    pub fn update<R>(&self, id: &str, change: impl FnOnce(&mut KeyState) -> R) -> R {
-        let mut states = self.lock();
-        // Known keys (every request after the first) are found without allocating.
-        let result = match states.get_mut(id) {
-            Some(state) => change(state),
-            None => change(states.entry(id.to_string()).or_default()),
-        };
-        drop(states);
-        self.dirty.store(true, Ordering::Release);
-        result
-    }
-
-    /// One key's state (default when unknown).
-    pub fn get(&self, id: &str) -> KeyState {
-        self.lock().get(id).cloned().unwrap_or_default()
-    }
-
-    /// Whether each of `ids` may serve `model` at `now`, under one lock and without copies
-    /// (this runs on every request).
-    pub fn availability(
-        &self,
-        ids: &[String],
-        model: Option<&str>,
-        now: u64,
-    ) -> Vec<Result<(), Unavailable>> {
-        let states = self.lock();
-        ids.iter().map(|id| states.get(id).map_or(Ok(()), |state| state.available(model, now))).collect()
-    }
-
-    /// A copy of every state, for saving (waits that are over are saved as over).
-    pub fn snapshot(&self) -> BTreeMap<String, KeyState> {
-        let now = crate::keystate::now();
-        let mut states = self.lock().clone();
-        states.values_mut().for_each(|state| state.expire(now));
-        states
-    }
-
-    /// Whether anything changed since the last call.
-    pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
-    }
-
-    /// Forgets keys that are no longer in keys.txt.
-    pub fn retain(&self, ids: &BTreeSet<String>) {
-        let mut states = self.lock();
-        let before = states.len();
-        states.retain(|id, _| ids.contains(id));
-        if states.len() != before {
-            self.dirty.store(true, Ordering::Release);
-        }
-    }
-
-    /// Takes in what another process (`ollama-gateway check`) found about the keys in
-    /// `known`: a key's health when its change is at least as recent as ours, and each model
-    /// lock-out at its later end; counters and failure streaks stay this process's.
-    pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
-        let mut states = self.lock();
-        for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
-            let ours = states.entry(id).or_default();
-            // `>=`: a change made in the same second by `check` still counts (this process
-            // never merges its own saves back).
-            if theirs.changed_at >= ours.changed_at && theirs.changed_at > 0 {
-                ours.state = theirs.state;
-                ours.until = theirs.until;
-                ours.last_error = theirs.last_error;
-                ours.changed_at = theirs.changed_at;
-            }
-            for (model, until) in theirs.model_cooldowns {
-                let mine = ours.model_cooldowns.entry(model).or_insert(until);
-                *mine = (*mine).max(until);
-            }
-        }
-    }
-}
+use crate::keystate::{key_id, KeyStore};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Why a pool has no key to offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +127,8 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keystate::{Failure, Policy};
+    use crate::keystate::{Failure, KeyState, Policy};
+    use std::collections::BTreeSet;
 
     const NOW: u64 = 1_700_000_000;
 

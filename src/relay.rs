@@ -10,8 +10,9 @@
 
 use crate::cancel;
 use crate::keys::KeyEntry;
+use crate::keystate::KeyStore;
 use crate::keystate::{self, Failure, Policy};
-use crate::pool::{KeyStore, Pool, PoolUnavailable};
+use crate::pool::{Pool, PoolUnavailable};
 use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 use std::io::{BufReader, Cursor, Read};
