@@ -226,20 +226,33 @@ fn a_body_below_the_minimum_rate_is_cut_off_without_holding_a_worker() {
 fn bodies_past_the_inflight_budget_get_503() {
     let fake = Fake::start(healthy);
     let gateway = gateway_over(&fake, "max_inflight_body_bytes = 100000\nheader_timeout_secs = 30");
-    let mut holding = connect(&gateway);
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 90000\r\n\r\n{{\"model\":\"m\""
     );
-    holding.write_all(head.as_bytes()).expect("send the head");
-    wait_until(PATIENCE, "a second body over the budget gets 503", || {
-        let reply = gateway.post_raw(
+    let probe = || {
+        gateway.post_raw(
             "/v1/chat/completions",
             &[("authorization", &format!("Bearer {TOKEN}"))],
             &vec![b' '; 20000],
-        );
-        reply.status == 503 && reply.header("retry-after") == Some("1")
-    });
+        )
+    };
+    // The holding request must have taken its share before a probe does (a probe that
+    // holds its 20,000 bytes first leaves the holding one no room): retry until it has.
+    let mut holding = None;
+    for _ in 0..20 {
+        let mut socket = connect(&gateway);
+        socket.write_all(head.as_bytes()).expect("send the head");
+        let reply = probe();
+        let still_holding = closed_within(&mut socket, Duration::from_millis(100)).is_err();
+        if reply.status == 503 && still_holding {
+            assert_eq!(reply.header("retry-after"), Some("1"), "{}", reply.text);
+            holding = Some(socket);
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let holding = holding.expect("a body over the budget beside a held one got 503");
     // Small bodies still fit beside it.
     assert_eq!(gateway.chat(&chat_body("m", false)).status, 200);
     drop(holding);
