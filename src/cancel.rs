@@ -2,7 +2,7 @@
 //!
 //! A request that waits on upstream (a whole non-stream answer, or a stream's first token)
 //! runs under a [`Cancel`] made current for its thread with [`scope`]. The upstream
-//! transport ([`crate::upstream`]) attaches each socket it reads or writes on that thread to
+//! transport (in `upstream`) attaches each socket it reads or writes on that thread to
 //! the current `Cancel`; when the client leaves, [`Cancel::cancel`] shuts that socket down,
 //! which ends the blocked read at once and, upstream, stops the generation and its token
 //! spend. Who notices that a client left is not this module's business (`watch` does).

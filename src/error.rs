@@ -6,10 +6,9 @@
 //! in the envelope of the request's API [`Family`]: OpenAI's
 //! `{"error":{"message","type","param","code"}}`, Ollama's `{"error":"…"}` or Anthropic's
 //! `{"type":"error","error":{"type","message"}}`, with the matching HTTP status. How an
-//! upstream failure ([`UpstreamError`]) or a failed relay ([`RelayError`]) becomes an
-//! answer is decided here too, once.
+//! upstream failure ([`UpstreamError`]) becomes an answer is decided here too, once (and
+//! what a failed relay adds to it, at the foot of `relay`, which this module cannot see).
 
-use crate::relay::RelayError;
 use crate::upstream::{upstream_message, UpstreamError};
 use serde_json::{json, Value};
 use std::fmt;
@@ -221,48 +220,6 @@ impl From<&UpstreamError> for ApiError {
                 502,
                 format!("the upstream sent an answer the gateway could not read ({text})"),
             ),
-        }
-    }
-}
-
-impl From<RelayError> for ApiError {
-    fn from(error: RelayError) -> ApiError {
-        match error {
-            RelayError::Unavailable { pool, reasons, wait: Some(wait) } => ApiError {
-                status: 429,
-                kind: "rate_limit_error",
-                message: format!(
-                    "no upstream key of pool '{pool}' is usable now ({reasons}); the first one frees up in {wait} s"
-                ),
-                param: None,
-                code: Some("rate_limit_exceeded"),
-                retry_after: Some(wait),
-            },
-            RelayError::Unavailable { pool, reasons, wait: None } => ApiError {
-                status: 429,
-                kind: "rate_limit_error",
-                message: format!(
-                    "no upstream key of pool '{pool}' is usable ({reasons}), and none frees up on its own: the \
-                     gateway operator should fix keys.txt or run `ollama-gateway check`"
-                ),
-                param: None,
-                code: Some("rate_limit_exceeded"),
-                retry_after: None,
-            },
-            RelayError::NoKeys { pool } => {
-                ApiError::server(503, format!("pool '{pool}' has no upstream keys: add some to keys.txt"))
-            }
-            RelayError::Refused(error) => ApiError::from(&error),
-            RelayError::Failed { error, attempts, pool, retry_after } => {
-                let mut answer = ApiError::from(&error);
-                if attempts > 1 {
-                    answer.message =
-                        format!("all {attempts} keys tried in pool '{pool}' failed; the last one: {}", answer.message);
-                }
-                answer.retry_after = retry_after;
-                answer
-            }
-            RelayError::ClientGone => ApiError::client_gone(),
         }
     }
 }

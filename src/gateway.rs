@@ -5,6 +5,7 @@
 //! was learnt about a key survives a reload (and, through the state file, a restart).
 
 use crate::config::{Config, Provider};
+use crate::error::ApiError;
 use crate::keystate::KeyStore;
 use crate::keystate::Policy;
 use crate::pool::Pool;
@@ -51,6 +52,13 @@ impl Gateway {
             });
         }
         Gateway { config, agent, pools, store, started }
+    }
+
+    /// The pool of keys.txt section `name`, or the 503 saying it has no keys.
+    pub fn pool(&self, name: &str) -> Result<&Pool, ApiError> {
+        self.pools.get(name).ok_or_else(|| {
+            ApiError::server(503, format!("pool '{name}' has no upstream keys: add some to keys.txt"))
+        })
     }
 
     /// How failures are judged.

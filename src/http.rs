@@ -57,6 +57,51 @@ impl Req {
     pub fn path(&self) -> &str {
         self.url.split('?').next().unwrap_or("")
     }
+
+    /// Parses a request body as a JSON object, once [`json_cost::estimate`](crate::json_cost::estimate) has shown that its
+    /// `Value` tree fits [`json_cost::tree_budget`](crate::json_cost::tree_budget): a body of N bytes may build at most
+    /// `max(5/4 N + 8 MiB, 16 MiB)` of tree, which keeps a `/v1` request's peak (body, tree,
+    /// translated tree, upstream body) under 4N + 16 MiB; the arithmetic is on `tree_budget`.
+    ///
+    /// A body over the budget, or nested deeper than 128 levels, is a 413 `request_too_complex`
+    /// before any tree is built; serde_json's private `RawValue` key is a 400.
+    pub fn json_body(&self) -> Result<Value, ApiError> {
+        let body = &self.body;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request("the request body is empty: send a JSON object", None));
+        }
+        let cost = crate::json_cost::estimate(body).map_err(|refusal| match refusal {
+            crate::json_cost::Refusal::TooDeep => ApiError::too_complex(format!(
+                "the JSON nests arrays and objects deeper than {} levels; send a flatter body",
+                crate::json_cost::MAX_DEPTH
+            )),
+            crate::json_cost::Refusal::ReservedKey => ApiError::bad_request(
+                "the JSON uses the reserved key \"$serde_json::private::RawValue\"; rename it",
+                None,
+            ),
+        })?;
+        let budget = crate::json_cost::tree_budget(body.len());
+        if cost.peak_tree() > budget {
+            let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
+            return Err(ApiError::too_complex(format!(
+                "the JSON has too many values for its size: {} values in {} bytes would take about {} MiB \
+                 of memory to parse, over the {} MiB allowed for a body this size; send the data as \
+                 fewer, larger values (one long string rather than an array of numbers or objects), or \
+                 split it over several requests",
+                cost.values,
+                body.len(),
+                mib(cost.peak_tree()),
+                mib(budget)
+            )));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|err| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {err}"), None)
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::bad_request("the request body must be a JSON object", None));
+        }
+        Ok(value)
+    }
 }
 
 /// What to answer.

@@ -15,7 +15,7 @@
 //! A string under the key `arguments` is costed as the JSON it holds as well, because the
 //! chat translator parses tool-call arguments. Out of scope: validating JSON (serde_json
 //! does that right after; on invalid input the estimate is only a figure), and the answer
-//! to send (`api::parse_json_body`). The scanner neither allocates nor recurses: open
+//! to send (`Req::json_body`). The scanner neither allocates nor recurses: open
 //! containers live in a fixed array of [`MAX_DEPTH`] frames.
 
 use serde_json::Value;
@@ -123,7 +123,7 @@ pub fn estimate(json: &[u8]) -> Result<Cost, Refusal> {
 /// scan has shown it holds neither serde_json's private `RawValue` key nor nesting past
 /// [`MAX_DEPTH`]: either would make serde_json recurse past a thread's stack, which aborts
 /// the whole process. Every `Value` the gateway builds from bytes it did not write comes
-/// from here or from `api::parse_json_body`, which also bounds its size.
+/// from here or from `Req::json_body`, which also bounds its size.
 pub fn parse_tree(json: &[u8]) -> Result<serde_json::Value, String> {
     match estimate(json) {
         Err(Refusal::ReservedKey) => {

@@ -1,11 +1,24 @@
-//! ollama-gateway: an OpenAI-compatible, token-authenticated gateway in front of Ollama and
-//! Ollama Cloud, spreading requests over a pool of upstream keys.
+//! ollama-gateway: a token-authenticated gateway in front of Ollama and Ollama Cloud that
+//! speaks the OpenAI, Anthropic and Ollama APIs and spreads requests over pools of upstream
+//! keys.
 //!
-//! The binary (`main.rs`) only parses the command line and calls [`cli::run`]; everything
-//! else lives here so that tests can reach it. The modules, from the edge inwards:
-//! [`cli`] and [`server`] (process and sockets), [`api`] (routes as functions of values),
-//! [`relay`] and [`pool`] (failover over keys), [`upstream`] (ureq), [`translate`] (pure JSON
-//! mapping), and [`config`], [`keys`], [`auth`], [`secret`] underneath.
+//! The binary (`main.rs`) only parses the command line, calls [`cli::run`] and prints its
+//! error; everything else lives here so that tests can reach it. The modules, in layers:
+//! each imports only from the layers below it (no cycles; `tests` may reach anything).
+//!
+//! 1. Process and sockets: [`cli`] (commands, exit codes), [`check`] (`ollama-gateway
+//!    check`), [`server`] (accept loop, a thread per connection, limits, live writing),
+//!    [`live`] (generations, reloads, signals, the housekeeper), [`watch`] (clients that
+//!    leave), [`chunked`] (the live chunked writer).
+//! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
+//!    the one model-access check, `api::cors`), over the values in [`http`].
+//! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
+//!    (trying keys until one answers), [`pool`] (attempt order), [`health`] (probes),
+//!    [`keystate`] (what each key's answers mean, the store of key states), [`statefile`].
+//! 4. Upstream and translation: [`upstream`] (ureq, the line reader), [`cancel`] (shutting
+//!    an upstream socket), [`translate`] (pure JSON mapping and sans-IO stream translators),
+//!    [`error`] (every failure's answer and the three error envelopes), [`json_cost`].
+//! 5. Files and secrets: [`config`], [`keys`], [`auth`] (tokens, scopes), [`secret`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -9,6 +9,7 @@
 //! client gets a 429 saying why and when the first key frees up.
 
 use crate::cancel;
+use crate::error::ApiError;
 use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{self, Failure, Policy};
@@ -287,6 +288,48 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
     }
     line.push(b'\n');
     Ok(UpstreamResponse { status, content_type, body: Box::new(Cursor::new(line).chain(reader)) })
+}
+
+impl From<RelayError> for ApiError {
+    fn from(error: RelayError) -> ApiError {
+        match error {
+            RelayError::Unavailable { pool, reasons, wait: Some(wait) } => ApiError {
+                status: 429,
+                kind: "rate_limit_error",
+                message: format!(
+                    "no upstream key of pool '{pool}' is usable now ({reasons}); the first one frees up in {wait} s"
+                ),
+                param: None,
+                code: Some("rate_limit_exceeded"),
+                retry_after: Some(wait),
+            },
+            RelayError::Unavailable { pool, reasons, wait: None } => ApiError {
+                status: 429,
+                kind: "rate_limit_error",
+                message: format!(
+                    "no upstream key of pool '{pool}' is usable ({reasons}), and none frees up on its own: the \
+                     gateway operator should fix keys.txt or run `ollama-gateway check`"
+                ),
+                param: None,
+                code: Some("rate_limit_exceeded"),
+                retry_after: None,
+            },
+            RelayError::NoKeys { pool } => {
+                ApiError::server(503, format!("pool '{pool}' has no upstream keys: add some to keys.txt"))
+            }
+            RelayError::Refused(error) => ApiError::from(&error),
+            RelayError::Failed { error, attempts, pool, retry_after } => {
+                let mut answer = ApiError::from(&error);
+                if attempts > 1 {
+                    answer.message =
+                        format!("all {attempts} keys tried in pool '{pool}' failed; the last one: {}", answer.message);
+                }
+                answer.retry_after = retry_after;
+                answer
+            }
+            RelayError::ClientGone => ApiError::client_gone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req};
 use crate::keys;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The endpoints, each reachable at `/v1/…` and at the same path without `/v1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,52 +389,73 @@ fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result
     Ok(client)
 }
 
-/// Parses a request body as a JSON object, once [`json_cost::estimate`](crate::json_cost::estimate) has shown that its
-/// `Value` tree fits [`json_cost::tree_budget`](crate::json_cost::tree_budget): a body of N bytes may build at most
-/// `max(5/4 N + 8 MiB, 16 MiB)` of tree, which keeps a `/v1` request's peak (body, tree,
-/// translated tree, upstream body) under 4N + 16 MiB; the arithmetic is on `tree_budget`.
-///
-/// A body over the budget, or nested deeper than 128 levels, is a 413 `request_too_complex`
-/// before any tree is built; serde_json's private `RawValue` key is a 400.
-pub fn parse_json_body(body: &[u8]) -> Result<Value, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("the request body is empty: send a JSON object", None));
-    }
-    let cost = crate::json_cost::estimate(body).map_err(|refusal| match refusal {
-        crate::json_cost::Refusal::TooDeep => ApiError::too_complex(format!(
-            "the JSON nests arrays and objects deeper than {} levels; send a flatter body",
-            crate::json_cost::MAX_DEPTH
-        )),
-        crate::json_cost::Refusal::ReservedKey => ApiError::bad_request(
-            "the JSON uses the reserved key \"$serde_json::private::RawValue\"; rename it",
-            None,
-        ),
-    })?;
-    let budget = crate::json_cost::tree_budget(body.len());
-    if cost.peak_tree() > budget {
-        let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
-        return Err(ApiError::too_complex(format!(
-            "the JSON has too many values for its size: {} values in {} bytes would take about {} MiB \
-             of memory to parse, over the {} MiB allowed for a body this size; send the data as \
-             fewer, larger values (one long string rather than an array of numbers or objects), or \
-             split it over several requests",
-            cost.values,
-            body.len(),
-            mib(cost.peak_tree()),
-            mib(budget)
-        )));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("the request body is not valid JSON: {err}"), None))?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object", None));
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, Files};
+    use crate::keystate::KeyStore;
+    use serde_json::Value;
+    use std::sync::Arc;
+
+    const TOKEN: &str = "sk-router-test-0123456789";
+
+    /// A gateway built from config text alone, whose only upstream nothing listens on: a
+    /// route that reached it would answer 502, so every answer below is the router's own.
+    fn gateway(extra: &str) -> Gateway {
+        let config = format!(
+            "{extra}\n[[tokens]]\nname = \"alice\"\nsha256 = \"{}\"\n",
+            crate::secret::sha256_hex(TOKEN)
+        );
+        let files = Files {
+            path: "config.toml".into(),
+            config: Ok(config.into_bytes()),
+            keys: Some(("keys.txt".into(), Ok(b"http://127.0.0.1:9\n".to_vec()))),
+        };
+        let config = Config::from_files(&files).expect("the test config");
+        Gateway::new(config, Arc::new(KeyStore::default()), std::time::Instant::now())
+    }
+
+    /// A request through the router, as `server` sends it: screened from its head, then
+    /// handled with its body.
+    fn route(gateway: &Gateway, method: &str, url: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(token) = token {
+            headers.push(("authorization".to_string(), format!("Bearer {token}")));
+        }
+        let req = Req { method: method.into(), url: url.into(), headers, body: body.as_bytes().to_vec() };
+        let mut log = LogFields::default();
+        let reply = match screen(&req, gateway, &mut log) {
+            Ok(admission) => handle(&req, gateway, admission, &mut log),
+            Err(early) => early,
+        };
+        match reply {
+            Reply::Full { status, body, .. } => {
+                (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+            }
+            Reply::Stream(_) => panic!("{method} {url}: a stream"),
+        }
+    }
+
+    #[test]
+    fn the_router_answers_without_a_socket() {
+        let gateway = gateway("");
+        let (status, health) = route(&gateway, "GET", "/health", None, "");
+        assert_eq!((status, &health["status"]), (200, &json!("ok")));
+        // No token: 401 in each family's envelope, before any upstream call.
+        let (status, openai) = route(&gateway, "POST", "/v1/chat/completions", None, "{}");
+        assert_eq!((status, &openai["error"]["code"]), (401, &json!("invalid_api_key")));
+        let (status, native) = route(&gateway, "POST", "/api/chat", None, "{}");
+        assert!(status == 401 && native["error"].is_string(), "{native}");
+        // Unknown routes and wrong methods.
+        assert_eq!(route(&gateway, "GET", "/v2/nothing", Some(TOKEN), "").0, 404);
+        assert_eq!(route(&gateway, "GET", "/v1/chat/completions", Some(TOKEN), "").0, 405);
+        // A bad body is refused before upstream, with the field named.
+        let (status, bad) = route(&gateway, "POST", "/v1/chat/completions", Some(TOKEN), r#"{"model":"m"}"#);
+        assert_eq!((status, &bad["error"]["param"]), (400, &json!("messages")));
+        // A good one goes upstream, where nothing listens.
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(TOKEN), body).0, 502);
+    }
 
     #[test]
     fn paths_aliases_and_slashes() {

@@ -100,7 +100,7 @@ pub fn handle(
         model: checked.model.as_deref(),
         content_type: if is_json { "application/json" } else { "application/octet-stream" },
     };
-    let pool = crate::api::openai::pool(gateway, client)?;
+    let pool = gateway.pool(client.pool)?;
     let response = relay::send(gateway.relay(), pool, outgoing, &mut log.trace)?;
     if req.method == "HEAD" {
         return Ok(Reply::Full { status: response.status, body: Vec::new(), headers: Vec::new() });

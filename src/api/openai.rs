@@ -6,11 +6,9 @@
 
 use crate::api::access;
 use crate::api::access::rule;
-use crate::api::parse_json_body;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req, StreamReply};
-use crate::pool::Pool;
 use crate::relay::{self, Answer, Outgoing};
 use crate::translate::chat::{self, ChatStream};
 use crate::translate::completions::{self, CompletionStream};
@@ -58,7 +56,7 @@ fn route_model(
     gateway: &Gateway,
     client: Client<'_>,
 ) -> Result<Routed, ApiError> {
-    let target = check_model(requested, gateway, client)?;
+    let target = access::check_model(requested, gateway, client)?;
     native[field] = Value::from(target);
     let body = native.to_string().into_bytes();
     let cloud = rule::cloud_name(target);
@@ -70,22 +68,13 @@ fn route_model(
     Ok(Routed { target: target.to_string(), body, cloud_body, response_model })
 }
 
-// The one model check of every route lives in `access`; kept here under its old path.
-pub(crate) use crate::api::access::check_model;
-
-pub(crate) fn pool<'g>(gateway: &'g Gateway, client: Client<'_>) -> Result<&'g Pool, ApiError> {
-    gateway.pools.get(client.pool).ok_or_else(|| {
-        ApiError::server(503, format!("pool '{}' has no upstream keys: add some to keys.txt", client.pool))
-    })
-}
-
 fn relay(
     gateway: &Gateway,
     client: Client<'_>,
     request: Outgoing<'_>,
     log: &mut LogFields,
 ) -> Result<UpstreamResponse, ApiError> {
-    Ok(relay::send(gateway.relay(), pool(gateway, client)?, request, &mut log.trace)?)
+    Ok(relay::send(gateway.relay(), gateway.pool(client.pool)?, request, &mut log.trace)?)
 }
 
 fn reply_context(gateway: &Gateway, id_prefix: &str, routed: &Routed, include_usage: bool) -> ReplyContext {
@@ -108,7 +97,7 @@ pub fn chat_completions(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
-    let request = chat::to_ollama(&parse_json_body(&req.body)?)?;
+    let request = chat::to_ollama(&req.json_body()?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
     let response = relay(gateway, client, routed.outgoing("/api/chat", request.stream), log)?;
@@ -128,7 +117,7 @@ pub fn completions(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
-    let request = completions::to_ollama(&parse_json_body(&req.body)?)?;
+    let request = completions::to_ollama(&req.json_body()?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
     let response = relay(gateway, client, routed.outgoing("/api/generate", request.stream), log)?;
@@ -148,7 +137,7 @@ pub fn embeddings(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
-    let request = embeddings::to_ollama(&parse_json_body(&req.body)?)?;
+    let request = embeddings::to_ollama(&req.json_body()?)?;
     log.model = Some(request.model.clone());
     let routed = route_model(request.native, "model", &request.model, gateway, client)?;
     let response = relay(gateway, client, routed.outgoing("/api/embed", false), log)?;
@@ -226,7 +215,7 @@ pub fn openai_passthrough(
         checked = access::openai_body(&req.body, gateway, client)?;
         log.model = checked.model.as_ref().map(|(requested, _)| requested.clone());
     } else if let Some(id) = path.strip_prefix("/models/") {
-        check_model(id, gateway, client)?;
+        access::check_model(id, gateway, client)?;
     }
     let outgoing = Outgoing {
         method: &req.method,
