@@ -4,7 +4,8 @@
 //!
 //! The binary (`main.rs`) only parses the command line, calls [`cli::run`] and prints its
 //! error; everything else lives here so that tests can reach it. The modules, in layers:
-//! each imports only from the layers below it (no cycles; `tests` may reach anything).
+//! each imports only from its own layer and those below it, and no two modules import each
+//! other, directly or around a loop.
 //!
 //! 1. Process and sockets: [`cli`] (commands, exit codes), [`check`] (`ollama-gateway
 //!    check`), [`server`] (accept loop, a thread per connection, limits, live writing),
@@ -15,10 +16,10 @@
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (attempt order), [`health`] (probes),
 //!    [`keystate`] (what each key's answers mean, the store of key states), [`statefile`].
-//! 4. Upstream and translation: [`upstream`] (ureq, the line reader), [`cancel`] (shutting
-//!    an upstream socket), [`translate`] (pure JSON mapping and sans-IO stream translators),
-//!    [`error`] (every failure's answer and the three error envelopes), [`json_cost`].
-//! 5. Files and secrets: [`config`], [`keys`], [`auth`] (tokens, scopes), [`secret`].
+//! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
+//! 5. Upstream, errors and files: [`upstream`] (ureq, the line reader), [`cancel`] (shutting
+//!    an upstream socket), [`error`] (every failure's answer and the three error envelopes),
+//!    [`json_cost`], [`config`], [`keys`], [`auth`] (tokens, scopes), [`secret`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
