@@ -7,15 +7,18 @@
 //! mapping (`translate`) and key choice (`relay`, `pool`).
 
 pub mod access;
+pub mod anthropic;
 pub mod cors;
 pub mod native;
 pub mod openai;
+pub mod responses;
+pub mod route;
 
 use crate::auth::Scope;
 use crate::auth::{self, Caller};
 use crate::config::Provider;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Family};
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req};
 use crate::keys;
@@ -40,6 +43,12 @@ pub enum Endpoint {
     Models,
     /// `GET /v1/models/{id}`; the id may hold `/` and `:`.
     Model(String),
+    /// `POST /v1/responses`: the OpenAI Responses API (Codex).
+    Responses,
+    /// `POST /v1/messages`: the Anthropic Messages API (Claude Code).
+    Messages,
+    /// `POST /v1/messages/count_tokens`, answered locally.
+    CountTokens,
     /// Ollama's native API, `/api/…`, forwarded.
     Native(String, native::Route),
 }
@@ -73,6 +82,9 @@ impl Endpoint {
             "/completions" => Some(Endpoint::Completions),
             "/embeddings" => Some(Endpoint::Embeddings),
             "/models" => Some(Endpoint::Models),
+            "/responses" => Some(Endpoint::Responses),
+            "/messages" => Some(Endpoint::Messages),
+            "/messages/count_tokens" => Some(Endpoint::CountTokens),
             _ => {
                 let id = rest.strip_prefix("/models/")?;
                 Some(Endpoint::Model(percent_decode(id)))
@@ -83,7 +95,12 @@ impl Endpoint {
     /// The methods it answers.
     pub fn methods(&self) -> &'static [&'static str] {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => &["POST"],
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Responses
+            | Endpoint::Messages
+            | Endpoint::CountTokens => &["POST"],
             Endpoint::Native(_, route) => route.methods,
             _ => &["GET", "HEAD"],
         }
@@ -111,13 +128,18 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings".to_string(),
             Endpoint::Models => "/models".to_string(),
             Endpoint::Model(id) => format!("/models/{id}"),
+            Endpoint::Responses => "/responses".to_string(),
             _ => return None,
         })
     }
 
-    /// Whether errors are answered Ollama's way (`{"error": "…"}`) rather than OpenAI's.
-    pub fn is_native(&self) -> bool {
-        matches!(self, Endpoint::Native(..) | Endpoint::Root)
+    /// The API family whose error envelope this endpoint answers with.
+    pub fn family(&self) -> Family {
+        match self {
+            Endpoint::Native(..) | Endpoint::Root => Family::Ollama,
+            Endpoint::Messages | Endpoint::CountTokens => Family::Anthropic,
+            _ => Family::OpenAi,
+        }
     }
 }
 
@@ -157,11 +179,8 @@ pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut 
     let reply = match admission.0 {
         Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, gateway)),
         Admitted::Client(endpoint, client) => {
-            let native = endpoint.is_native();
-            dispatch(endpoint, req, gateway, client, log).map_err(|error| match native {
-                true => native::error_reply(&error),
-                false => Reply::error(&error),
-            })
+            let family = endpoint.family();
+            dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
         }
     };
     with_cors(req, gateway, reply.unwrap_or_else(|error_reply| error_reply))
@@ -216,7 +235,7 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     let (pool_prefix, path) = split_pool_prefix(req.path());
     let Some(endpoint) = Endpoint::from_path(path) else {
         return Err(Reply::error(&ApiError::not_found(format!(
-            "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models)",
+            "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models, responses, messages)",
             req.method
         ))));
     };
@@ -235,7 +254,9 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
             code: Some("method_not_allowed"),
             retry_after: None,
         };
-        return Err(Reply::Full { status: 405, body: error.body(), headers: allow() });
+        let mut reply = Reply::error_in(endpoint.family(), &error);
+        reply.add_headers(allow());
+        return Err(reply);
     }
     if !endpoint.needs_token() {
         return Ok(Admitted::Open(endpoint));
@@ -259,8 +280,7 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     });
     match client {
         Ok(client) => Ok(Admitted::Client(endpoint, client)),
-        Err(error) if endpoint.is_native() => Err(native::error_reply(&error)),
-        Err(error) => Err(Reply::error(&error)),
+        Err(error) => Err(Reply::error_in(endpoint.family(), &error)),
     }
 }
 
@@ -296,6 +316,14 @@ fn dispatch(
         return match endpoint.openai_path() {
             Some(path) => openai::openai_passthrough(req, &path, gateway, client, log),
             None if matches!(endpoint, Endpoint::V1Root) => Ok(v1_root()),
+            None if endpoint.family() == Family::Anthropic => Err(ApiError::bad_request(
+                format!(
+                    "pool '{}' is an OpenAI-compatible upstream: it speaks the OpenAI API, not Anthropic's \
+                     Messages API; use /v1/chat/completions or /v1/responses with it",
+                    client.pool
+                ),
+                None,
+            )),
             None => Err(ApiError::bad_request(
                 format!(
                     "pool '{}' is an OpenAI-compatible upstream: it serves the /v1 API only, not Ollama's native /api",
@@ -311,6 +339,9 @@ fn dispatch(
         Endpoint::Embeddings => openai::embeddings(req, gateway, client, log),
         Endpoint::Models => openai::list_models(gateway, client, log),
         Endpoint::Model(id) => openai::retrieve_model(&id, gateway, client, log),
+        Endpoint::Responses => responses::responses(req, gateway, client, log),
+        Endpoint::Messages => anthropic::messages(req, gateway, client, log),
+        Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
         Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
         Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(v1_root()),
     }
@@ -322,7 +353,7 @@ fn v1_root() -> Reply {
         &json!({
             "status": "ok",
             "service": "ollama-gateway",
-            "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"],
+            "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses", "/v1/messages"],
         }),
     )
 }
@@ -480,7 +511,10 @@ mod tests {
             ("/health", Some(Health)),
             ("/v1/health", None),
             ("/v2/chat/completions", None),
-            ("/v1/responses", None),
+            ("/v1/responses", Some(Responses)),
+            ("/responses", Some(Responses)),
+            ("//v1//messages", Some(Messages)),
+            ("/v1/messages/count_tokens", Some(CountTokens)),
             ("/v1/models/", Some(Models)),
             ("/api/blobs/../chat", None),
             ("/v1/./chat/completions", None),

@@ -159,7 +159,7 @@ fn models_for(
         |m: &Value| m.get("model").or_else(|| m.get("name")).and_then(Value::as_str).map(str::to_string);
     list.retain(|m| name_of(m).is_some_and(|name| access::visible(&name, gateway, client)));
     let aliases = if with_aliases { &gateway.config.raw.aliases } else { &Default::default() };
-    for (alias, target) in aliases {
+    for (alias, target) in aliases.iter().filter(|(alias, _)| !rule::is_glob(alias)) {
         if !access::visible(alias, gateway, client)
             || list.iter().any(|m| name_of(m).as_deref() == Some(alias))
         {

@@ -6,76 +6,16 @@
 
 use crate::api::access;
 use crate::api::access::rule;
+use crate::api::route::{read_upstream_json, relay, route_model, Routed};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req, StreamReply};
-use crate::relay::{self, Answer, Outgoing};
+use crate::relay::{Answer, Outgoing};
 use crate::translate::chat::{self, ChatStream};
 use crate::translate::completions::{self, CompletionStream};
 use crate::translate::{embeddings, models, random_id, ReplyContext};
-use crate::upstream::{self, UpstreamResponse};
 use serde_json::Value;
-use std::io::Read;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Longest non-streamed upstream answer read into memory.
-const MAX_UPSTREAM_BODY: u64 = 256 * 1024 * 1024;
-
-/// A native request body with its model routed: alias resolved, allowlist checked, and a
-/// second spelling for Ollama Cloud when the name carries a local `-cloud` suffix.
-struct Routed {
-    /// The model upstream is asked for.
-    target: String,
-    body: Vec<u8>,
-    cloud_body: Option<Vec<u8>>,
-    /// The name to report back when it differs from what upstream will say.
-    response_model: Option<String>,
-}
-
-impl Routed {
-    fn outgoing<'a>(&'a self, path: &'a str, stream: bool) -> Outgoing<'a> {
-        let answer = if stream { Answer::Stream } else { Answer::Json };
-        Outgoing {
-            method: "POST",
-            path,
-            body: Some(&self.body),
-            cloud_body: self.cloud_body.as_deref(),
-            answer,
-            model: Some(&self.target),
-            content_type: "application/json",
-        }
-    }
-}
-
-/// Resolves `requested` for `client`, or refuses it with 403, and writes the model into
-/// `native` (under `field`).
-fn route_model(
-    mut native: Value,
-    field: &str,
-    requested: &str,
-    gateway: &Gateway,
-    client: Client<'_>,
-) -> Result<Routed, ApiError> {
-    let target = access::check_model(requested, gateway, client)?;
-    native[field] = Value::from(target);
-    let body = native.to_string().into_bytes();
-    let cloud = rule::cloud_name(target);
-    let cloud_body = (cloud != target).then(|| {
-        native[field] = Value::from(cloud.as_ref());
-        native.to_string().into_bytes()
-    });
-    let response_model = (requested != target || cloud_body.is_some()).then(|| requested.to_string());
-    Ok(Routed { target: target.to_string(), body, cloud_body, response_model })
-}
-
-fn relay(
-    gateway: &Gateway,
-    client: Client<'_>,
-    request: Outgoing<'_>,
-    log: &mut LogFields,
-) -> Result<UpstreamResponse, ApiError> {
-    Ok(relay::send(gateway.relay(), gateway.pool(client.pool)?, request, &mut log.trace)?)
-}
 
 fn reply_context(gateway: &Gateway, id_prefix: &str, routed: &Routed, include_usage: bool) -> ReplyContext {
     ReplyContext {
@@ -155,7 +95,8 @@ pub fn list_models(gateway: &Gateway, client: Client<'_>, log: &mut LogFields) -
         .into_iter()
         .filter(|(id, _)| access::visible(id, gateway, client))
         .collect();
-    for (alias, target) in &gateway.config.raw.aliases {
+    // A glob alias (`claude-*`) names no one model to list.
+    for (alias, target) in gateway.config.raw.aliases.iter().filter(|(alias, _)| !rule::is_glob(alias)) {
         let known = listed.iter().any(|(id, _)| id == alias);
         if !known && access::visible(alias, gateway, client) {
             let created =
@@ -177,26 +118,6 @@ pub fn retrieve_model(
     let routed = route_model(models::show_request(id), "model", id, gateway, client)?;
     let show = read_upstream_json(relay(gateway, client, routed.outgoing("/api/show", false), log)?.body)?;
     Ok(Reply::json(200, &models::from_show(id, &show)))
-}
-
-/// Reads a whole non-streamed upstream answer as JSON.
-fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
-    let mut bytes = Vec::new();
-    body.take(MAX_UPSTREAM_BODY).read_to_end(&mut bytes).map_err(|err| {
-        let status = if upstream::is_timeout(&err) { 504 } else { 502 };
-        ApiError::server(status, format!("reading the upstream answer failed: {err}"))
-    })?;
-    let value: Value = crate::json_cost::parse_tree(&bytes).map_err(|err| {
-        ApiError::server(
-            502,
-            format!("the upstream answer is not valid JSON ({err}); is base_url an Ollama server?"),
-        )
-    })?;
-    if let Some(error) = value.get("error") {
-        let text = error.as_str().map(str::to_string).unwrap_or_else(|| error.to_string());
-        return Err(ApiError::server(502, text));
-    }
-    Ok(value)
 }
 
 /// A `/v1` request for a pool of an OpenAI-compatible upstream: passed through as it is,

@@ -33,8 +33,28 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// The model a client's name stands for: its alias target, or itself.
+///
+/// Alias names may be globs (`"claude-*" = "glm-4.6"`), for clients that send names of
+/// their own (`claude-sonnet-4-5-20250929`, `gpt-5-codex`). An exact name wins; else the
+/// most specific glob that matches: the one with the most characters that are not `*` or
+/// `?`, then the longest, then the first in name order, so the choice never depends on how
+/// the config was written.
 pub fn resolve<'a>(aliases: &'a BTreeMap<String, String>, requested: &'a str) -> &'a str {
-    aliases.get(requested).map(String::as_str).unwrap_or(requested)
+    if let Some(target) = aliases.get(requested) {
+        return target;
+    }
+    let specificity =
+        |pattern: &str| (pattern.chars().filter(|c| !matches!(c, '*' | '?')).count(), pattern.len());
+    aliases
+        .iter()
+        .filter(|(pattern, _)| is_glob(pattern) && glob_match(pattern, requested))
+        .max_by(|(a, _), (b, _)| specificity(a).cmp(&specificity(b)).then_with(|| b.cmp(a)))
+        .map_or(requested, |(_, target)| target.as_str())
+}
+
+/// Whether an alias name is a glob rather than one name.
+pub fn is_glob(name: &str) -> bool {
+    name.contains(['*', '?'])
 }
 
 /// The model a token reaches by asking for `requested`, if its allowlist lets it use that
@@ -114,6 +134,28 @@ pub fn cloud_name(model: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_aliases_resolve_to_the_most_specific_match() {
+        let aliases = BTreeMap::from([
+            ("claude-*".to_string(), "glm-4.6".to_string()),
+            ("claude-haiku-*".to_string(), "gpt-oss:20b".to_string()),
+            ("claude-haiku-4-5".to_string(), "qwen3:8b".to_string()),
+            ("gpt-5*".to_string(), "qwen3-coder:480b".to_string()),
+            ("*".to_string(), "llama3.2".to_string()),
+        ]);
+        let cases = [
+            ("claude-sonnet-4-5-20250929", "glm-4.6"),
+            ("claude-haiku-4-5-20251001", "gpt-oss:20b"),
+            ("claude-haiku-4-5", "qwen3:8b"),
+            ("gpt-5-codex", "qwen3-coder:480b"),
+            ("mistral", "llama3.2"),
+        ];
+        for (requested, want) in cases {
+            assert_eq!(resolve(&aliases, requested), want, "{requested}");
+        }
+        assert_eq!(resolve(&BTreeMap::new(), "claude-x"), "claude-x");
+    }
 
     #[test]
     fn globs() {
