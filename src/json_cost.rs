@@ -342,10 +342,12 @@ impl Walker {
             if text.is(RAW_VALUE_KEY) {
                 return Err(Refusal::ReservedKey);
             }
-            let frame = self.top().expect("an open object");
-            frame.count += 1;
-            frame.expect_key = false;
-            frame.arguments = text.is(ARGUMENTS_KEY);
+            // The object whose key this is (it was open a line above).
+            if let Some(frame) = self.top() {
+                frame.count += 1;
+                frame.expect_key = false;
+                frame.arguments = text.is(ARGUMENTS_KEY);
+            }
             self.text(&text);
             return Ok(());
         }
