@@ -354,6 +354,16 @@ pub fn content_line(content: &str) -> Value {
     })
 }
 
+/// A native `/api/chat` stream line whose message holds `fields` (`thinking`, `content`,
+/// `tool_calls`) over an empty assistant message.
+pub fn message_line(fields: Value) -> Value {
+    let mut message = serde_json::json!({"role": "assistant", "content": ""});
+    if let (Some(message), Value::Object(fields)) = (message.as_object_mut(), fields) {
+        message.extend(fields);
+    }
+    serde_json::json!({"model": "llama3.2", "created_at": "2023-11-14T22:13:20Z", "message": message, "done": false})
+}
+
 /// A native final (`done: true`) line with token counts.
 pub fn done_line(done_reason: &str, prompt_eval_count: u64, eval_count: u64) -> Value {
     serde_json::json!({
