@@ -477,14 +477,18 @@ fn an_openai_pool_passes_responses_through_unchanged() {
         _ => FakeReply::error(404, "no such route"),
     });
     let config = format!(
-        "{}[aliases]\n\"gpt-5*\" = \"openai/gpt-5-mini\"\n[pools.compat]\nprovider = \"openai\"\nbase_url = \"{}/v1\"\n",
+        "{}[aliases]\n\"gpt-5*\" = \"openai/gpt-5-mini\"\n\
+         [pools.compat]\nprovider = \"openai\"\nbase_url = \"{}/v1\"\n",
         token_entry("alice", TOKEN, "compat"),
         fake.url
     );
     let gateway = Gateway::start(&config, &format!("[compat]\n{COMPAT_KEY}\n"));
 
     // Fields the translator would refuse or drop (previous_response_id, a hosted tool) pass.
-    let sent = r#"{"model":"gpt-5-codex", "input":[{"role":"user","content":"Hi"}], "previous_response_id":"resp_1", "tools":[{"type":"web_search"}], "store":true}"#;
+    let sent = concat!(
+        r#"{"model":"gpt-5-codex", "input":[{"role":"user","content":"Hi"}], "#,
+        r#""previous_response_id":"resp_1", "tools":[{"type":"web_search"}], "store":true}"#
+    );
     let bearer = format!("Bearer {TOKEN}");
     let headers = [("authorization", bearer.as_str())];
     let reply = gateway.post_raw("/v1/responses", &headers, sent.as_bytes());
