@@ -180,6 +180,16 @@ impl Gate {
     }
 }
 
+/// Opens its gate when dropped, so a test that fails while a stream waits at the gate does
+/// not leave the fake's thread waiting.
+pub struct OpenOnDrop(pub Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 type Handler = dyn Fn(&Recorded) -> FakeReply + Send + Sync;
 
 /// A running fake Ollama.

@@ -5,7 +5,9 @@
 //! Anthropic's envelope, the local token count, the retry without thinking, glob aliases,
 //! OpenAI-compatible pools, and the aliases without `/v1`.
 
-use crate::fake::{content_line, done_line, message_line, ollama, Fake, FakeReply, Gate, Ndjson, Recorded};
+use crate::fake::{
+    content_line, done_line, message_line, ollama, Fake, FakeReply, Gate, Ndjson, OpenOnDrop, Recorded,
+};
 use crate::util::named::{assert_anthropic_error, check_message, check_messages_stream};
 use crate::util::*;
 use serde_json::{json, Value};
@@ -262,15 +264,6 @@ fn a_stream_runs_from_message_start_to_message_stop_with_indexed_blocks() {
         delta["usage"],
         "upstream's counts at the end"
     );
-}
-
-/// Opens `gate` when dropped, so a failing test does not leave the fake's thread waiting.
-struct OpenOnDrop(Arc<Gate>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! a stream that breaks, what a stateless gateway refuses, glob aliases, OpenAI-compatible
 //! pools, and the alias without `/v1`.
 
-use crate::fake::{content_line, done_line, message_line, ollama, Fake, FakeReply, Gate, Ndjson};
+use crate::fake::{content_line, done_line, message_line, ollama, Fake, FakeReply, Gate, Ndjson, OpenOnDrop};
 use crate::util::named::{check_response, check_responses_stream};
 use crate::util::*;
 use serde_json::{json, Value};
@@ -275,15 +275,6 @@ fn a_stream_has_its_events_in_order_and_ends_with_the_completed_response() {
     let added = events.iter().find(|e| e.name == "response.output_item.added").unwrap();
     eqjson!(json!([]), events[0].data["response"]["output"], "created has no output yet");
     assert!(added.data["output_index"] == json!(0), "{}", added.data);
-}
-
-/// Opens `gate` when dropped, so a failing test does not leave the fake's thread waiting.
-struct OpenOnDrop(Arc<Gate>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
 }
 
 #[test]
