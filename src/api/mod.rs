@@ -197,9 +197,16 @@ pub fn screen<'g>(head: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Resu
     admit(head, gateway, log).map(Admission).map_err(|early| with_cors(head, gateway, early))
 }
 
-/// The error answer for `req`, with its CORS headers.
+/// The error answer for `req` (a body too large, too slow or over the memory budget), in
+/// the envelope of its endpoint's family, with its CORS headers.
 pub fn error_reply(req: &Req, gateway: &Gateway, error: &ApiError) -> Reply {
-    with_cors(req, gateway, Reply::error(error))
+    with_cors(req, gateway, Reply::error_in(family_of(req), error))
+}
+
+/// The API family of the endpoint `req` names (OpenAI's when it names none).
+fn family_of(req: &Req) -> Family {
+    let (_, path) = split_pool_prefix(req.path());
+    Endpoint::from_path(path).map_or(Family::OpenAi, |endpoint| endpoint.family())
 }
 
 fn with_cors(req: &Req, gateway: &Gateway, mut reply: Reply) -> Reply {
@@ -486,6 +493,47 @@ mod tests {
         // A good one goes upstream, where nothing listens.
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
         assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(TOKEN), body).0, 502);
+    }
+
+    /// A body refused before it reaches its handler (413, 408, 503) is answered in the
+    /// envelope of the endpoint it was sent to, as every other error of that endpoint.
+    #[test]
+    fn body_errors_come_in_the_endpoints_family() {
+        let gateway = gateway("");
+        let cases = [
+            (
+                "/v1/messages?beta=true",
+                json!({"type": "error", "error": {"type": "request_too_large", "message": "m"}}),
+            ),
+            (
+                "/team/v1/messages/count_tokens",
+                json!({"type": "error", "error": {"type": "request_too_large", "message": "m"}}),
+            ),
+            ("/api/chat", json!({"error": "m"})),
+            (
+                "/v1/chat/completions",
+                json!({"error": {"message": "m", "type": "invalid_request_error", "param": null, "code": "request_too_large"}}),
+            ),
+            (
+                "/v1/responses",
+                json!({"error": {"message": "m", "type": "invalid_request_error", "param": null, "code": "request_too_large"}}),
+            ),
+            (
+                "/nowhere",
+                json!({"error": {"message": "m", "type": "invalid_request_error", "param": null, "code": "request_too_large"}}),
+            ),
+        ];
+        for (url, want) in cases {
+            let req = Req { method: "POST".into(), url: url.into(), ..Req::default() };
+            let error = ApiError { message: "m".into(), ..ApiError::too_large(1) };
+            match error_reply(&req, &gateway, &error) {
+                Reply::Full { status, body, .. } => {
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!((status, body), (413, want), "{url}");
+                }
+                Reply::Stream(_) => panic!("{url}: a stream"),
+            }
+        }
     }
 
     #[test]

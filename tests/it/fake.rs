@@ -180,6 +180,16 @@ impl Gate {
     }
 }
 
+/// Opens its gate when dropped, so a test that fails while a stream waits at the gate does
+/// not leave the fake's thread waiting.
+pub struct OpenOnDrop(pub Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 type Handler = dyn Fn(&Recorded) -> FakeReply + Send + Sync;
 
 /// A running fake Ollama.
@@ -352,6 +362,16 @@ pub fn content_line(content: &str) -> Value {
         "message": {"role": "assistant", "content": content},
         "done": false,
     })
+}
+
+/// A native `/api/chat` stream line whose message holds `fields` (`thinking`, `content`,
+/// `tool_calls`) over an empty assistant message.
+pub fn message_line(fields: Value) -> Value {
+    let mut message = serde_json::json!({"role": "assistant", "content": ""});
+    if let (Some(message), Value::Object(fields)) = (message.as_object_mut(), fields) {
+        message.extend(fields);
+    }
+    serde_json::json!({"model": "llama3.2", "created_at": "2023-11-14T22:13:20Z", "message": message, "done": false})
 }
 
 /// A native final (`done: true`) line with token counts.

@@ -12,6 +12,11 @@ mod fake;
 mod chat;
 // SSE chat streams: framing, chunks, tool calls, live delivery, errors, disconnects.
 mod stream;
+// The Responses API (Codex): native bodies, the response and its events, refusals, aliases.
+mod responses;
+// The Messages API (Claude Code): native bodies, the message and its events, Anthropic's
+// headers and error envelope, count_tokens, the retry without thinking, aliases.
+mod messages;
 // Client tokens, upstream keys and pools, and keeping secrets out of logs.
 mod auth;
 // Failing over between upstream keys, and what the client sees when all fail.
@@ -24,7 +29,8 @@ mod cli;
 mod serving;
 // Completions, embeddings, models, probes, path aliases, 404/405, CORS, model aliases, allowlists.
 mod surface;
-// The official `openai` Python SDK driving the gateway (skipped when Python lacks it).
+// The official `openai`, `anthropic` and `ollama` Python clients driving the gateway
+// (skipped when Python lacks them).
 mod sdk;
 // Key pools: failure classes, cooldowns, the state file, reloads, tenants, `check`, spreading.
 mod keypool;

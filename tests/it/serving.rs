@@ -1,7 +1,7 @@
 //! Serving under load: many streams open at once, a burst of keep-alive clients, a full
 //! queue answered with 503 and recovered from, and one request log line per request.
 
-use crate::fake::{chat_answer, content_line, done_line, healthy, Fake, FakeReply, Gate, Ndjson};
+use crate::fake::{chat_answer, content_line, done_line, healthy, Fake, FakeReply, Gate, Ndjson, OpenOnDrop};
 use crate::util::*;
 use std::net::TcpStream;
 use std::sync::mpsc;
@@ -10,14 +10,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// Opens a gate when dropped, so a failing test never leaves held streams behind.
-struct OpenOnDrop(Arc<Gate>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
 /// A fake whose streams send one line, wait at `gate`, then finish.
 fn gated_fake(gate: &Arc<Gate>) -> Fake {
     let gate = Arc::clone(gate);

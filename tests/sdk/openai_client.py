@@ -174,6 +174,90 @@ def models_retrieve_with_slash_and_colon():
     assert model.created == 1700000000, model.created
 
 
+RESPONSES_WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def responses_create():
+    reply = client.responses.create(model="llama3.2", input="Hi")
+    assert reply.object == "response", reply
+    assert reply.id.startswith("resp_"), reply.id
+    assert (reply.model, reply.status) == ("llama3.2", "completed"), reply
+    assert reply.output_text == "Hello", reply.output_text
+    assert [item.type for item in reply.output] == ["message"], reply.output
+    usage = (reply.usage.input_tokens, reply.usage.output_tokens, reply.usage.total_tokens)
+    assert usage == (3, 5, 8), usage
+
+
+def responses_create_with_instructions_through_an_alias():
+    reply = client.responses.create(
+        model="gpt-4o-mini", instructions="Be terse.", input=[{"role": "user", "content": "Hi"}]
+    )
+    assert reply.model == "gpt-4o-mini", f"the reply names the alias asked for, got {reply.model!r}"
+    assert reply.instructions == "Be terse.", reply.instructions
+    assert reply.output_text == "Hello", reply.output_text
+
+
+def responses_stream():
+    with client.responses.stream(model="llama3.2", input="Hi") as stream:
+        kinds, deltas = [], []
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    assert deltas == ["Hel", "lo"], deltas
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds
+    assert kinds[-1] == "response.completed", kinds
+    assert final.status == "completed", final
+    assert final.output_text == "Hello", final.output_text
+    assert final.usage.total_tokens == 5, final.usage
+
+
+def responses_function_call_round_trip():
+    question = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+    first = client.responses.create(model="tools", input=question, tools=[RESPONSES_WEATHER_TOOL])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1, first.output
+    call = calls[0]
+    assert call.name == "get_weather", call
+    assert json.loads(call.arguments) == {"city": "Tokyo"}, call.arguments
+    assert call.call_id, "a function call has a call_id"
+    # The whole history again, as a stateless client sends it: the SDK's own output items,
+    # then the function's result.
+    result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}
+    history = question + first.output + [result]
+    second = client.responses.create(model="tools", input=history, tools=[RESPONSES_WEATHER_TOOL])
+    assert second.output_text == "The weather: sunny, 21 C", second.output
+
+
+def responses_stream_function_call():
+    with client.responses.stream(
+        model="tools", input="What is the weather in Tokyo?", tools=[RESPONSES_WEATHER_TOOL]
+    ) as stream:
+        done = [event.item for event in stream if event.type == "response.output_item.done"]
+        final = stream.get_final_response()
+    assert [item.type for item in done] == ["function_call"], done
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather", final.output
+    assert json.loads(calls[0].arguments) == {"city": "Tokyo"}, calls[0].arguments
+    assert calls[0].call_id == done[0].call_id, (calls[0], done[0])
+
+
+def responses_error_previous_response_id():
+    try:
+        client.responses.create(model="llama3.2", input="Hi", previous_response_id="resp_earlier")
+    except openai.BadRequestError as error:
+        assert error.status_code == 400, error.status_code
+        assert error.param == "previous_response_id", error.body
+        return
+    raise AssertionError("previous_response_id did not raise BadRequestError")
+
+
 def error_model_not_allowed():
     try:
         client.chat.completions.create(model="gpt-oss:20b", messages=HI)
@@ -233,6 +317,12 @@ CASES = [
     embeddings_default_format,
     models_list,
     models_retrieve_with_slash_and_colon,
+    responses_create,
+    responses_create_with_instructions_through_an_alias,
+    responses_stream,
+    responses_function_call_round_trip,
+    responses_stream_function_call,
+    responses_error_previous_response_id,
     error_model_not_allowed,
     error_wrong_token,
     error_model_not_found,

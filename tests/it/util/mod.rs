@@ -3,7 +3,8 @@
 //! writes on the wire, and assertions that print both sides.
 //!
 //! This file runs the gateway and holds the assertion macros; `sse` reads streams off a raw
-//! socket and `wire` decodes what the gateway writes. Nothing here knows about Ollama: the
+//! socket, `wire` decodes what the gateway writes for the chat API and `named` what it
+//! writes for the Responses and Messages APIs. Nothing here knows about Ollama: the
 //! fake upstream lives in `fake`.
 
 use serde_json::Value;
@@ -60,10 +61,11 @@ macro_rules! eqjson {
     }};
 }
 
+pub mod named;
 pub mod sse;
 pub mod wire;
 
-pub use sse::SseConn;
+pub use sse::{Named, SseConn};
 pub use wire::{assert_envelope, completion, decode_events, Event};
 
 /// The client token most tests present (named `alice`, pool `default`).

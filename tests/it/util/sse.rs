@@ -24,6 +24,15 @@ pub struct SseConn {
     ended: bool,
 }
 
+/// One event of a named-event stream: `event: NAME` and `data: JSON`.
+#[derive(Debug, Clone)]
+pub struct Named {
+    /// The `event:` name.
+    pub name: String,
+    /// The `data:` payload.
+    pub data: Value,
+}
+
 enum Framing {
     Chunked,
     Length(usize),
@@ -165,18 +174,14 @@ impl SseConn {
         true
     }
 
-    /// The next SSE event's `data:` payload and when it arrived; `None` at the end of the
-    /// body. Panics on framing that is not exactly `data: <payload>\n\n`.
-    pub fn next_event(&mut self) -> Option<(Instant, String)> {
+    /// The next SSE frame (the text before a blank line) and when it arrived; `None` at
+    /// the end of the body.
+    fn next_frame(&mut self) -> Option<(Instant, String)> {
         loop {
             if let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
                 let event: Vec<u8> = self.pending.drain(..end + 2).collect();
                 let text = String::from_utf8(event[..end].to_vec()).expect("UTF-8 event");
-                assert!(!text.contains('\n'), "an event with more than one line: {text:?}");
-                let payload = text
-                    .strip_prefix("data: ")
-                    .unwrap_or_else(|| panic!("an event that is not a data line: {text:?}"));
-                return Some((self.last_read, payload.to_string()));
+                return Some((self.last_read, text));
             }
             if !self.read_more() {
                 let rest = String::from_utf8_lossy(&self.pending);
@@ -184,6 +189,37 @@ impl SseConn {
                 return None;
             }
         }
+    }
+
+    /// The next SSE event's `data:` payload and when it arrived; `None` at the end of the
+    /// body. Panics on framing that is not exactly `data: <payload>\n\n`.
+    pub fn next_event(&mut self) -> Option<(Instant, String)> {
+        let (at, text) = self.next_frame()?;
+        assert!(!text.contains('\n'), "an event with more than one line: {text:?}");
+        let payload = text
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("an event that is not a data line: {text:?}"));
+        Some((at, payload.to_string()))
+    }
+
+    /// The next named event, as the Responses and Messages APIs write them; `None` at the
+    /// end of the body. Panics on framing that is not exactly `event: NAME\ndata: JSON\n\n`,
+    /// or on a JSON `type` other than the event's name.
+    pub fn next_named(&mut self) -> Option<Named> {
+        let (_, text) = self.next_frame()?;
+        let (name, data) = text
+            .strip_prefix("event: ")
+            .and_then(|rest| rest.split_once("\ndata: "))
+            .unwrap_or_else(|| panic!("not an `event:` + `data:` frame: {text:?}"));
+        assert!(!data.contains('\n'), "an event with more than one data line: {text:?}");
+        let data: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("event data {data}: {e}"));
+        assert_eq!(data["type"].as_str(), Some(name), "the data's type is the event's name: {text}");
+        Some(Named { name: name.to_string(), data })
+    }
+
+    /// Every remaining named event, until the body ends.
+    pub fn named_events(&mut self) -> Vec<Named> {
+        std::iter::from_fn(|| self.next_named()).collect()
     }
 
     /// Every remaining event, until the body ends.
