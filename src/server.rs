@@ -14,11 +14,11 @@
 //! Nothing here parses JSON bodies.
 
 use crate::api;
-use crate::api::cors;
 use crate::cancel::{self, Cancel};
 use crate::chunked::{self, LiveWriter};
 use crate::config::RawConfig;
 use crate::error::ApiError;
+use crate::gateway::Gateway;
 use crate::http::{LogFields, Reply, Req, StreamReply};
 use crate::live::Live;
 use crate::translate::{Flow, Usage};
@@ -261,21 +261,14 @@ impl Shared {
         let mut req = head_of(&request);
         // Each request keeps the generation it started with, through a reload.
         let gateway = self.live.current();
-        let allow_origins = &gateway.config.raw.cors.allow_origins;
         if self.live.draining.load(Ordering::Acquire) {
-            return refuse(
-                request,
-                allow_origins,
-                503,
-                "the gateway is shutting down; retry in a moment",
-                None,
-            );
+            return refuse(request, &req, &gateway, "the gateway is shutting down; retry in a moment", None);
         }
         let Some(admitted) = self.admit() else {
             return refuse(
                 request,
-                allow_origins,
-                503,
+                &req,
+                &gateway,
                 "the gateway is at capacity (every worker busy and the queue full); retry shortly",
                 Some(1),
             );
@@ -510,31 +503,20 @@ impl Drop for HeldBytes<'_> {
     }
 }
 
-/// Answers a request before reading its body and closes the connection (shedding load; the
-/// vendored tiny_http closes it after an unread body anyway).
-fn refuse(
-    request: tiny_http::Request,
-    allow_origins: &[String],
-    status: u16,
-    why: &str,
-    retry_after: Option<u64>,
-) {
-    let error = ApiError::server(status, why);
-    log::warn!("{} {} {status}: {why}", request.method(), path_of(request.url()));
-    let origin = request.headers().iter().find(|h| h.field.equiv("Origin")).map(|h| h.value.as_str());
-    let mut headers = cors::headers(allow_origins, origin, None);
-    headers.push(("Connection", "close".to_string()));
-    if let Some(secs) = retry_after {
-        headers.push(("Retry-After", secs.to_string()));
+/// Answers a request with a 503 before reading its body, in its endpoint's envelope, and
+/// closes the connection (shedding load; the vendored tiny_http closes it after an unread
+/// body anyway).
+fn refuse(request: tiny_http::Request, req: &Req, gateway: &Gateway, why: &str, retry_after: Option<u64>) {
+    log::warn!("{} {} 503: {why}", req.method, req.path());
+    let mut error = ApiError::server(503, why);
+    error.retry_after = retry_after;
+    if let Reply::Full { status, body, mut headers } = api::error_reply(req, gateway, &error) {
+        headers.push(("Connection", "close".to_string()));
+        let _ = request.respond(json_response(status, body, headers, None));
     }
-    let _ = request.respond(json_response(error.status, error.body(), headers, None));
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn path_of(url: &str) -> &str {
-    url.split('?').next().unwrap_or("")
-}
 
 /// Whether a request declares a body.
 fn has_body(req: &Req) -> bool {

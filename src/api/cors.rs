@@ -10,6 +10,7 @@ fn header_allowed(name: &str) -> bool {
     matches!(name.as_str(), "authorization" | "content-type" | "x-api-key" | "accept" | "x-requested-with")
         || name.starts_with("x-stainless-")
         || name.starts_with("openai-")
+        || name.starts_with("anthropic-")
 }
 
 /// The CORS headers for a response to a request from `origin`; `preflight` holds the
@@ -82,5 +83,16 @@ mod tests {
         );
         assert!(get(&out, "Access-Control-Allow-Methods").is_some_and(|m| m.contains("POST")));
         assert_eq!(get(&out, "Access-Control-Max-Age"), Some("86400"));
+    }
+
+    #[test]
+    fn preflights_allow_the_anthropic_sdk_headers() {
+        let any = vec!["*".to_string()];
+        let requested = "x-api-key,anthropic-version,anthropic-dangerous-direct-browser-access,content-type";
+        let out = headers(&any, Some("http://localhost:3000"), Some(requested));
+        assert_eq!(
+            get(&out, "Access-Control-Allow-Headers"),
+            Some("x-api-key, anthropic-version, anthropic-dangerous-direct-browser-access, content-type")
+        );
     }
 }
