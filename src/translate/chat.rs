@@ -12,9 +12,9 @@
 //! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
 
 use super::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{ended_message, error_event, read_line, usage_json, FINGERPRINT};
+use super::reply::{error_event, usage_json, StreamHead, FINGERPRINT};
 pub use super::reply::{usage_of, ReplyContext};
-use super::{sse_data, Flow, LineTranslator, Usage};
+use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -532,45 +532,23 @@ fn call_id() -> String {
 /// SSE events out (spec §4), with an error event when upstream fails mid-stream.
 #[derive(Debug)]
 pub struct ChatStream {
-    ctx: ReplyContext,
-    /// `created` of the first line, pinned for every chunk.
-    created: Option<i64>,
-    /// The model of the latest line (or `ctx.response_model`).
-    model: String,
+    head: StreamHead,
     /// Whether the `role` delta has gone out.
     role_sent: bool,
     /// The index of the next tool call; above 0 once a call has been emitted.
     next_tool_index: usize,
-    usage: Option<Usage>,
-    /// After the done line or an error event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl ChatStream {
     /// A translator for one reply.
     pub fn new(ctx: ReplyContext) -> ChatStream {
-        let model = ctx.response_model.clone().unwrap_or_default();
         ChatStream {
-            ctx,
-            created: None,
-            model,
+            head: StreamHead::new(ctx, "chat.completion.chunk"),
             role_sent: false,
             next_tool_index: 0,
-            usage: None,
-            ended: false,
+            ending: Ending::default(),
         }
-    }
-
-    /// A chunk object around `choices`.
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.ctx.id,
-            "object": "chat.completion.chunk",
-            "created": self.created.unwrap_or(self.ctx.created_fallback),
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        })
     }
 
     /// Writes one content chunk; the first one of the stream also carries the role.
@@ -583,55 +561,19 @@ impl ChatStream {
         if let Some(logprobs) = logprobs {
             choice["logprobs"] = json!({"content": logprobs});
         }
-        sse_data(&self.chunk(json!([choice])).to_string(), out);
-    }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        error_event(message, out);
-        self.ended = true;
-        Flow::Done
-    }
-
-    /// Writes the finish chunk, the usage chunk if asked for, and `[DONE]`.
-    fn finish(&mut self, line: &Value, out: &mut Vec<u8>) {
-        self.usage = Some(usage_of(line));
-        let reason = finish_reason(line, self.next_tool_index > 0);
-        let finish = self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": reason}]));
-        sse_data(&finish.to_string(), out);
-        if self.ctx.include_usage {
-            let mut usage = self.chunk(json!([]));
-            usage["usage"] = usage_json(line);
-            sse_data(&usage.to_string(), out);
-        }
-        sse_data("[DONE]", out);
-        self.ended = true;
+        self.head.write(json!([choice]), out);
     }
 }
 
-impl LineTranslator for ChatStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
-        if self.created.is_none() {
-            self.created = Some(self.ctx.created(&line));
-        }
-        if self.ctx.response_model.is_none() {
-            if let Some(model) = line.get("model").and_then(Value::as_str) {
-                self.model = model.to_string();
-            }
-        }
+impl Events for ChatStream {
+    ending_field!();
 
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
+        self.head.follow(line);
         let text =
             |key: &str| line.get("message").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or("");
         let (content, thinking) = (text("content"), text("thinking"));
-        let tool_calls: Vec<Value> = native_tool_calls(&line)
+        let tool_calls: Vec<Value> = native_tool_calls(line)
             .iter()
             .map(|call| {
                 let call = openai_tool_call(call, self.next_tool_index);
@@ -639,7 +581,7 @@ impl LineTranslator for ChatStream {
                 call
             })
             .collect();
-        let logprobs = logprobs(&line);
+        let logprobs = logprobs(line);
         let has_answer = !content.is_empty() || !tool_calls.is_empty();
 
         // Thinking goes out first, in its own event when the line also has an answer.
@@ -648,7 +590,7 @@ impl LineTranslator for ChatStream {
             if !has_answer {
                 delta.insert("content".into(), "".into());
             }
-            self.ctx.put_reasoning(&mut delta, thinking);
+            self.head.ctx.put_reasoning(&mut delta, thinking);
             self.emit_delta(delta, logprobs, out);
         }
         if has_answer || (thinking.is_empty() && logprobs.is_some()) {
@@ -661,8 +603,8 @@ impl LineTranslator for ChatStream {
             self.emit_delta(delta, logprobs, out);
         }
 
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
+        if !done {
+            return;
         }
         if !self.role_sent {
             // A wholly empty completion still opens with a role chunk.
@@ -670,19 +612,13 @@ impl LineTranslator for ChatStream {
             delta.insert("content".into(), "".into());
             self.emit_delta(delta, None, out);
         }
-        self.finish(&line, out);
-        Flow::Done
+        let reason = finish_reason(line, self.next_tool_index > 0);
+        self.head.write(json!([{"index": 0, "delta": {}, "finish_reason": reason}]), out);
+        self.head.finish(line, out);
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if self.ended {
-            return;
-        }
-        self.fail(ended_message(error), out);
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        error_event(message, out);
     }
 }
 
@@ -691,6 +627,7 @@ mod tests {
     use super::*;
     use crate::translate::testkit::eq_json;
     use crate::translate::ReasoningField;
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     // -- helpers --------------------------------------------------------------------
 

@@ -13,8 +13,8 @@
 //! not returned, as in Ollama's `/v1/completions`.
 
 use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{ended_message, error_event, read_line, usage_json, usage_of, ReplyContext, FINGERPRINT};
-use super::{sse_data, Flow, LineTranslator, Usage};
+use super::reply::{error_event, usage_json, ReplyContext, StreamHead, FINGERPRINT};
+use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -191,88 +191,31 @@ fn finish_reason(native: &Value) -> String {
 /// mid-stream.
 #[derive(Debug)]
 pub struct CompletionStream {
-    ctx: ReplyContext,
-    /// `created` of the first line, pinned for every chunk.
-    created: Option<i64>,
-    /// The model of the latest line (or `ctx.response_model`).
-    model: String,
-    usage: Option<Usage>,
-    /// After the done line or an error event: nothing more is written.
-    ended: bool,
+    head: StreamHead,
+    ending: Ending,
 }
 
 impl CompletionStream {
     /// A translator for one reply.
     pub fn new(ctx: ReplyContext) -> Self {
-        let model = ctx.response_model.clone().unwrap_or_default();
-        CompletionStream { ctx, created: None, model, usage: None, ended: false }
-    }
-
-    /// A chunk object around `choices`.
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.ctx.id,
-            "object": "text_completion",
-            "created": self.created.unwrap_or(self.ctx.created_fallback),
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        })
-    }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        error_event(message, out);
-        self.ended = true;
-        Flow::Done
+        CompletionStream { head: StreamHead::new(ctx, "text_completion"), ending: Ending::default() }
     }
 }
 
-impl LineTranslator for CompletionStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
-        if self.created.is_none() {
-            self.created = Some(self.ctx.created(&line));
-        }
-        if self.ctx.response_model.is_none() {
-            if let Some(model) = line.get("model").and_then(Value::as_str) {
-                self.model = model.to_string();
-            }
-        }
+impl Events for CompletionStream {
+    ending_field!();
 
-        let done = line.get("done").and_then(Value::as_bool) == Some(true);
-        let finish = done.then(|| finish_reason(&line));
-        sse_data(&self.chunk(json!([choice(&line, finish)])).to_string(), out);
-        if !done {
-            return Flow::Continue;
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
+        self.head.follow(line);
+        let finish = done.then(|| finish_reason(line));
+        self.head.write(json!([choice(line, finish)]), out);
+        if done {
+            self.head.finish(line, out);
         }
-        self.usage = Some(usage_of(&line));
-        if self.ctx.include_usage {
-            let mut usage = self.chunk(json!([]));
-            usage["usage"] = usage_json(&line);
-            sse_data(&usage.to_string(), out);
-        }
-        sse_data("[DONE]", out);
-        self.ended = true;
-        Flow::Done
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if self.ended {
-            return;
-        }
-        self.fail(ended_message(error), out);
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        error_event(message, out);
     }
 }
 
@@ -281,6 +224,7 @@ mod tests {
     use super::*;
     use crate::translate::testkit::eq_json;
     use crate::translate::ReasoningField;
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     // -- helpers --------------------------------------------------------------------
 

@@ -44,15 +44,6 @@ pub struct MessageContext {
 /// opaque to clients, and ignored when it comes back in a later request.
 pub(crate) const THINKING_SIGNATURE: &str = "b2xsYW1hLWdhdGV3YXk=";
 
-/// Appends one named SSE event, `event: NAME\ndata: JSON\n\n`, to `out`.
-fn event(name: &str, data: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
 /// Anthropic's `stop_reason` for a native final object. `length` is always `max_tokens`
 /// (the reply was cut, whatever came before); otherwise `tool_use` when a tool was called,
 /// else `end_turn`. Ollama says `stop` both at the end of a turn and on a stop sequence

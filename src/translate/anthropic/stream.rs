@@ -10,11 +10,8 @@
 //! that is not JSON, or an upstream that ends early closes the open block and sends
 //! `event: error` instead: never a silent stop.
 
-use super::{
-    event, native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE,
-};
-use crate::translate::reply::{ended_message, read_line, usage_of};
-use crate::translate::{Flow, LineTranslator, Usage};
+use super::{native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use crate::translate::stream::{ending_field, sse_event, Ending, Events};
 use serde_json::{json, Value};
 
 /// The kind of a block that stays open across lines.
@@ -37,9 +34,7 @@ pub struct MessagesStream {
     /// The index of the next block.
     next_index: usize,
     made_tool_calls: bool,
-    usage: Option<Usage>,
-    /// After `message_stop` or an error event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl MessagesStream {
@@ -52,8 +47,7 @@ impl MessagesStream {
             open: None,
             next_index: 0,
             made_tool_calls: false,
-            usage: None,
-            ended: false,
+            ending: Ending::default(),
         }
     }
 
@@ -74,8 +68,8 @@ impl MessagesStream {
             "usage": {"input_tokens": self.input_estimate, "output_tokens": 0,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         });
-        event("message_start", &json!({"type": "message_start", "message": message}), out);
-        event("ping", &json!({"type": "ping"}), out);
+        sse_event("message_start", &json!({"type": "message_start", "message": message}), out);
+        sse_event("ping", &json!({"type": "ping"}), out);
     }
 
     /// Opens a block at the next index; `content_block` is its empty form.
@@ -83,12 +77,12 @@ impl MessagesStream {
         let index = self.next_index;
         self.next_index += 1;
         let data = json!({"type": "content_block_start", "index": index, "content_block": content_block});
-        event("content_block_start", &data, out);
+        sse_event("content_block_start", &data, out);
         index
     }
 
     fn delta(index: usize, delta: Value, out: &mut Vec<u8>) {
-        event(
+        sse_event(
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": index, "delta": delta}),
             out,
@@ -96,7 +90,7 @@ impl MessagesStream {
     }
 
     fn stop_block(index: usize, out: &mut Vec<u8>) {
-        event("content_block_stop", &json!({"type": "content_block_stop", "index": index}), out);
+        sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": index}), out);
     }
 
     /// The index of an open block of `kind`, closing another open block and opening one
@@ -125,26 +119,12 @@ impl MessagesStream {
         }
         Self::stop_block(index, out);
     }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        self.close_open(out);
-        event("error", &crate::error::anthropic_error("api_error", message), out);
-        self.ended = true;
-        Flow::Done
-    }
 }
 
-impl LineTranslator for MessagesStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
+impl Events for MessagesStream {
+    ending_field!();
+
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.start(out);
 
         let text = |key: &str| line.pointer(&format!("/message/{key}")).and_then(Value::as_str).unwrap_or("");
@@ -156,7 +136,7 @@ impl LineTranslator for MessagesStream {
             let index = self.ensure_open(Open::Text, out);
             Self::delta(index, json!({"type": "text_delta", "text": text("content")}), out);
         }
-        for call in native_tool_calls(&line) {
+        for call in native_tool_calls(line) {
             self.close_open(out);
             let (id, name, input) = tool_use_parts(call);
             let index =
@@ -166,30 +146,23 @@ impl LineTranslator for MessagesStream {
             self.made_tool_calls = true;
         }
 
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
+        if !done {
+            return;
         }
         self.close_open(out);
-        self.usage = Some(usage_of(&line));
         let delta = json!({
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(&line, self.made_tool_calls), "stop_sequence": null},
-            "usage": usage_json(&line),
+            "delta": {"stop_reason": stop_reason(line, self.made_tool_calls), "stop_sequence": null},
+            "usage": usage_json(line),
         });
-        event("message_delta", &delta, out);
-        event("message_stop", &json!({"type": "message_stop"}), out);
-        self.ended = true;
-        Flow::Done
+        sse_event("message_delta", &delta, out);
+        sse_event("message_stop", &json!({"type": "message_stop"}), out);
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if !self.ended {
-            self.fail(ended_message(error), out);
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    /// Closes the open block and sends an error event.
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.close_open(out);
+        sse_event("error", &crate::error::anthropic_error("api_error", message), out);
     }
 }
 
@@ -197,6 +170,7 @@ impl LineTranslator for MessagesStream {
 mod tests {
     use super::*;
     use crate::translate::testkit::eq_json;
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     fn ctx() -> MessageContext {
         MessageContext { id: "msg_7".into(), model: "asked-for".into() }

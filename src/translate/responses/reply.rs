@@ -9,8 +9,9 @@
 
 use super::ToolNames;
 use crate::translate::chat;
-use crate::translate::reply::{ended_message, read_line, usage_of};
-use crate::translate::{rfc3339_to_unix, Flow, LineTranslator, Usage};
+use crate::translate::reply::usage_of;
+use crate::translate::stream::{ending_field, sse_event, Ending, Events};
+use crate::translate::{rfc3339_to_unix, Usage};
 use serde_json::{json, Map, Value};
 
 /// What the reply needs to know that upstream does not say.
@@ -82,11 +83,7 @@ impl Output {
         if let Value::Object(fields) = fields {
             data.extend(fields);
         }
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(Value::Object(data).to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
+        sse_event(name, &Value::Object(data), out);
     }
 
     /// `{prefix}_{response id suffix}_{output index}`: unique in the reply, and the same in
@@ -334,15 +331,13 @@ fn usage(native: &Value) -> Value {
 pub struct ResponsesStream {
     output: Output,
     started: bool,
-    usage: Option<Usage>,
-    /// After the final event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl ResponsesStream {
     /// A translator for one reply.
     pub fn new(ctx: ResponseContext) -> ResponsesStream {
-        ResponsesStream { output: Output::new(ctx, true), started: false, usage: None, ended: false }
+        ResponsesStream { output: Output::new(ctx, true), started: false, ending: Ending::default() }
     }
 
     fn start(&mut self, out: &mut Vec<u8>) {
@@ -351,45 +346,23 @@ impl ResponsesStream {
             self.started = true;
         }
     }
-
-    /// Ends the stream with `response.failed`.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        self.start(out);
-        self.output.fail(message, out);
-        self.ended = true;
-        Flow::Done
-    }
 }
 
-impl LineTranslator for ResponsesStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
+impl Events for ResponsesStream {
+    ending_field!();
+
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.start(out);
-        self.output.line(&line, out);
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
-        }
-        self.usage = Some(usage_of(&line));
-        self.output.finish(&line, out);
-        self.ended = true;
-        Flow::Done
-    }
-
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if !self.ended {
-            self.fail(ended_message(error), out);
+        self.output.line(line, out);
+        if done {
+            self.output.finish(line, out);
         }
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    /// `response.failed`, after opening the response if no line did.
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.start(out);
+        self.output.fail(message, out);
     }
 }
 
@@ -398,6 +371,7 @@ mod tests {
     use super::*;
     use crate::translate::responses::to_ollama;
     use crate::translate::testkit::eq_json;
+    use crate::translate::{Flow, LineTranslator};
 
     // -- helpers --------------------------------------------------------------------
 
