@@ -11,7 +11,10 @@
 //! the error event that ends a broken stream.
 //! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
 
-use super::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use super::fields::{
+    expected, field, include_usage, join, message_list, message_object, object_and_model, opt_bool,
+    opt_integer, opt_number, opt_str, typed,
+};
 use super::reply::{error_event, usage_json, StreamHead, FINGERPRINT};
 pub use super::reply::{usage_of, ReplyContext};
 use super::stream::{ending_field, Ending, Events};
@@ -49,29 +52,10 @@ pub struct ChatRequest {
 /// (`messages[2].content`, `temperature`, ...). Unknown fields are ignored; JSON `null`
 /// counts as absent.
 pub fn to_ollama(body: &Value) -> Result<ChatRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
-    let include_usage = match field(req, "stream_options") {
-        None => false,
-        Some(Value::Object(options)) => {
-            opt_bool(options, "stream_options", "include_usage")?.unwrap_or(false)
-        }
-        other => return Err(expected("stream_options", "an object such as {\"include_usage\":true}", other)),
-    };
-    let messages = match field(req, "messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        other => {
-            return Err(expected(
-                "messages",
-                "a non-empty array of messages such as [{\"role\":\"user\",\"content\":\"Hi\"}]",
-                other,
-            ))
-        }
-    };
+    let include_usage = include_usage(req)?;
+    let messages = message_list(req)?;
     let mut native_messages: Vec<Value> = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
         let translated = to_native_message(message, &format!("messages[{i}]"), &native_messages)?;
@@ -111,13 +95,7 @@ pub fn to_ollama(body: &Value) -> Result<ChatRequest, ApiError> {
 /// One OpenAI message as one native message. `earlier` holds the native messages
 /// translated so far, where a tool result looks up the name of its call.
 fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<Value, ApiError> {
-    let Some(msg) = message.as_object() else {
-        return Err(expected(
-            path,
-            "a message object such as {\"role\":\"user\",\"content\":\"Hi\"}",
-            Some(message),
-        ));
-    };
+    let msg = message_object(message, path)?;
     let role = match field(msg, "role") {
         Some(Value::String(role)) if !role.trim().is_empty() => role.trim().to_lowercase(),
         other => {
@@ -246,17 +224,9 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let path = format!("{path}[{j}]");
-        let Some(part) = part.as_object() else {
-            let what = "a content part object such as {\"type\":\"text\",\"text\":\"Hi\"}";
-            return Err(expected(&path, what, Some(part)));
-        };
-        let kind = match field(part, "type") {
-            Some(Value::String(kind)) => kind.as_str(),
-            other => {
-                let what = "a part type: \"text\", \"image_url\" or \"input_audio\"";
-                return Err(expected(&join(&path, "type"), what, other));
-            }
-        };
+        let what = "a content part object such as {\"type\":\"text\",\"text\":\"Hi\"}";
+        let (kind, part) =
+            typed(part, &path, what, "a part type: \"text\", \"image_url\" or \"input_audio\"")?;
         match kind {
             "text" => match field(part, "text") {
                 Some(Value::String(part_text)) => text.push_str(part_text),

@@ -12,7 +12,9 @@
 //! the [`ReplyContext`]), model routing and keys. Native `thinking` text and logprobs are
 //! not returned, as in Ollama's `/v1/completions`.
 
-use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
+use super::fields::{
+    describe, expected, field, include_usage, object_and_model, opt_bool, opt_integer, opt_number, opt_str,
+};
 use super::reply::{error_event, usage_json, ReplyContext, StreamHead, FINGERPRINT};
 use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
@@ -44,20 +46,10 @@ pub struct CompletionRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `echo`, `best_of`, `n`, `logit_bias`, `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<CompletionRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     let prompt = prompt(req)?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
-    let include_usage = match field(req, "stream_options") {
-        None => false,
-        Some(Value::Object(options)) => {
-            opt_bool(options, "stream_options", "include_usage")?.unwrap_or(false)
-        }
-        other => return Err(expected("stream_options", "an object such as {\"include_usage\":true}", other)),
-    };
+    let include_usage = include_usage(req)?;
 
     let mut native = Map::new();
     native.insert("model".into(), Value::String(model.clone()));

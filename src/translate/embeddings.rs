@@ -11,7 +11,7 @@
 //! Out of scope: IO, model routing and keys. Token-array inputs are forwarded untouched and
 //! left to upstream to accept or reject.
 
-use super::fields::{describe, expected, field, object};
+use super::fields::{describe, expected, field, object_and_model};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -41,13 +41,7 @@ pub struct EmbeddingRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<EmbeddingRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => {
-            return Err(expected("model", "the name of an embedding model, such as \"all-minilm\"", other))
-        }
-    };
+    let (req, model) = object_and_model(body, "the name of an embedding model, such as \"all-minilm\"")?;
     let input = match field(req, "input") {
         Some(Value::String(text)) if text.is_empty() => json!([""]),
         Some(text @ Value::String(_)) => text.clone(),

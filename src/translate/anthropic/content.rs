@@ -9,7 +9,7 @@
 
 use crate::error::ApiError;
 use crate::translate::chat::{is_base64, tool_name_for, without_line_breaks};
-use crate::translate::fields::{describe, expected, field, join, opt_bool, opt_str};
+use crate::translate::fields::{describe, expected, field, join, message_object, opt_bool, opt_str, typed};
 use serde_json::{json, Map, Value};
 
 /// The first line of one of Claude Code's system blocks: a per-request hash that would
@@ -89,13 +89,7 @@ fn without_billing_header(text: &str) -> &str {
 /// Translates the message at `path` and appends the native messages it gives to `out`
 /// (which holds the messages translated so far, where tool results look up their calls).
 pub(super) fn push_message(message: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
-    let Some(msg) = message.as_object() else {
-        return Err(expected(
-            path,
-            "a message object such as {\"role\":\"user\",\"content\":\"Hi\"}",
-            Some(message),
-        ));
-    };
+    let msg = message_object(message, path)?;
     let roles = "\"user\", \"assistant\" or \"system\"";
     let role = match field(msg, "role") {
         Some(Value::String(role)) => role.trim().to_ascii_lowercase(),
@@ -189,18 +183,22 @@ pub(super) fn push_message(message: &Value, path: &str, out: &mut Vec<Value>) ->
     Ok(())
 }
 
-/// A block's `type` and fields, or the 400 for something that is not a block.
+/// What a block's `type` must be, in errors.
+const BLOCK_TYPE: &str = "a block type such as \"text\"";
+
+/// A block's `type` (any string) and fields, or the 400 for something that is not a block.
+pub(super) fn typed_block<'a>(
+    block: &'a Value,
+    path: &str,
+) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
+    typed(block, path, "a content block such as {\"type\":\"text\",\"text\":\"Hi\"}", BLOCK_TYPE)
+}
+
+/// A block's `type` (not empty) and fields, or the 400 for something that is not a block.
 fn block_kind<'a>(block: &'a Value, path: &str) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
-    let Some(obj) = block.as_object() else {
-        return Err(expected(
-            path,
-            "a content block such as {\"type\":\"text\",\"text\":\"Hi\"}",
-            Some(block),
-        ));
-    };
-    match field(obj, "type") {
-        Some(Value::String(kind)) if !kind.is_empty() => Ok((kind, obj)),
-        other => Err(expected(&join(path, "type"), "a block type such as \"text\"", other)),
+    match typed_block(block, path)? {
+        ("", obj) => Err(expected(&join(path, "type"), BLOCK_TYPE, field(obj, "type"))),
+        other => Ok(other),
     }
 }
 

@@ -8,8 +8,13 @@
 use super::content::{one_of, push_message, system_text};
 use super::tokens::count_tokens;
 use crate::error::ApiError;
-use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use crate::translate::fields::{
+    expected, field, join, message_list, object_and_model, opt_bool, opt_integer, opt_number, opt_str,
+};
 use serde_json::{json, Map, Value};
+
+/// What `model` must be, in errors.
+pub(super) const MODEL: &str = "the name of a model, such as \"qwen3-coder\"";
 
 /// A validated Messages request, translated for upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,11 +38,7 @@ pub struct MessagesRequest {
 /// Anthropic requires it. Server tools (typed tools such as `web_search_20250305`) are
 /// dropped with a debug line: the gateway runs none.
 pub fn to_ollama(body: &Value) -> Result<MessagesRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"qwen3-coder\"", other)),
-    };
+    let (req, model) = object_and_model(body, MODEL)?;
     let max_tokens = match field(req, "max_tokens") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => n.clone(),
         None => {
@@ -56,17 +57,7 @@ pub fn to_ollama(body: &Value) -> Result<MessagesRequest, ApiError> {
             messages.push(json!({"role": "system", "content": text}));
         }
     }
-    let list = match field(req, "messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        other => {
-            return Err(expected(
-                "messages",
-                "a non-empty array of messages such as [{\"role\":\"user\",\"content\":\"Hi\"}]",
-                other,
-            ))
-        }
-    };
-    for (i, message) in list.iter().enumerate() {
+    for (i, message) in message_list(req)?.iter().enumerate() {
         push_message(message, &format!("messages[{i}]"), &mut messages)?;
     }
 

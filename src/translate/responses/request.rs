@@ -11,7 +11,9 @@ use super::reply::ResponseContext;
 use super::ToolNames;
 use crate::error::ApiError;
 use crate::translate::chat;
-use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use crate::translate::fields::{
+    expected, field, join, object_and_model, opt_bool, opt_integer, opt_number, opt_str, typed,
+};
 use serde_json::{json, Map, Value};
 
 /// Why stored state is refused.
@@ -59,11 +61,7 @@ impl ResponsesRequest {
 /// `client_metadata`, `metadata`, `user`, `service_tier`, `stream_options` are accepted
 /// and ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<ResponsesRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     refuse_state(req)?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
     let messages = messages(req)?;
@@ -427,17 +425,9 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let path = format!("{path}[{j}]");
-        let Some(part) = part.as_object() else {
-            let what = "a content part object such as {\"type\":\"input_text\",\"text\":\"Hi\"}";
-            return Err(expected(&path, what, Some(part)));
-        };
-        let kind = match field(part, "type") {
-            Some(Value::String(kind)) => kind.as_str(),
-            other => {
-                let what = "a part type: \"input_text\", \"output_text\" or \"input_image\"";
-                return Err(expected(&join(&path, "type"), what, other));
-            }
-        };
+        let what = "a content part object such as {\"type\":\"input_text\",\"text\":\"Hi\"}";
+        let kind_what = "a part type: \"input_text\", \"output_text\" or \"input_image\"";
+        let (kind, part) = typed(part, &path, what, kind_what)?;
         let key = match kind {
             "input_text" | "output_text" | "text" => "text",
             "refusal" => "refusal",
