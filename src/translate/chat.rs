@@ -191,31 +191,71 @@ fn to_native_tool_call(call: &Value, path: &str) -> Result<Value, ApiError> {
         Some(Value::String(name)) if !name.is_empty() => name,
         other => return Err(expected(&join(&function_path, "name"), "the function's name", other)),
     };
-    let arguments_path = join(&function_path, "arguments");
-    let bad_arguments = || {
-        ApiError::bad_request(
-            format!(
-                "invalid tool call arguments: {arguments_path} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
-            ),
-            Some(&arguments_path),
-        )
-    };
-    let arguments = match field(function, "arguments") {
-        None => Value::Object(Map::new()),
-        Some(Value::String(text)) if text.trim().is_empty() => Value::Object(Map::new()),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(object @ Value::Object(_)) => object,
-            _ => return Err(bad_arguments()),
-        },
-        Some(object @ Value::Object(_)) => object.clone(),
-        Some(_) => return Err(bad_arguments()),
-    };
+    let arguments = arguments(function, &function_path, "tool call")?;
     let mut native = Map::new();
     if let Some(id) = opt_str(call, path, "id")?.filter(|id| !id.is_empty()) {
         native.insert("id".into(), id.into());
     }
     native.insert("function".into(), json!({"name": name, "arguments": arguments}));
     Ok(Value::Object(native))
+}
+
+/// The `arguments` of a tool call (in `obj` at `path`) as the object native calls carry:
+/// a JSON object encoded as a string (OpenAI's form) or sent as an object; absent or blank
+/// is `{}`. Anything else is a 400 about the `kind` ("tool call", "function call").
+pub(super) fn arguments(obj: &Map<String, Value>, path: &str, kind: &str) -> Result<Value, ApiError> {
+    let param = join(path, "arguments");
+    let bad = || {
+        ApiError::bad_request(
+            format!(
+                "invalid {kind} arguments: {param} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
+            ),
+            Some(&param),
+        )
+    };
+    match field(obj, "arguments") {
+        None => Ok(Value::Object(Map::new())),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(Value::Object(Map::new())),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(object @ Value::Object(_)) => Ok(object),
+            _ => Err(bad()),
+        },
+        Some(object @ Value::Object(_)) => Ok(object.clone()),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// A native `tool` message: a result with its images, named after the call it answers
+/// (looked up in the `earlier` native messages) when that call is known.
+pub(super) fn tool_message(content: String, images: Vec<Value>, call_id: &str, earlier: &[Value]) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), "tool".into());
+    message.insert("content".into(), content.into());
+    if !images.is_empty() {
+        message.insert("images".into(), Value::Array(images));
+    }
+    if let Some(name) = tool_name_for(call_id, earlier) {
+        message.insert("tool_name".into(), name.into());
+    }
+    message.insert("tool_call_id".into(), call_id.into());
+    Value::Object(message)
+}
+
+/// The URL of a part's `image_url` (at `param`): a string, or an object whose `url` is
+/// one; else a 400 saying `image_url` must be `what`.
+pub(super) fn image_url<'a>(
+    part: &'a Map<String, Value>,
+    param: &str,
+    what: &str,
+) -> Result<&'a str, ApiError> {
+    match field(part, "image_url") {
+        Some(Value::String(url)) => Ok(url),
+        Some(Value::Object(image)) => match field(image, "url") {
+            Some(Value::String(url)) => Ok(url),
+            other => Err(expected(&join(param, "url"), "a data URL string", other)),
+        },
+        other => Err(expected(param, what, other)),
+    }
 }
 
 /// Merges content parts into one text (joined with `""`), collecting images and audio
@@ -234,16 +274,8 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
             },
             "image_url" => {
                 let image_path = join(&path, "image_url");
-                let url = match field(part, "image_url") {
-                    Some(Value::String(url)) => url,
-                    Some(Value::Object(image)) => match field(image, "url") {
-                        Some(Value::String(url)) => url,
-                        other => return Err(expected(&join(&image_path, "url"), "a data URL string", other)),
-                    },
-                    other => {
-                        return Err(expected(&image_path, "an object such as {\"url\":\"data:image/png;base64,...\"}", other))
-                    }
-                };
+                let what = "an object such as {\"url\":\"data:image/png;base64,...\"}";
+                let url = image_url(part, &image_path, what)?;
                 images.push(Value::String(image_data(url, &image_path)?));
             }
             "input_audio" => {
@@ -337,20 +369,24 @@ fn options(req: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
             options.insert(key.into(), value);
         }
     }
-    match field(req, "stop") {
-        None => {}
-        Some(Value::String(stop)) => {
-            options.insert("stop".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
-            if !stops.is_empty() {
-                options.insert("stop".into(), Value::Array(stops));
-            }
-        }
-        other => return Err(expected("stop", "a string or an array of strings", other)),
+    if let Some(stop) = stop(req)? {
+        options.insert("stop".into(), stop);
     }
     Ok(options)
+}
+
+/// Native `options.stop` from `stop`: a string as a one-item array, or an array's strings
+/// (other items skipped; none left sends nothing).
+pub(super) fn stop(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    match field(req, "stop") {
+        None => Ok(None),
+        Some(Value::String(stop)) => Ok(Some(json!([stop]))),
+        Some(Value::Array(stops)) => {
+            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
+            Ok((!stops.is_empty()).then_some(Value::Array(stops)))
+        }
+        other => Err(expected("stop", "a string or an array of strings", other)),
+    }
 }
 
 /// Native `format` from `response_format`.

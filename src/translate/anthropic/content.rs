@@ -8,7 +8,7 @@
 //! Text blocks are joined with `\n`.
 
 use crate::error::ApiError;
-use crate::translate::chat::{is_base64, tool_name_for, without_line_breaks};
+use crate::translate::chat::{is_base64, tool_message, without_line_breaks};
 use crate::translate::fields::{describe, expected, field, join, message_object, opt_bool, opt_str, typed};
 use serde_json::{json, Map, Value};
 
@@ -377,17 +377,7 @@ fn tool_result(block: &Map<String, Value>, path: &str, earlier: &[Value]) -> Res
     if is_error {
         text = if text.is_empty() { "Error".to_string() } else { format!("Error: {text}") };
     }
-    let mut native = Map::new();
-    native.insert("role".into(), "tool".into());
-    native.insert("content".into(), text.into());
-    if !images.is_empty() {
-        native.insert("images".into(), Value::Array(images));
-    }
-    if let Some(name) = tool_name_for(id, earlier) {
-        native.insert("tool_name".into(), name.into());
-    }
-    native.insert("tool_call_id".into(), id.into());
-    Ok(Value::Object(native))
+    Ok(tool_message(text, images, id, earlier))
 }
 
 #[cfg(test)]

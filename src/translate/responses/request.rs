@@ -326,7 +326,7 @@ impl History {
             Some(namespace) => ToolNames::flat(namespace, name),
             None => name.clone(),
         };
-        let arguments = arguments(obj, path)?;
+        let arguments = chat::arguments(obj, path, "function call")?;
         let call = json!({"id": call_id, "function": {"name": name, "arguments": arguments}});
         self.turn().tool_calls.push(call);
         Ok(())
@@ -342,17 +342,7 @@ impl History {
             other => return Err(expected(&output_path, "a string or an array of content parts", other)),
         };
         self.close_turn();
-        let mut message = Map::new();
-        message.insert("role".into(), "tool".into());
-        message.insert("content".into(), content.into());
-        if !images.is_empty() {
-            message.insert("images".into(), Value::Array(images));
-        }
-        if let Some(name) = chat::tool_name_for(call_id, &self.messages) {
-            message.insert("tool_name".into(), name.into());
-        }
-        message.insert("tool_call_id".into(), call_id.into());
-        self.messages.push(Value::Object(message));
+        self.messages.push(chat::tool_message(content, images, call_id, &self.messages));
         Ok(())
     }
 
@@ -393,29 +383,6 @@ fn call_id<'a>(obj: &'a Map<String, Value>, path: &str) -> Result<&'a str, ApiEr
     match field(obj, "call_id") {
         Some(Value::String(id)) if !id.is_empty() => Ok(id),
         other => Err(expected(&join(path, "call_id"), "the call's id, such as \"call_abc123\"", other)),
-    }
-}
-
-/// A function call's `arguments` (a JSON object encoded as a string) as an object.
-fn arguments(obj: &Map<String, Value>, path: &str) -> Result<Value, ApiError> {
-    let param = join(path, "arguments");
-    let bad = || {
-        ApiError::bad_request(
-            format!(
-                "invalid function call arguments: {param} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
-            ),
-            Some(&param),
-        )
-    };
-    match field(obj, "arguments") {
-        None => Ok(Value::Object(Map::new())),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(Value::Object(Map::new())),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(object @ Value::Object(_)) => Ok(object),
-            _ => Err(bad()),
-        },
-        Some(object @ Value::Object(_)) => Ok(object.clone()),
-        Some(_) => Err(bad()),
     }
 }
 
@@ -462,21 +429,15 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
 /// base64. `http(s)` URLs are refused as in chat (the gateway never fetches them), and so
 /// are `file_id`s (it stores no files).
 fn image(part: &Map<String, Value>, path: &str) -> Result<String, ApiError> {
+    if field(part, "image_url").is_none() && field(part, "file_id").is_some() {
+        return Err(ApiError::bad_request(
+            "input_image file_id is not supported (the gateway stores no files): send image_url as a \
+             data URL such as data:image/png;base64,...",
+            Some(&join(path, "file_id")),
+        ));
+    }
     let param = join(path, "image_url");
-    let url =
-        match field(part, "image_url") {
-            Some(Value::String(url)) => url,
-            Some(Value::Object(image)) => match field(image, "url") {
-                Some(Value::String(url)) => url,
-                other => return Err(expected(&join(&param, "url"), "a data URL string", other)),
-            },
-            None if field(part, "file_id").is_some() => return Err(ApiError::bad_request(
-                "input_image file_id is not supported (the gateway stores no files): send image_url as a \
-                 data URL such as data:image/png;base64,...",
-                Some(&join(path, "file_id")),
-            )),
-            other => return Err(expected(&param, "a data URL such as \"data:image/png;base64,...\"", other)),
-        };
+    let url = chat::image_url(part, &param, "a data URL such as \"data:image/png;base64,...\"")?;
     let has_scheme =
         ["data:", "http://", "https://"].iter().any(|scheme| chat::starts_with_ignore_case(url, scheme));
     if has_scheme {
@@ -582,18 +543,8 @@ fn options(req: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     if let Some(top_p) = opt_number(req, "top_p")? {
         options.insert("top_p".into(), top_p);
     }
-    match field(req, "stop") {
-        None => {}
-        Some(Value::String(stop)) => {
-            options.insert("stop".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
-            if !stops.is_empty() {
-                options.insert("stop".into(), Value::Array(stops));
-            }
-        }
-        other => return Err(expected("stop", "a string or an array of strings", other)),
+    if let Some(stop) = chat::stop(req)? {
+        options.insert("stop".into(), stop);
     }
     Ok(options)
 }
