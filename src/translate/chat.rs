@@ -631,39 +631,23 @@ impl Events for ChatStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json, openai_error};
     use crate::translate::ReasoningField;
     use crate::translate::{Flow, LineTranslator, Usage};
 
     // -- helpers --------------------------------------------------------------------
-
-    fn native_of(body: Value) -> Value {
-        match to_ollama(&body) {
-            Ok(req) => req.native,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
 
     /// A request with one user message of the given content.
     fn user_says(content: Value) -> Value {
         json!({"model": "m", "messages": [{"role": "user", "content": content}]})
     }
 
-    fn ctx() -> ReplyContext {
-        ReplyContext {
-            id: "chatcmpl-7".into(),
-            created_fallback: 42,
-            response_model: None,
-            reasoning_field: ReasoningField::Reasoning,
-            include_usage: false,
-        }
+    fn native_of(body: Value) -> Value {
+        testkit::translated(to_ollama, &body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     /// Replaces each tool call's `arguments` string by its parsed JSON.
@@ -681,27 +665,23 @@ mod tests {
         }
     }
 
-    /// Splits SSE output into payloads: parsed JSON, or the string `[DONE]`. Checks the
-    /// framing and that no chunk has a stray field.
+    /// Splits SSE output into payloads: parsed JSON (tool call arguments too), or the
+    /// string `[DONE]`. Checks the framing and that no chunk has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let mut events = crate::translate::testkit::sse_payloads(out);
-        for value in events.iter_mut().filter(|v| v.is_object() && v.get("error").is_none()) {
-            let _strict: strict::Chunk =
-                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("bad chunk {value}: {e}"));
-            parse_arguments(value);
-        }
+        let mut events = testkit::openai_events::<strict::Chunk>(out);
+        events.iter_mut().for_each(parse_arguments);
         events
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(ctx: ReplyContext, lines: &[&str]) -> (Vec<Value>, Flow, ChatStream) {
-        let mut stream = ChatStream::new(ctx);
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(ChatStream::new(ctx), lines);
         (events(&out), flow, stream)
+    }
+
+    /// The reply context of the tests.
+    fn ctx() -> ReplyContext {
+        testkit::reply_context("chatcmpl-7")
     }
 
     /// The `choices[0].delta` of each content chunk.
@@ -719,21 +699,11 @@ mod tests {
         use serde::Deserialize;
         use serde_json::Value;
 
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct Chunk {
-            id: String,
-            object: String,
-            created: i64,
-            model: String,
-            system_fingerprint: String,
-            choices: Vec<Choice>,
-            usage: Option<Value>,
-        }
+        pub type Chunk = crate::translate::testkit::strict::Chunk<Choice>;
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Choice {
+        pub struct Choice {
             index: u32,
             delta: Delta,
             finish_reason: Option<String>,
@@ -1157,12 +1127,7 @@ mod tests {
             (with("logprobs", json!("yes")), Some("logprobs"), "true or false"),
             (with("top_logprobs", json!(2.5)), Some("top_logprobs"), "an integer"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     // -- non-streaming reply -------------------------------------------------------------
@@ -1474,92 +1439,41 @@ mod tests {
         assert_eq!(events[1]["choices"][0].get("logprobs"), None);
     }
 
-    /// The error event every broken stream ends with.
-    fn error_payload(message: &str) -> Value {
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
-    }
-
     #[test]
     fn stream_mid_stream_error_line_ends_with_an_error_event() {
-        for (line, message) in [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed","type":"x"}}"#, "model crashed"),
-        ] {
-            let mut stream = ChatStream::new(ctx());
-            let mut out = Vec::new();
-            assert_eq!(
-                stream.push_line(br#"{"model":"m","message":{"content":"Yes"},"done":false}"#, &mut out),
-                Flow::Continue
-            );
-            assert_eq!(stream.push_line(line.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the error, not even at EOF.
-            assert_eq!(stream.push_line(WORKED_EXAMPLE[3].as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+        for &(line, message) in &testkit::ERROR_LINES[..2] {
+            let first = r#"{"model":"m","message":{"content":"Yes"},"done":false}"#;
+            let (out, stream) =
+                testkit::after_a_bad_line(ChatStream::new(ctx()), first, line, WORKED_EXAMPLE[3]);
             let events = events(&out);
             assert_eq!(events.len(), 2, "{events:?}");
-            eq_json(&events[1], &error_payload(message));
+            eq_json(&events[1], &openai_error(message));
             assert_eq!(stream.usage(), None);
         }
     }
 
     #[test]
     fn stream_garbage_line_is_an_error_event() {
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let (events, flow, _) =
-            run(ctx(), &[r#"{"model":"m","message":{"content":"a"},"done":false}"#, &garbage]);
-        assert_eq!(flow, Flow::Done);
-        assert_eq!(events.len(), 2, "{events:?}");
-        let message = events[1]["error"]["message"].as_str().unwrap();
-        assert!(message.starts_with("upstream sent an invalid line"), "{message}");
-        assert!(message.contains("<html>xxx") && message.len() < 300, "{message}");
-        assert_eq!(events[1]["error"]["type"], json!("api_error"));
-        let (events, _, _) = run(ctx(), &["[1,2]"]);
-        assert!(events[0]["error"]["message"].as_str().unwrap().contains("[1,2]"));
+        testkit::garbage_line_events(
+            |lines| run(ctx(), lines),
+            r#"{"model":"m","message":{"content":"a"},"done":false}"#,
+        );
     }
 
     #[test]
     fn stream_upstream_ending_early_is_an_error_event() {
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        stream.push_line(WORKED_EXAMPLE[0].as_bytes(), &mut out);
-        stream.upstream_ended(None, &mut out);
-        let got = events(&out);
-        assert_eq!(got.len(), 2, "{got:?}");
-        let message = got[1]["error"]["message"].as_str().unwrap();
+        let message = testkit::openai_early_ends(|| ChatStream::new(ctx()), events, &WORKED_EXAMPLE);
         assert!(
             message.contains("closed the stream before finishing") && message.contains("incomplete"),
             "{message}"
         );
-        assert!(!got.contains(&json!("[DONE]")));
-
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
-        eq_json(&Value::Array(events(&out)), &json!([error_payload("timed out reading from upstream")]));
-        assert_eq!(stream.usage(), None);
-
-        // After a finished stream, EOF adds nothing.
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        for line in WORKED_EXAMPLE {
-            stream.push_line(line.as_bytes(), &mut out);
-        }
-        let before = out.len();
-        stream.upstream_ended(None, &mut out);
-        assert_eq!(out.len(), before);
     }
 
     #[test]
     fn stream_blank_and_cr_lines_are_skipped() {
         let mut stream = ChatStream::new(ctx());
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  ", b" \r"] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         let with_cr = |line: &str| format!("{line}\r");
         assert_eq!(stream.push_line(with_cr(WORKED_EXAMPLE[2]).as_bytes(), &mut out), Flow::Continue);
         assert_eq!(stream.usage(), None);

@@ -159,20 +159,15 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// `{"model":"all-minilm","input":"hi"}` plus the given field.
     fn with(key: &str, value: Value) -> Value {
-        let mut body = json!({"model": "all-minilm", "input": "hi"});
-        body[key] = value;
-        body
+        testkit::with_field(json!({"model": "all-minilm", "input": "hi"}), key, value)
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     /// Mirror types of what clients decode, with no room for stray fields.
@@ -299,12 +294,7 @@ mod tests {
             (with("model", json!("")), Some("model"), "got an empty string"),
             (with("model", json!(7)), Some("model"), "got a number"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     // -- reply ----------------------------------------------------------------------

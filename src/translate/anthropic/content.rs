@@ -384,23 +384,20 @@ fn tool_result(block: &Map<String, Value>, path: &str, earlier: &[Value]) -> Res
 mod tests {
     use super::super::to_ollama;
     use super::*;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json};
+
+    /// A request with these messages.
+    fn body(messages: Value) -> Value {
+        json!({"model": "m", "max_tokens": 10, "messages": messages})
+    }
 
     /// The native messages of a request with these messages.
     fn natives(messages: Value) -> Value {
-        let body = json!({"model": "m", "max_tokens": 10, "messages": messages});
-        match to_ollama(&body) {
-            Ok(req) => req.native["messages"].clone(),
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
+        testkit::translated(to_ollama, &body(messages)).native["messages"].clone()
     }
 
     fn rejected(messages: Value) -> ApiError {
-        let body = json!({"model": "m", "max_tokens": 10, "messages": messages});
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
+        testkit::refused(to_ollama, &body(messages))
     }
 
     fn user_says(content: Value) -> Value {
@@ -658,15 +655,6 @@ mod tests {
                 "the tool's name",
             ),
         ];
-        for (messages, param, fragment) in cases {
-            let err = rejected(messages.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{messages}");
-            assert_eq!(err.param.as_deref(), Some(param), "{messages}: {}", err.message);
-            assert!(
-                err.message.contains(fragment),
-                "{messages}: message {:?} lacks {fragment:?}",
-                err.message
-            );
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 }

@@ -18,6 +18,8 @@ mod content;
 mod request;
 mod response;
 mod stream;
+#[cfg(test)]
+mod testkit;
 mod tokens;
 
 pub use super::reply::usage_of;

@@ -260,21 +260,7 @@ fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn native_of(body: Value) -> Value {
-        match to_ollama(&body) {
-            Ok(req) => req.native,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// A minimal valid request with `extra` fields merged in.
     fn with(extra: Value) -> Value {
@@ -282,6 +268,14 @@ mod tests {
             json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         body
+    }
+
+    fn native_of(body: Value) -> Value {
+        testkit::translated(to_ollama, &body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     #[test]
@@ -535,12 +529,7 @@ mod tests {
             ),
             (with(json!({"tools": [{"name": "f", "type": 1}]})), Some("tools[0].type"), "a string"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     /// Claude Code's request shape (from `claude-messages-request.json` and its tool

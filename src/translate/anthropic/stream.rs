@@ -168,24 +168,22 @@ impl Events for MessagesStream {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::ctx;
     use super::*;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json};
     use crate::translate::{Flow, LineTranslator, Usage};
-
-    fn ctx() -> MessageContext {
-        MessageContext { id: "msg_7".into(), model: "asked-for".into() }
-    }
 
     /// Mirror types of the events clients decode, with no room for stray fields.
     mod strict {
         #![allow(dead_code)] // Fields exist to be checked by serde, not read.
+        use crate::translate::anthropic::testkit::strict::{Block, Message, Usage};
         use serde::Deserialize;
-        use serde_json::{Map, Value};
+        use serde_json::Value;
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
         pub enum Event {
-            MessageStart { message: Message },
+            MessageStart { message: Message<Value, Option<String>> },
             Ping,
             ContentBlockStart { index: usize, content_block: Block },
             ContentBlockDelta { index: usize, delta: Delta },
@@ -193,27 +191,6 @@ mod tests {
             MessageDelta { delta: MessageDelta, usage: Usage },
             MessageStop,
             Error { error: Error },
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct Message {
-            id: String,
-            r#type: String,
-            role: String,
-            model: String,
-            content: Vec<Value>,
-            stop_reason: Option<String>,
-            stop_sequence: Option<String>,
-            usage: Usage,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-        pub enum Block {
-            Text { text: String },
-            Thinking { thinking: String, signature: String },
-            ToolUse { id: String, name: String, input: Map<String, Value> },
         }
 
         /// Variants named by their `type` without its `_delta`.
@@ -239,15 +216,6 @@ mod tests {
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct Usage {
-            input_tokens: u64,
-            output_tokens: u64,
-            cache_creation_input_tokens: u64,
-            cache_read_input_tokens: u64,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
         pub struct Error {
             r#type: String,
             message: String,
@@ -259,32 +227,12 @@ mod tests {
     /// field.
     #[track_caller]
     fn events(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).unwrap();
-        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated event in {text:?}");
-        text.split_terminator("\n\n")
-            .map(|frame| {
-                let (name, data) = frame
-                    .strip_prefix("event: ")
-                    .and_then(|rest| rest.split_once("\ndata: "))
-                    .unwrap_or_else(|| panic!("bad frame {frame:?}"));
-                let value: Value =
-                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad data {data}: {e}"));
-                assert_eq!(value["type"], json!(name), "{frame}");
-                let _strict: strict::Event = serde_json::from_value(value.clone())
-                    .unwrap_or_else(|e| panic!("bad event {value}: {e}"));
-                value
-            })
-            .collect()
+        testkit::sse_events::<strict::Event>(out)
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(lines: &[&str]) -> (Vec<Value>, Flow, MessagesStream) {
-        let mut stream = MessagesStream::new(ctx(), 11);
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(MessagesStream::new(ctx(), 11), lines);
         (events(&out), flow, stream)
     }
 
@@ -532,24 +480,9 @@ mod tests {
 
     #[test]
     fn mid_stream_failures_end_with_an_error_event() {
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let cases: [(&str, &str); 3] = [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed"}}"#, "model crashed"),
-            (&garbage, "upstream sent an invalid line (expected a JSON object): <html>xxx"),
-        ];
-        for (bad, message) in cases {
-            let mut stream = MessagesStream::new(ctx(), 0);
-            let mut out = Vec::new();
+        for (bad, message) in testkit::bad_lines() {
             let first = r#"{"message":{"content":"","thinking":"Let me"},"done":false}"#;
-            assert_eq!(stream.push_line(first.as_bytes(), &mut out), Flow::Continue);
-            assert_eq!(stream.push_line(bad.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the error, not even at EOF.
-            assert_eq!(stream.push_line(DONE.as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+            let (out, stream) = testkit::after_a_bad_line(MessagesStream::new(ctx(), 0), first, &bad, DONE);
             let events = events(&out);
             assert_eq!(
                 outline(&events),
@@ -574,39 +507,30 @@ mod tests {
 
     #[test]
     fn upstream_ending_early_is_an_error_event() {
-        let mut stream = MessagesStream::new(ctx(), 0);
-        let mut out = Vec::new();
-        stream.push_line(br#"{"message":{"content":"Par"},"done":false}"#, &mut out);
-        stream.upstream_ended(None, &mut out);
+        let par = r#"{"message":{"content":"Par"},"done":false}"#;
+        let (out, _) = testkit::ended_early(MessagesStream::new(ctx(), 0), &[par], None);
         let got = events(&out);
         assert_eq!(outline(&got), ["start", "ping", "block+0:text", r#"0 text "Par""#, "stop 0", "error"]);
         let message = got[5]["error"]["message"].as_str().unwrap();
         assert!(message.contains("closed the stream before finishing"), "{message}");
 
         // Before any line: the error alone.
-        let mut stream = MessagesStream::new(ctx(), 0);
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
+        let (out, _) =
+            testkit::ended_early(MessagesStream::new(ctx(), 0), &[], Some("timed out reading from upstream"));
         eq_json(
             &Value::Array(events(&out)),
             &json!([{"type": "error", "error": {"type": "api_error", "message": "timed out reading from upstream"}}]),
         );
 
         // After message_stop, EOF adds nothing.
-        let (_, _, mut stream) = run(&[DONE]);
-        let mut out = Vec::new();
-        stream.upstream_ended(None, &mut out);
-        assert!(out.is_empty());
+        testkit::assert_end_adds_nothing(MessagesStream::new(ctx(), 11), &[DONE]);
     }
 
     #[test]
     fn blank_and_cr_lines_are_skipped() {
         let mut stream = MessagesStream::new(ctx(), 0);
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES[..3]);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  "] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         assert_eq!(stream.push_line(format!("{DONE}\r").as_bytes(), &mut out), Flow::Done);
         assert_eq!(events(&out).last().unwrap()["type"], json!("message_stop"));
     }

@@ -370,7 +370,7 @@ impl Events for ResponsesStream {
 mod tests {
     use super::*;
     use crate::translate::responses::to_ollama;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json};
     use crate::translate::{Flow, LineTranslator};
 
     // -- helpers --------------------------------------------------------------------
@@ -388,22 +388,7 @@ mod tests {
     /// The payloads of `event: NAME` / `data: JSON` frames, checking the framing, that
     /// `type` repeats the event name, and that nothing has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).unwrap();
-        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated event in {text:?}");
-        text.split_terminator("\n\n")
-            .map(|frame| {
-                let (name, data) = frame
-                    .strip_prefix("event: ")
-                    .and_then(|rest| rest.split_once("\ndata: "))
-                    .unwrap_or_else(|| panic!("not an event frame: {frame:?}"));
-                let value: Value =
-                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad data {data}: {e}"));
-                assert_eq!(value["type"], json!(name), "{frame}");
-                let _strict: strict::Event = serde_json::from_value(value.clone())
-                    .unwrap_or_else(|e| panic!("bad event {value}: {e}"));
-                value
-            })
-            .collect()
+        testkit::sse_events::<strict::Event>(out)
     }
 
     fn names(events: &[Value]) -> Vec<&str> {
@@ -412,12 +397,7 @@ mod tests {
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(lines: &[&str]) -> (Vec<Value>, Flow, ResponsesStream) {
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(ResponsesStream::new(ctx()), lines);
         (events(&out), flow, stream)
     }
 
@@ -958,23 +938,9 @@ mod tests {
     #[test]
     fn stream_that_fails_mid_way_ends_with_response_failed() {
         let started = r#"{"model":"m","message":{"content":"","thinking":"Let me"},"done":false}"#;
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let cases: [(&str, &str); 3] = [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed"}}"#, "model crashed"),
-            (&garbage, "upstream sent an invalid line (expected a JSON object): <html>xxx"),
-        ];
-        for (line, message) in cases {
-            let mut stream = ResponsesStream::new(ctx());
-            let mut out = Vec::new();
-            assert_eq!(stream.push_line(started.as_bytes(), &mut out), Flow::Continue);
-            assert_eq!(stream.push_line(line.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the failure, not even at EOF.
-            assert_eq!(stream.push_line(TEXT[2].as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+        for (line, message) in testkit::bad_lines() {
+            let (out, stream) =
+                testkit::after_a_bad_line(ResponsesStream::new(ctx()), started, &line, TEXT[2]);
             let events = events(&out);
             assert_eq!(names(&events).last(), Some(&"response.failed"), "{line}");
             let response = check_stream(&events);
@@ -990,11 +956,8 @@ mod tests {
 
     #[test]
     fn stream_ending_early_ends_with_response_failed() {
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        stream.push_line(TEXT[0].as_bytes(), &mut out);
-        stream.push_line(br#"{"model":"m","message":{"content":"","tool_calls":[{"id":"call_k","function":{"name":"get_weather","arguments":{}}}]},"done":false}"#, &mut out);
-        stream.upstream_ended(None, &mut out);
+        let call = r#"{"model":"m","message":{"content":"","tool_calls":[{"id":"call_k","function":{"name":"get_weather","arguments":{}}}]},"done":false}"#;
+        let (out, _) = testkit::ended_early(ResponsesStream::new(ctx()), &[TEXT[0], call], None);
         let response = check_stream(&events(&out));
         let message = response["error"]["message"].as_str().unwrap();
         assert!(message.contains("closed the stream before finishing"), "{message}");
@@ -1004,22 +967,14 @@ mod tests {
         assert_eq!(kinds, [&json!("message"), &json!("function_call")]);
 
         // A read error before any line: the stream still opens, then fails with its text.
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
+        let (out, _) =
+            testkit::ended_early(ResponsesStream::new(ctx()), &[], Some("timed out reading from upstream"));
         let got = events(&out);
         assert_eq!(names(&got), ["response.created", "response.in_progress", "response.failed"]);
         assert_eq!(check_stream(&got)["error"]["message"], json!("timed out reading from upstream"));
 
         // After a finished stream, EOF adds nothing.
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        for line in TEXT {
-            stream.push_line(line.as_bytes(), &mut out);
-        }
-        let before = out.len();
-        stream.upstream_ended(None, &mut out);
-        assert_eq!(out.len(), before);
+        testkit::assert_end_adds_nothing(ResponsesStream::new(ctx()), &TEXT);
     }
 
     #[test]
@@ -1033,11 +988,8 @@ mod tests {
     #[test]
     fn stream_blank_lines_are_skipped_and_a_bare_done_line_gives_an_empty_message() {
         let mut stream = ResponsesStream::new(ctx());
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES[..3]);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  "] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         let done =
             format!("{}\r", r#"{"model":"m","message":{"role":"assistant","content":""},"done":true}"#);
         assert_eq!(stream.push_line(done.as_bytes(), &mut out), Flow::Done);

@@ -628,25 +628,7 @@ fn echo(req: &Map<String, Value>, parallel_tool_calls: Option<bool>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn translated(body: Value) -> ResponsesRequest {
-        match to_ollama(&body) {
-            Ok(req) => req,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn native_of(body: Value) -> Value {
-        translated(body).native
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// A request with the given input.
     fn with_input(input: Value) -> Value {
@@ -655,9 +637,19 @@ mod tests {
 
     /// A one-line request with `key` set.
     fn with(key: &str, value: Value) -> Value {
-        let mut body = json!({"model": "m", "input": "hi"});
-        body[key] = value;
-        body
+        testkit::with_field(json!({"model": "m", "input": "hi"}), key, value)
+    }
+
+    fn translated(body: Value) -> ResponsesRequest {
+        testkit::translated(to_ollama, &body)
+    }
+
+    fn native_of(body: Value) -> Value {
+        translated(body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     #[test]
@@ -1060,12 +1052,7 @@ mod tests {
                 "a JSON schema object",
             ),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     /// Shaped like what Codex CLI sends (see the captures' README), with our own texts.
