@@ -15,7 +15,7 @@ use super::fields::{
     expected, field, include_usage, join, message_list, message_object, object_and_model, opt_bool,
     opt_integer, opt_number, opt_str, typed,
 };
-use super::reply::{error_event, usage_json, StreamHead, FINGERPRINT};
+use super::reply::{error_event, message_text, native_tool_calls, usage_json, StreamHead, FINGERPRINT};
 pub use super::reply::{usage_of, ReplyContext};
 use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
@@ -446,8 +446,7 @@ pub(super) fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError>
 
 /// Non-streaming: an upstream `/api/chat` reply (`stream:false`) as a `chat.completion`.
 pub fn from_ollama(native: &Value, ctx: &ReplyContext) -> Value {
-    let message = native.get("message");
-    let text = |key: &str| message.and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or("");
+    let text = |key: &str| message_text(native, key);
     let role = match text("role") {
         "" => "assistant",
         role => role,
@@ -490,11 +489,6 @@ fn finish_reason(native: &Value, made_tool_calls: bool) -> String {
         None => "stop".into(),
         Some(reason) => reason.into(),
     }
-}
-
-/// The native `message.tool_calls` of an object (empty when absent).
-pub(super) fn native_tool_calls(native: &Value) -> &[Value] {
-    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// The native `logprobs` of an object, when it has some.
@@ -576,8 +570,7 @@ impl Events for ChatStream {
 
     fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.head.follow(line);
-        let text =
-            |key: &str| line.get("message").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or("");
+        let text = |key: &str| message_text(line, key);
         let (content, thinking) = (text("content"), text("thinking"));
         let tool_calls: Vec<Value> = native_tool_calls(line)
             .iter()

@@ -3,7 +3,8 @@
 //! Used by the `chat` and `completions` translators, whose streams differ only in their
 //! choices: both chunks carry the same head (id, pinned `created`, model, fingerprint) and
 //! both streams end with the same tail (a usage chunk when asked for, then `[DONE]`).
-//! [`usage_of`] reads the counts of any native final object, for every API.
+//! Also here, for every API's replies: reading a native reply ([`usage_of`],
+//! [`message_text`], [`native_tool_calls`]).
 
 use super::stream::sse_data;
 use super::{rfc3339_to_unix, ReasoningField, Usage};
@@ -111,6 +112,17 @@ impl StreamHead {
         }
         sse_data("[DONE]", out);
     }
+}
+
+/// A text field (`content`, `thinking`, `role`) of a native object's `message`; `""` when
+/// absent.
+pub(crate) fn message_text<'a>(native: &'a Value, key: &str) -> &'a str {
+    native.get("message").and_then(|message| message.get(key)).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The native `message.tool_calls` of an object (empty when absent).
+pub(crate) fn native_tool_calls(native: &Value) -> &[Value] {
+    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// Token counts of a native final object (`prompt_eval_count` / `eval_count`, 0 when absent).

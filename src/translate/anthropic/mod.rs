@@ -72,11 +72,6 @@ fn usage_json(native: &Value) -> Value {
     })
 }
 
-/// The native `message.tool_calls` of an object (empty when absent).
-fn native_tool_calls(native: &Value) -> &[Value] {
-    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
 /// The id, name and input of a native tool call: upstream's id, or a new `toolu_…` one.
 fn tool_use_parts(call: &Value) -> (String, &str, Value) {
     let id = match call.get("id").and_then(Value::as_str) {

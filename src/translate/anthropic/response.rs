@@ -3,12 +3,13 @@
 //! Content blocks come in the order the model produced them in Ollama: thinking, text,
 //! then one `tool_use` block per tool call.
 
-use super::{native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use super::{stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use crate::translate::reply::{message_text, native_tool_calls};
 use serde_json::{json, Value};
 
 /// Non-streaming: an upstream `/api/chat` reply (`stream:false`) as a `message` object.
 pub fn from_ollama(native: &Value, ctx: &MessageContext) -> Value {
-    let text = |key: &str| native.pointer(&format!("/message/{key}")).and_then(Value::as_str).unwrap_or("");
+    let text = |key: &str| message_text(native, key);
     let mut content = Vec::new();
     if !text("thinking").is_empty() {
         content

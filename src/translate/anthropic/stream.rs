@@ -10,7 +10,8 @@
 //! that is not JSON, or an upstream that ends early closes the open block and sends
 //! `event: error` instead: never a silent stop.
 
-use super::{native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use super::{stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use crate::translate::reply::{message_text, native_tool_calls};
 use crate::translate::stream::{ending_field, sse_event, Ending, Events};
 use serde_json::{json, Value};
 
@@ -127,7 +128,7 @@ impl Events for MessagesStream {
     fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.start(out);
 
-        let text = |key: &str| line.pointer(&format!("/message/{key}")).and_then(Value::as_str).unwrap_or("");
+        let text = |key: &str| message_text(line, key);
         if !text("thinking").is_empty() {
             let index = self.ensure_open(Open::Thinking, out);
             Self::delta(index, json!({"type": "thinking_delta", "thinking": text("thinking")}), out);

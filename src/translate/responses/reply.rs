@@ -9,7 +9,7 @@
 
 use super::ToolNames;
 use crate::translate::chat;
-use crate::translate::reply::usage_of;
+use crate::translate::reply::{message_text, native_tool_calls, usage_of};
 use crate::translate::stream::{ending_field, sse_event, Ending, Events};
 use crate::translate::{rfc3339_to_unix, Usage};
 use serde_json::{json, Map, Value};
@@ -126,10 +126,9 @@ impl Output {
 
     /// The thinking, content and tool calls of one native object, in that order.
     fn line(&mut self, native: &Value, out: &mut Vec<u8>) {
-        let text = |key: &str| native.get("message").and_then(|m| m.get(key)).and_then(Value::as_str);
-        self.text(Kind::Reasoning, text("thinking").unwrap_or(""), out);
-        self.text(Kind::Message, text("content").unwrap_or(""), out);
-        for call in chat::native_tool_calls(native) {
+        self.text(Kind::Reasoning, message_text(native, "thinking"), out);
+        self.text(Kind::Message, message_text(native, "content"), out);
+        for call in native_tool_calls(native) {
             self.tool_call(call, out);
         }
     }
@@ -787,24 +786,22 @@ mod tests {
         r#"{"model":"llama3.2","created_at":"2023-11-14T22:13:25Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":3}"#,
     ];
 
+    /// The events of a message item whose text comes in two deltas.
+    const MESSAGE_IN_TWO_DELTAS: [&str; 7] = [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ];
+
     #[test]
     fn stream_text() {
         let (events, flow, stream) = run(&TEXT);
-        assert_eq!(
-            names(&events),
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.content_part.added",
-                "response.output_text.delta",
-                "response.output_text.delta",
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed",
-            ]
-        );
+        let opening = ["response.created", "response.in_progress"];
+        assert_eq!(names(&events), [&opening[..], &MESSAGE_IN_TWO_DELTAS, &["response.completed"]].concat());
         assert_eq!(flow, Flow::Done);
         assert_eq!(stream.usage(), Some(Usage { prompt: 26, completion: 3 }));
         let response = check_stream(&events);
@@ -825,27 +822,20 @@ mod tests {
             r#"{"model":"m","message":{"content":"!"},"done":false}"#,
             r#"{"model":"m","message":{"content":""},"done":true,"done_reason":"stop","prompt_eval_count":12,"eval_count":30}"#,
         ]);
+        let opening_then_reasoning = [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+        ];
         assert_eq!(
             names(&events),
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.reasoning_summary_part.added",
-                "response.reasoning_summary_text.delta",
-                "response.reasoning_summary_text.delta",
-                "response.reasoning_summary_text.done",
-                "response.reasoning_summary_part.done",
-                "response.output_item.done",
-                "response.output_item.added",
-                "response.content_part.added",
-                "response.output_text.delta",
-                "response.output_text.delta",
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed",
-            ]
+            [&opening_then_reasoning[..], &MESSAGE_IN_TWO_DELTAS, &["response.completed"]].concat()
         );
         let response = check_stream(&events);
         eq_json(
