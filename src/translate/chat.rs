@@ -144,10 +144,29 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
         _ => None,
     };
 
+    let mut native = native_message(&role, content, thinking.unwrap_or(""), images, tool_calls);
+    if let Some(tool_name) = tool_name {
+        native.insert("tool_name".into(), Value::String(tool_name));
+    }
+    if let Some(id) = tool_call_id {
+        native.insert("tool_call_id".into(), id.into());
+    }
+    Ok(Value::Object(native))
+}
+
+/// A native message: `role` and `content`, then `thinking`, `images` and `tool_calls`
+/// where there are any.
+pub(super) fn native_message(
+    role: &str,
+    content: String,
+    thinking: &str,
+    images: Vec<Value>,
+    tool_calls: Vec<Value>,
+) -> Map<String, Value> {
     let mut native = Map::new();
-    native.insert("role".into(), Value::String(role));
-    native.insert("content".into(), Value::String(content));
-    if let Some(thinking) = thinking {
+    native.insert("role".into(), role.into());
+    native.insert("content".into(), content.into());
+    if !thinking.is_empty() {
         native.insert("thinking".into(), thinking.into());
     }
     if !images.is_empty() {
@@ -156,13 +175,7 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
     if !tool_calls.is_empty() {
         native.insert("tool_calls".into(), Value::Array(tool_calls));
     }
-    if let Some(tool_name) = tool_name {
-        native.insert("tool_name".into(), Value::String(tool_name));
-    }
-    if let Some(id) = tool_call_id {
-        native.insert("tool_call_id".into(), id.into());
-    }
-    Ok(Value::Object(native))
+    native
 }
 
 /// The function name of the latest earlier tool call with this id.

@@ -58,6 +58,7 @@ impl ReplyContext {
 /// The head and tail of a `chat.completion.chunk` or `text_completion` stream.
 #[derive(Debug)]
 pub(crate) struct StreamHead {
+    /// The reply's context (chat also reads where thinking goes).
     pub(crate) ctx: ReplyContext,
     /// The chunks' `object`.
     object: &'static str,

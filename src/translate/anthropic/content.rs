@@ -8,7 +8,7 @@
 //! Text blocks are joined with `\n`.
 
 use crate::error::ApiError;
-use crate::translate::chat::{is_base64, tool_message, without_line_breaks};
+use crate::translate::chat::{is_base64, native_message, tool_message, without_line_breaks};
 use crate::translate::fields::{describe, expected, field, join, message_object, opt_bool, opt_str, typed};
 use serde_json::{json, Map, Value};
 
@@ -167,18 +167,7 @@ pub(super) fn push_message(message: &Value, path: &str, out: &mut Vec<Value>) ->
     if texts.is_empty() && thinking.is_empty() && images.is_empty() && tool_calls.is_empty() {
         return Ok(());
     }
-    let mut native = Map::new();
-    native.insert("role".into(), role.into());
-    native.insert("content".into(), texts.join("\n").into());
-    if !thinking.is_empty() {
-        native.insert("thinking".into(), thinking.join("\n").into());
-    }
-    if !images.is_empty() {
-        native.insert("images".into(), Value::Array(images));
-    }
-    if !tool_calls.is_empty() {
-        native.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let native = native_message(&role, texts.join("\n"), &thinking.join("\n"), images, tool_calls);
     out.push(Value::Object(native));
     Ok(())
 }

@@ -184,19 +184,13 @@ struct Turn {
 
 impl Turn {
     fn into_message(self) -> Value {
-        let mut message = Map::new();
-        message.insert("role".into(), "assistant".into());
-        message.insert("content".into(), self.content.into());
-        if !self.thinking.is_empty() {
-            message.insert("thinking".into(), self.thinking.into());
-        }
-        if !self.images.is_empty() {
-            message.insert("images".into(), Value::Array(self.images));
-        }
-        if !self.tool_calls.is_empty() {
-            message.insert("tool_calls".into(), Value::Array(self.tool_calls));
-        }
-        Value::Object(message)
+        Value::Object(chat::native_message(
+            "assistant",
+            self.content,
+            &self.thinking,
+            self.images,
+            self.tool_calls,
+        ))
     }
 }
 
@@ -305,13 +299,7 @@ impl History {
             turn.images.extend(images);
             return Ok(());
         }
-        let mut message = Map::new();
-        message.insert("role".into(), role.into());
-        message.insert("content".into(), content.into());
-        if !images.is_empty() {
-            message.insert("images".into(), Value::Array(images));
-        }
-        self.push(Value::Object(message));
+        self.push(Value::Object(chat::native_message(role, content, "", images, Vec::new())));
         Ok(())
     }
 
