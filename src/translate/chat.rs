@@ -8,8 +8,11 @@
 //!
 //! In scope: request validation with errors that name the field at fault, message and
 //! option mapping, tool-call ids and indices, `finish_reason`, usage, the SSE events, and
-//! the error event that ends a broken stream.
-//! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
+//! the error event that ends a broken stream. The request pieces the Responses and
+//! Anthropic translators build their native bodies with too (messages, tool messages, tool
+//! call arguments, images, `stop`, `think`) are here, `pub(super)`.
+//! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys;
+//! the stream head and tail (`reply`) and the reading of upstream lines (`stream`).
 
 use super::fields::{
     expected, field, include_usage, join, message_list, message_object, object_and_model, opt_bool,
@@ -179,7 +182,7 @@ pub(super) fn native_message(
 }
 
 /// The function name of the latest earlier tool call with this id.
-pub(super) fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
+fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
     earlier
         .iter()
         .rev()
