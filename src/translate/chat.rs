@@ -8,13 +8,19 @@
 //!
 //! In scope: request validation with errors that name the field at fault, message and
 //! option mapping, tool-call ids and indices, `finish_reason`, usage, the SSE events, and
-//! the error event that ends a broken stream.
-//! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys.
+//! the error event that ends a broken stream. The request pieces the Responses and
+//! Anthropic translators build their native bodies with too (messages, tool messages, tool
+//! call arguments, images, `stop`, `think`) are here, `pub(super)`.
+//! Out of scope: IO, the clock (callers pass `created_fallback`), model routing and keys;
+//! the stream head and tail (`reply`) and the reading of upstream lines (`stream`).
 
-use super::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{ended_message, error_event, read_line, usage_json, FINGERPRINT};
+use super::fields::{
+    expected, field, include_usage, join, message_list, message_object, object_and_model, opt_bool,
+    opt_integer, opt_number, opt_str, typed,
+};
+use super::reply::{error_event, message_text, native_tool_calls, usage_json, StreamHead, FINGERPRINT};
 pub use super::reply::{usage_of, ReplyContext};
-use super::{sse_data, Flow, LineTranslator, Usage};
+use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -49,29 +55,10 @@ pub struct ChatRequest {
 /// (`messages[2].content`, `temperature`, ...). Unknown fields are ignored; JSON `null`
 /// counts as absent.
 pub fn to_ollama(body: &Value) -> Result<ChatRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
-    let include_usage = match field(req, "stream_options") {
-        None => false,
-        Some(Value::Object(options)) => {
-            opt_bool(options, "stream_options", "include_usage")?.unwrap_or(false)
-        }
-        other => return Err(expected("stream_options", "an object such as {\"include_usage\":true}", other)),
-    };
-    let messages = match field(req, "messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        other => {
-            return Err(expected(
-                "messages",
-                "a non-empty array of messages such as [{\"role\":\"user\",\"content\":\"Hi\"}]",
-                other,
-            ))
-        }
-    };
+    let include_usage = include_usage(req)?;
+    let messages = message_list(req)?;
     let mut native_messages: Vec<Value> = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
         let translated = to_native_message(message, &format!("messages[{i}]"), &native_messages)?;
@@ -111,13 +98,7 @@ pub fn to_ollama(body: &Value) -> Result<ChatRequest, ApiError> {
 /// One OpenAI message as one native message. `earlier` holds the native messages
 /// translated so far, where a tool result looks up the name of its call.
 fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<Value, ApiError> {
-    let Some(msg) = message.as_object() else {
-        return Err(expected(
-            path,
-            "a message object such as {\"role\":\"user\",\"content\":\"Hi\"}",
-            Some(message),
-        ));
-    };
+    let msg = message_object(message, path)?;
     let role = match field(msg, "role") {
         Some(Value::String(role)) if !role.trim().is_empty() => role.trim().to_lowercase(),
         other => {
@@ -166,18 +147,7 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
         _ => None,
     };
 
-    let mut native = Map::new();
-    native.insert("role".into(), Value::String(role));
-    native.insert("content".into(), Value::String(content));
-    if let Some(thinking) = thinking {
-        native.insert("thinking".into(), thinking.into());
-    }
-    if !images.is_empty() {
-        native.insert("images".into(), Value::Array(images));
-    }
-    if !tool_calls.is_empty() {
-        native.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let mut native = native_message(&role, content, thinking.unwrap_or(""), images, tool_calls);
     if let Some(tool_name) = tool_name {
         native.insert("tool_name".into(), Value::String(tool_name));
     }
@@ -187,8 +157,32 @@ fn to_native_message(message: &Value, path: &str, earlier: &[Value]) -> Result<V
     Ok(Value::Object(native))
 }
 
+/// A native message: `role` and `content`, then `thinking`, `images` and `tool_calls`
+/// where there are any.
+pub(super) fn native_message(
+    role: &str,
+    content: String,
+    thinking: &str,
+    images: Vec<Value>,
+    tool_calls: Vec<Value>,
+) -> Map<String, Value> {
+    let mut native = Map::new();
+    native.insert("role".into(), role.into());
+    native.insert("content".into(), content.into());
+    if !thinking.is_empty() {
+        native.insert("thinking".into(), thinking.into());
+    }
+    if !images.is_empty() {
+        native.insert("images".into(), Value::Array(images));
+    }
+    if !tool_calls.is_empty() {
+        native.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    native
+}
+
 /// The function name of the latest earlier tool call with this id.
-pub(super) fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
+fn tool_name_for(id: &str, earlier: &[Value]) -> Option<String> {
     earlier
         .iter()
         .rev()
@@ -213,25 +207,7 @@ fn to_native_tool_call(call: &Value, path: &str) -> Result<Value, ApiError> {
         Some(Value::String(name)) if !name.is_empty() => name,
         other => return Err(expected(&join(&function_path, "name"), "the function's name", other)),
     };
-    let arguments_path = join(&function_path, "arguments");
-    let bad_arguments = || {
-        ApiError::bad_request(
-            format!(
-                "invalid tool call arguments: {arguments_path} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
-            ),
-            Some(&arguments_path),
-        )
-    };
-    let arguments = match field(function, "arguments") {
-        None => Value::Object(Map::new()),
-        Some(Value::String(text)) if text.trim().is_empty() => Value::Object(Map::new()),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(object @ Value::Object(_)) => object,
-            _ => return Err(bad_arguments()),
-        },
-        Some(object @ Value::Object(_)) => object.clone(),
-        Some(_) => return Err(bad_arguments()),
-    };
+    let arguments = arguments(function, &function_path, "tool call")?;
     let mut native = Map::new();
     if let Some(id) = opt_str(call, path, "id")?.filter(|id| !id.is_empty()) {
         native.insert("id".into(), id.into());
@@ -240,23 +216,73 @@ fn to_native_tool_call(call: &Value, path: &str) -> Result<Value, ApiError> {
     Ok(Value::Object(native))
 }
 
+/// The `arguments` of a tool call (in `obj` at `path`) as the object native calls carry:
+/// a JSON object encoded as a string (OpenAI's form) or sent as an object; absent or blank
+/// is `{}`. Anything else is a 400 about the `kind` ("tool call", "function call").
+pub(super) fn arguments(obj: &Map<String, Value>, path: &str, kind: &str) -> Result<Value, ApiError> {
+    let param = join(path, "arguments");
+    let bad = || {
+        ApiError::bad_request(
+            format!(
+                "invalid {kind} arguments: {param} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
+            ),
+            Some(&param),
+        )
+    };
+    match field(obj, "arguments") {
+        None => Ok(Value::Object(Map::new())),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(Value::Object(Map::new())),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(object @ Value::Object(_)) => Ok(object),
+            _ => Err(bad()),
+        },
+        Some(object @ Value::Object(_)) => Ok(object.clone()),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// A native `tool` message: a result with its images, named after the call it answers
+/// (looked up in the `earlier` native messages) when that call is known.
+pub(super) fn tool_message(content: String, images: Vec<Value>, call_id: &str, earlier: &[Value]) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), "tool".into());
+    message.insert("content".into(), content.into());
+    if !images.is_empty() {
+        message.insert("images".into(), Value::Array(images));
+    }
+    if let Some(name) = tool_name_for(call_id, earlier) {
+        message.insert("tool_name".into(), name.into());
+    }
+    message.insert("tool_call_id".into(), call_id.into());
+    Value::Object(message)
+}
+
+/// The URL of a part's `image_url` (at `param`): a string, or an object whose `url` is
+/// one; else a 400 saying `image_url` must be `what`.
+pub(super) fn image_url<'a>(
+    part: &'a Map<String, Value>,
+    param: &str,
+    what: &str,
+) -> Result<&'a str, ApiError> {
+    match field(part, "image_url") {
+        Some(Value::String(url)) => Ok(url),
+        Some(Value::Object(image)) => match field(image, "url") {
+            Some(Value::String(url)) => Ok(url),
+            other => Err(expected(&join(param, "url"), "a data URL string", other)),
+        },
+        other => Err(expected(param, what, other)),
+    }
+}
+
 /// Merges content parts into one text (joined with `""`), collecting images and audio
 /// as base64 strings in `images`.
 fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let path = format!("{path}[{j}]");
-        let Some(part) = part.as_object() else {
-            let what = "a content part object such as {\"type\":\"text\",\"text\":\"Hi\"}";
-            return Err(expected(&path, what, Some(part)));
-        };
-        let kind = match field(part, "type") {
-            Some(Value::String(kind)) => kind.as_str(),
-            other => {
-                let what = "a part type: \"text\", \"image_url\" or \"input_audio\"";
-                return Err(expected(&join(&path, "type"), what, other));
-            }
-        };
+        let what = "a content part object such as {\"type\":\"text\",\"text\":\"Hi\"}";
+        let (kind, part) =
+            typed(part, &path, what, "a part type: \"text\", \"image_url\" or \"input_audio\"")?;
         match kind {
             "text" => match field(part, "text") {
                 Some(Value::String(part_text)) => text.push_str(part_text),
@@ -264,16 +290,8 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
             },
             "image_url" => {
                 let image_path = join(&path, "image_url");
-                let url = match field(part, "image_url") {
-                    Some(Value::String(url)) => url,
-                    Some(Value::Object(image)) => match field(image, "url") {
-                        Some(Value::String(url)) => url,
-                        other => return Err(expected(&join(&image_path, "url"), "a data URL string", other)),
-                    },
-                    other => {
-                        return Err(expected(&image_path, "an object such as {\"url\":\"data:image/png;base64,...\"}", other))
-                    }
-                };
+                let what = "an object such as {\"url\":\"data:image/png;base64,...\"}";
+                let url = image_url(part, &image_path, what)?;
                 images.push(Value::String(image_data(url, &image_path)?));
             }
             "input_audio" => {
@@ -367,20 +385,24 @@ fn options(req: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
             options.insert(key.into(), value);
         }
     }
-    match field(req, "stop") {
-        None => {}
-        Some(Value::String(stop)) => {
-            options.insert("stop".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
-            if !stops.is_empty() {
-                options.insert("stop".into(), Value::Array(stops));
-            }
-        }
-        other => return Err(expected("stop", "a string or an array of strings", other)),
+    if let Some(stop) = stop(req)? {
+        options.insert("stop".into(), stop);
     }
     Ok(options)
+}
+
+/// Native `options.stop` from `stop`: a string as a one-item array, or an array's strings
+/// (other items skipped; none left sends nothing).
+pub(super) fn stop(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
+    match field(req, "stop") {
+        None => Ok(None),
+        Some(Value::String(stop)) => Ok(Some(json!([stop]))),
+        Some(Value::Array(stops)) => {
+            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
+            Ok((!stops.is_empty()).then_some(Value::Array(stops)))
+        }
+        other => Err(expected("stop", "a string or an array of strings", other)),
+    }
 }
 
 /// Native `format` from `response_format`.
@@ -440,8 +462,7 @@ pub(super) fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError>
 
 /// Non-streaming: an upstream `/api/chat` reply (`stream:false`) as a `chat.completion`.
 pub fn from_ollama(native: &Value, ctx: &ReplyContext) -> Value {
-    let message = native.get("message");
-    let text = |key: &str| message.and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or("");
+    let text = |key: &str| message_text(native, key);
     let role = match text("role") {
         "" => "assistant",
         role => role,
@@ -486,11 +507,6 @@ fn finish_reason(native: &Value, made_tool_calls: bool) -> String {
     }
 }
 
-/// The native `message.tool_calls` of an object (empty when absent).
-pub(super) fn native_tool_calls(native: &Value) -> &[Value] {
-    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
 /// The native `logprobs` of an object, when it has some.
 fn logprobs(native: &Value) -> Option<&Value> {
     native.get("logprobs").filter(|lp| lp.as_array().is_some_and(|list| !list.is_empty()))
@@ -532,45 +548,23 @@ fn call_id() -> String {
 /// SSE events out (spec §4), with an error event when upstream fails mid-stream.
 #[derive(Debug)]
 pub struct ChatStream {
-    ctx: ReplyContext,
-    /// `created` of the first line, pinned for every chunk.
-    created: Option<i64>,
-    /// The model of the latest line (or `ctx.response_model`).
-    model: String,
+    head: StreamHead,
     /// Whether the `role` delta has gone out.
     role_sent: bool,
     /// The index of the next tool call; above 0 once a call has been emitted.
     next_tool_index: usize,
-    usage: Option<Usage>,
-    /// After the done line or an error event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl ChatStream {
     /// A translator for one reply.
     pub fn new(ctx: ReplyContext) -> ChatStream {
-        let model = ctx.response_model.clone().unwrap_or_default();
         ChatStream {
-            ctx,
-            created: None,
-            model,
+            head: StreamHead::new(ctx, "chat.completion.chunk"),
             role_sent: false,
             next_tool_index: 0,
-            usage: None,
-            ended: false,
+            ending: Ending::default(),
         }
-    }
-
-    /// A chunk object around `choices`.
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.ctx.id,
-            "object": "chat.completion.chunk",
-            "created": self.created.unwrap_or(self.ctx.created_fallback),
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        })
     }
 
     /// Writes one content chunk; the first one of the stream also carries the role.
@@ -583,55 +577,18 @@ impl ChatStream {
         if let Some(logprobs) = logprobs {
             choice["logprobs"] = json!({"content": logprobs});
         }
-        sse_data(&self.chunk(json!([choice])).to_string(), out);
-    }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        error_event(message, out);
-        self.ended = true;
-        Flow::Done
-    }
-
-    /// Writes the finish chunk, the usage chunk if asked for, and `[DONE]`.
-    fn finish(&mut self, line: &Value, out: &mut Vec<u8>) {
-        self.usage = Some(usage_of(line));
-        let reason = finish_reason(line, self.next_tool_index > 0);
-        let finish = self.chunk(json!([{"index": 0, "delta": {}, "finish_reason": reason}]));
-        sse_data(&finish.to_string(), out);
-        if self.ctx.include_usage {
-            let mut usage = self.chunk(json!([]));
-            usage["usage"] = usage_json(line);
-            sse_data(&usage.to_string(), out);
-        }
-        sse_data("[DONE]", out);
-        self.ended = true;
+        self.head.write(json!([choice]), out);
     }
 }
 
-impl LineTranslator for ChatStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
-        if self.created.is_none() {
-            self.created = Some(self.ctx.created(&line));
-        }
-        if self.ctx.response_model.is_none() {
-            if let Some(model) = line.get("model").and_then(Value::as_str) {
-                self.model = model.to_string();
-            }
-        }
+impl Events for ChatStream {
+    ending_field!();
 
-        let text =
-            |key: &str| line.get("message").and_then(|m| m.get(key)).and_then(Value::as_str).unwrap_or("");
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
+        self.head.follow(line);
+        let text = |key: &str| message_text(line, key);
         let (content, thinking) = (text("content"), text("thinking"));
-        let tool_calls: Vec<Value> = native_tool_calls(&line)
+        let tool_calls: Vec<Value> = native_tool_calls(line)
             .iter()
             .map(|call| {
                 let call = openai_tool_call(call, self.next_tool_index);
@@ -639,7 +596,7 @@ impl LineTranslator for ChatStream {
                 call
             })
             .collect();
-        let logprobs = logprobs(&line);
+        let logprobs = logprobs(line);
         let has_answer = !content.is_empty() || !tool_calls.is_empty();
 
         // Thinking goes out first, in its own event when the line also has an answer.
@@ -648,7 +605,7 @@ impl LineTranslator for ChatStream {
             if !has_answer {
                 delta.insert("content".into(), "".into());
             }
-            self.ctx.put_reasoning(&mut delta, thinking);
+            self.head.ctx.put_reasoning(&mut delta, thinking);
             self.emit_delta(delta, logprobs, out);
         }
         if has_answer || (thinking.is_empty() && logprobs.is_some()) {
@@ -661,8 +618,8 @@ impl LineTranslator for ChatStream {
             self.emit_delta(delta, logprobs, out);
         }
 
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
+        if !done {
+            return;
         }
         if !self.role_sent {
             // A wholly empty completion still opens with a role chunk.
@@ -670,57 +627,36 @@ impl LineTranslator for ChatStream {
             delta.insert("content".into(), "".into());
             self.emit_delta(delta, None, out);
         }
-        self.finish(&line, out);
-        Flow::Done
+        let reason = finish_reason(line, self.next_tool_index > 0);
+        self.head.write(json!([{"index": 0, "delta": {}, "finish_reason": reason}]), out);
+        self.head.finish(line, out);
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if self.ended {
-            return;
-        }
-        self.fail(ended_message(error), out);
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        error_event(message, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json, openai_error};
     use crate::translate::ReasoningField;
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     // -- helpers --------------------------------------------------------------------
-
-    fn native_of(body: Value) -> Value {
-        match to_ollama(&body) {
-            Ok(req) => req.native,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
 
     /// A request with one user message of the given content.
     fn user_says(content: Value) -> Value {
         json!({"model": "m", "messages": [{"role": "user", "content": content}]})
     }
 
-    fn ctx() -> ReplyContext {
-        ReplyContext {
-            id: "chatcmpl-7".into(),
-            created_fallback: 42,
-            response_model: None,
-            reasoning_field: ReasoningField::Reasoning,
-            include_usage: false,
-        }
+    fn native_of(body: Value) -> Value {
+        testkit::translated(to_ollama, &body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     /// Replaces each tool call's `arguments` string by its parsed JSON.
@@ -738,27 +674,23 @@ mod tests {
         }
     }
 
-    /// Splits SSE output into payloads: parsed JSON, or the string `[DONE]`. Checks the
-    /// framing and that no chunk has a stray field.
+    /// Splits SSE output into payloads: parsed JSON (tool call arguments too), or the
+    /// string `[DONE]`. Checks the framing and that no chunk has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let mut events = crate::translate::testkit::sse_payloads(out);
-        for value in events.iter_mut().filter(|v| v.is_object() && v.get("error").is_none()) {
-            let _strict: strict::Chunk =
-                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("bad chunk {value}: {e}"));
-            parse_arguments(value);
-        }
+        let mut events = testkit::openai_events::<strict::Chunk>(out);
+        events.iter_mut().for_each(parse_arguments);
         events
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(ctx: ReplyContext, lines: &[&str]) -> (Vec<Value>, Flow, ChatStream) {
-        let mut stream = ChatStream::new(ctx);
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(ChatStream::new(ctx), lines);
         (events(&out), flow, stream)
+    }
+
+    /// The reply context of the tests.
+    fn ctx() -> ReplyContext {
+        testkit::reply_context("chatcmpl-7")
     }
 
     /// The `choices[0].delta` of each content chunk.
@@ -776,21 +708,11 @@ mod tests {
         use serde::Deserialize;
         use serde_json::Value;
 
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct Chunk {
-            id: String,
-            object: String,
-            created: i64,
-            model: String,
-            system_fingerprint: String,
-            choices: Vec<Choice>,
-            usage: Option<Value>,
-        }
+        pub type Chunk = crate::translate::testkit::strict::Chunk<Choice>;
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Choice {
+        pub struct Choice {
             index: u32,
             delta: Delta,
             finish_reason: Option<String>,
@@ -1214,12 +1136,7 @@ mod tests {
             (with("logprobs", json!("yes")), Some("logprobs"), "true or false"),
             (with("top_logprobs", json!(2.5)), Some("top_logprobs"), "an integer"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     // -- non-streaming reply -------------------------------------------------------------
@@ -1531,92 +1448,41 @@ mod tests {
         assert_eq!(events[1]["choices"][0].get("logprobs"), None);
     }
 
-    /// The error event every broken stream ends with.
-    fn error_payload(message: &str) -> Value {
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
-    }
-
     #[test]
     fn stream_mid_stream_error_line_ends_with_an_error_event() {
-        for (line, message) in [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed","type":"x"}}"#, "model crashed"),
-        ] {
-            let mut stream = ChatStream::new(ctx());
-            let mut out = Vec::new();
-            assert_eq!(
-                stream.push_line(br#"{"model":"m","message":{"content":"Yes"},"done":false}"#, &mut out),
-                Flow::Continue
-            );
-            assert_eq!(stream.push_line(line.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the error, not even at EOF.
-            assert_eq!(stream.push_line(WORKED_EXAMPLE[3].as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+        for &(line, message) in &testkit::ERROR_LINES[..2] {
+            let first = r#"{"model":"m","message":{"content":"Yes"},"done":false}"#;
+            let (out, stream) =
+                testkit::after_a_bad_line(ChatStream::new(ctx()), first, line, WORKED_EXAMPLE[3]);
             let events = events(&out);
             assert_eq!(events.len(), 2, "{events:?}");
-            eq_json(&events[1], &error_payload(message));
+            eq_json(&events[1], &openai_error(message));
             assert_eq!(stream.usage(), None);
         }
     }
 
     #[test]
     fn stream_garbage_line_is_an_error_event() {
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let (events, flow, _) =
-            run(ctx(), &[r#"{"model":"m","message":{"content":"a"},"done":false}"#, &garbage]);
-        assert_eq!(flow, Flow::Done);
-        assert_eq!(events.len(), 2, "{events:?}");
-        let message = events[1]["error"]["message"].as_str().unwrap();
-        assert!(message.starts_with("upstream sent an invalid line"), "{message}");
-        assert!(message.contains("<html>xxx") && message.len() < 300, "{message}");
-        assert_eq!(events[1]["error"]["type"], json!("api_error"));
-        let (events, _, _) = run(ctx(), &["[1,2]"]);
-        assert!(events[0]["error"]["message"].as_str().unwrap().contains("[1,2]"));
+        testkit::garbage_line_events(
+            |lines| run(ctx(), lines),
+            r#"{"model":"m","message":{"content":"a"},"done":false}"#,
+        );
     }
 
     #[test]
     fn stream_upstream_ending_early_is_an_error_event() {
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        stream.push_line(WORKED_EXAMPLE[0].as_bytes(), &mut out);
-        stream.upstream_ended(None, &mut out);
-        let got = events(&out);
-        assert_eq!(got.len(), 2, "{got:?}");
-        let message = got[1]["error"]["message"].as_str().unwrap();
+        let message = testkit::openai_early_ends(|| ChatStream::new(ctx()), events, &WORKED_EXAMPLE);
         assert!(
             message.contains("closed the stream before finishing") && message.contains("incomplete"),
             "{message}"
         );
-        assert!(!got.contains(&json!("[DONE]")));
-
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
-        eq_json(&Value::Array(events(&out)), &json!([error_payload("timed out reading from upstream")]));
-        assert_eq!(stream.usage(), None);
-
-        // After a finished stream, EOF adds nothing.
-        let mut stream = ChatStream::new(ctx());
-        let mut out = Vec::new();
-        for line in WORKED_EXAMPLE {
-            stream.push_line(line.as_bytes(), &mut out);
-        }
-        let before = out.len();
-        stream.upstream_ended(None, &mut out);
-        assert_eq!(out.len(), before);
     }
 
     #[test]
     fn stream_blank_and_cr_lines_are_skipped() {
         let mut stream = ChatStream::new(ctx());
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  ", b" \r"] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         let with_cr = |line: &str| format!("{line}\r");
         assert_eq!(stream.push_line(with_cr(WORKED_EXAMPLE[2]).as_bytes(), &mut out), Flow::Continue);
         assert_eq!(stream.usage(), None);

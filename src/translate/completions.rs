@@ -12,9 +12,11 @@
 //! the [`ReplyContext`]), model routing and keys. Native `thinking` text and logprobs are
 //! not returned, as in Ollama's `/v1/completions`.
 
-use super::fields::{describe, expected, field, object, opt_bool, opt_integer, opt_number, opt_str};
-use super::reply::{ended_message, error_event, read_line, usage_json, usage_of, ReplyContext, FINGERPRINT};
-use super::{sse_data, Flow, LineTranslator, Usage};
+use super::fields::{
+    describe, expected, field, include_usage, object_and_model, opt_bool, opt_integer, opt_number, opt_str,
+};
+use super::reply::{error_event, usage_json, ReplyContext, StreamHead, FINGERPRINT};
+use super::stream::{ending_field, Ending, Events};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -44,20 +46,10 @@ pub struct CompletionRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `echo`, `best_of`, `n`, `logit_bias`, `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<CompletionRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     let prompt = prompt(req)?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
-    let include_usage = match field(req, "stream_options") {
-        None => false,
-        Some(Value::Object(options)) => {
-            opt_bool(options, "stream_options", "include_usage")?.unwrap_or(false)
-        }
-        other => return Err(expected("stream_options", "an object such as {\"include_usage\":true}", other)),
-    };
+    let include_usage = include_usage(req)?;
 
     let mut native = Map::new();
     native.insert("model".into(), Value::String(model.clone()));
@@ -191,173 +183,82 @@ fn finish_reason(native: &Value) -> String {
 /// mid-stream.
 #[derive(Debug)]
 pub struct CompletionStream {
-    ctx: ReplyContext,
-    /// `created` of the first line, pinned for every chunk.
-    created: Option<i64>,
-    /// The model of the latest line (or `ctx.response_model`).
-    model: String,
-    usage: Option<Usage>,
-    /// After the done line or an error event: nothing more is written.
-    ended: bool,
+    head: StreamHead,
+    ending: Ending,
 }
 
 impl CompletionStream {
     /// A translator for one reply.
     pub fn new(ctx: ReplyContext) -> Self {
-        let model = ctx.response_model.clone().unwrap_or_default();
-        CompletionStream { ctx, created: None, model, usage: None, ended: false }
-    }
-
-    /// A chunk object around `choices`.
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.ctx.id,
-            "object": "text_completion",
-            "created": self.created.unwrap_or(self.ctx.created_fallback),
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        })
-    }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        error_event(message, out);
-        self.ended = true;
-        Flow::Done
+        CompletionStream { head: StreamHead::new(ctx, "text_completion"), ending: Ending::default() }
     }
 }
 
-impl LineTranslator for CompletionStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
-        if self.created.is_none() {
-            self.created = Some(self.ctx.created(&line));
-        }
-        if self.ctx.response_model.is_none() {
-            if let Some(model) = line.get("model").and_then(Value::as_str) {
-                self.model = model.to_string();
-            }
-        }
+impl Events for CompletionStream {
+    ending_field!();
 
-        let done = line.get("done").and_then(Value::as_bool) == Some(true);
-        let finish = done.then(|| finish_reason(&line));
-        sse_data(&self.chunk(json!([choice(&line, finish)])).to_string(), out);
-        if !done {
-            return Flow::Continue;
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
+        self.head.follow(line);
+        let finish = done.then(|| finish_reason(line));
+        self.head.write(json!([choice(line, finish)]), out);
+        if done {
+            self.head.finish(line, out);
         }
-        self.usage = Some(usage_of(&line));
-        if self.ctx.include_usage {
-            let mut usage = self.chunk(json!([]));
-            usage["usage"] = usage_json(&line);
-            sse_data(&usage.to_string(), out);
-        }
-        sse_data("[DONE]", out);
-        self.ended = true;
-        Flow::Done
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if self.ended {
-            return;
-        }
-        self.fail(ended_message(error), out);
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        error_event(message, out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-    use crate::translate::ReasoningField;
+    use crate::translate::testkit::{self, eq_json, openai_error};
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     // -- helpers --------------------------------------------------------------------
 
+    /// `{"model":"m","prompt":"hi"}` plus the given field.
+    fn with(key: &str, value: Value) -> Value {
+        testkit::with_field(json!({"model": "m", "prompt": "hi"}), key, value)
+    }
+
     fn native_of(body: Value) -> Value {
-        match to_ollama(&body) {
-            Ok(req) => req.native,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
+        testkit::translated(to_ollama, &body).native
     }
 
     fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
-
-    /// `{"model":"m","prompt":"hi"}` plus the given field.
-    fn with(key: &str, value: Value) -> Value {
-        let mut body = json!({"model": "m", "prompt": "hi"});
-        body[key] = value;
-        body
-    }
-
-    fn ctx() -> ReplyContext {
-        ReplyContext {
-            id: "cmpl-58".into(),
-            created_fallback: 42,
-            response_model: None,
-            reasoning_field: ReasoningField::Reasoning,
-            include_usage: false,
-        }
+        testkit::refused(to_ollama, &body)
     }
 
     /// Splits SSE output into payloads: parsed JSON, or the string `[DONE]`. Checks the
     /// framing and that no chunk has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let events = crate::translate::testkit::sse_payloads(out);
-        for value in events.iter().filter(|v| v.is_object() && v.get("error").is_none()) {
-            let _strict: strict::Completion =
-                serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("bad chunk {value}: {e}"));
-        }
-        events
+        testkit::openai_events::<strict::Completion>(out)
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(ctx: ReplyContext, lines: &[&str]) -> (Vec<Value>, Flow, CompletionStream) {
-        let mut stream = CompletionStream::new(ctx);
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(CompletionStream::new(ctx), lines);
         (events(&out), flow, stream)
+    }
+
+    /// The reply context of the tests.
+    fn ctx() -> ReplyContext {
+        testkit::reply_context("cmpl-58")
     }
 
     /// Mirror types of what clients decode, with no room for stray fields.
     mod strict {
         #![allow(dead_code)] // Fields exist to be checked by serde, not read.
         use serde::Deserialize;
-        use serde_json::Value;
+
+        pub type Completion = crate::translate::testkit::strict::Chunk<Choice>;
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct Completion {
-            id: String,
-            object: String,
-            created: i64,
-            model: String,
-            system_fingerprint: String,
-            choices: Vec<Choice>,
-            usage: Option<Value>,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Choice {
+        pub struct Choice {
             text: String,
             index: u32,
             finish_reason: Option<String>,
@@ -506,12 +407,7 @@ mod tests {
             (with("stop", json!(["a", null])), Some("stop"), "invalid type for 'stop' field"),
             (with("logprobs", json!({})), Some("logprobs"), "logprobs must be a non-negative integer"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     // -- non-streaming reply -------------------------------------------------------------
@@ -624,85 +520,33 @@ mod tests {
         assert_eq!(stream.usage(), Some(Usage { prompt: 0, completion: 0 }));
     }
 
-    /// The error event every broken stream ends with.
-    fn error_payload(message: &str) -> Value {
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
-    }
-
     #[test]
     fn stream_mid_stream_error_line_ends_with_an_error_event() {
-        for (line, message) in [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed","type":"x"}}"#, "model crashed"),
-            (r#"{"error":""}"#, "upstream reported an error without a message"),
-        ] {
-            let mut stream = CompletionStream::new(ctx());
-            let mut out = Vec::new();
-            assert_eq!(stream.push_line(LINES[0].as_bytes(), &mut out), Flow::Continue);
-            assert_eq!(stream.push_line(line.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the error, not even at EOF.
-            assert_eq!(stream.push_line(LINES[2].as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
-            eq_json(&Value::Array(events(&out)), &json!([chunk(" Yes", None), error_payload(message)]));
+        for (line, message) in testkit::ERROR_LINES {
+            let (out, stream) =
+                testkit::after_a_bad_line(CompletionStream::new(ctx()), LINES[0], line, LINES[2]);
+            eq_json(&Value::Array(events(&out)), &json!([chunk(" Yes", None), openai_error(message)]));
             assert_eq!(stream.usage(), None);
         }
     }
 
     #[test]
     fn stream_garbage_line_is_an_error_event() {
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let (events, flow, _) = run(ctx(), &[LINES[0], &garbage]);
-        assert_eq!(flow, Flow::Done);
-        assert_eq!(events.len(), 2, "{events:?}");
-        let message = events[1]["error"]["message"].as_str().unwrap();
-        assert!(message.starts_with("upstream sent an invalid line"), "{message}");
-        assert!(message.contains("<html>xxx") && message.len() < 300, "{message}");
-        assert_eq!(events[1]["error"]["type"], json!("api_error"));
-        let (events, _, _) = run(ctx(), &["[1,2]"]);
-        assert!(events[0]["error"]["message"].as_str().unwrap().contains("[1,2]"));
+        let events = testkit::garbage_line_events(|lines| run(ctx(), lines), LINES[0]);
         assert!(!events.contains(&json!("[DONE]")));
     }
 
     #[test]
     fn stream_upstream_ending_early_is_an_error_event() {
-        let mut stream = CompletionStream::new(ctx());
-        let mut out = Vec::new();
-        stream.push_line(LINES[0].as_bytes(), &mut out);
-        stream.upstream_ended(None, &mut out);
-        let got = events(&out);
-        assert_eq!(got.len(), 2, "{got:?}");
-        let message = got[1]["error"]["message"].as_str().unwrap();
+        let message = testkit::openai_early_ends(|| CompletionStream::new(ctx()), events, &LINES);
         assert!(message.contains("closed the stream before finishing"), "{message}");
-        assert!(!got.contains(&json!("[DONE]")));
-
-        let mut stream = CompletionStream::new(ctx());
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
-        eq_json(&Value::Array(events(&out)), &json!([error_payload("timed out reading from upstream")]));
-        assert_eq!(stream.usage(), None);
-
-        // After a finished stream, EOF adds nothing.
-        let mut stream = CompletionStream::new(ctx());
-        let mut out = Vec::new();
-        for line in LINES {
-            stream.push_line(line.as_bytes(), &mut out);
-        }
-        let before = out.len();
-        stream.upstream_ended(None, &mut out);
-        assert_eq!(out.len(), before);
     }
 
     #[test]
     fn stream_blank_and_cr_lines_are_skipped() {
         let mut stream = CompletionStream::new(ctx());
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  ", b" \r"] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         for line in LINES {
             stream.push_line(format!("{line}\r").as_bytes(), &mut out);
         }

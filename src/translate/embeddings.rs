@@ -11,7 +11,7 @@
 //! Out of scope: IO, model routing and keys. Token-array inputs are forwarded untouched and
 //! left to upstream to accept or reject.
 
-use super::fields::{describe, expected, field, object};
+use super::fields::{describe, expected, field, object_and_model};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
@@ -41,13 +41,7 @@ pub struct EmbeddingRequest {
 /// Wrong types give a 400 whose `param` names the field at fault. Unknown fields (and
 /// `user`) are ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<EmbeddingRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => {
-            return Err(expected("model", "the name of an embedding model, such as \"all-minilm\"", other))
-        }
-    };
+    let (req, model) = object_and_model(body, "the name of an embedding model, such as \"all-minilm\"")?;
     let input = match field(req, "input") {
         Some(Value::String(text)) if text.is_empty() => json!([""]),
         Some(text @ Value::String(_)) => text.clone(),
@@ -165,20 +159,15 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// `{"model":"all-minilm","input":"hi"}` plus the given field.
     fn with(key: &str, value: Value) -> Value {
-        let mut body = json!({"model": "all-minilm", "input": "hi"});
-        body[key] = value;
-        body
+        testkit::with_field(json!({"model": "all-minilm", "input": "hi"}), key, value)
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     /// Mirror types of what clients decode, with no room for stray fields.
@@ -305,12 +294,7 @@ mod tests {
             (with("model", json!("")), Some("model"), "got an empty string"),
             (with("model", json!(7)), Some("model"), "got a number"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     // -- reply ----------------------------------------------------------------------

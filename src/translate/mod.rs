@@ -14,10 +14,12 @@ pub mod models;
 pub mod passthrough;
 mod reply;
 pub mod responses;
+mod stream;
 #[cfg(test)]
 mod testkit;
 
 pub use reply::ReplyContext;
+pub use stream::sse_data;
 
 use serde::Deserialize;
 
@@ -75,13 +77,6 @@ pub trait LineTranslator: Send {
 
     /// Token counts, once the final line has been seen.
     fn usage(&self) -> Option<Usage>;
-}
-
-/// Appends one SSE event `data: <payload>\n\n` to `out`.
-pub fn sse_data(payload: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(payload.as_bytes());
-    out.extend_from_slice(b"\n\n");
 }
 
 /// A random id such as `chatcmpl-4f9aK2...`: `prefix` then 24 alphanumeric characters.

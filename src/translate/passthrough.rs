@@ -114,7 +114,7 @@ impl LineTranslator for Passthrough {
                 self.usage.get_or_insert_with(Usage::default);
                 return;
             }
-            None => super::reply::INCOMPLETE,
+            None => super::stream::INCOMPLETE,
         };
         out.extend_from_slice(json!({ "error": message }).to_string().as_bytes());
         out.push(b'\n');

@@ -1,19 +1,18 @@
-//! What OpenAI-shaped replies share: the reply context, usage, and the error event.
+//! What OpenAI-shaped replies share: the reply context, the stream head, usage, errors.
 //!
-//! Used by the `chat` and `completions` translators; pure like the rest of `translate`.
+//! Used by the `chat` and `completions` translators, whose streams differ only in their
+//! choices: both chunks carry the same head (id, pinned `created`, model, fingerprint) and
+//! both streams end with the same tail (a usage chunk when asked for, then `[DONE]`).
+//! Also here, for every API's replies: reading a native reply ([`usage_of`],
+//! [`message_text`], [`native_tool_calls`]).
 
-use super::{rfc3339_to_unix, sse_data, ReasoningField, Usage};
+use super::stream::sse_data;
+use super::{rfc3339_to_unix, ReasoningField, Usage};
 use crate::error::ApiError;
 use serde_json::{json, Map, Value};
 
 /// Ollama's constant `system_fingerprint`.
 pub(crate) const FINGERPRINT: &str = "fp_ollama";
-
-/// What a stream that ends without its final line is told.
-pub(crate) const INCOMPLETE: &str = "upstream closed the stream before finishing; the reply is incomplete";
-
-/// The most characters of a bad upstream line quoted in an error event.
-pub(crate) const QUOTED_LINE_CHARS: usize = 200;
 
 /// What the reply needs to know that upstream does not say.
 #[derive(Debug, Clone)]
@@ -56,6 +55,77 @@ impl ReplyContext {
     }
 }
 
+/// The head and tail of a `chat.completion.chunk` or `text_completion` stream.
+#[derive(Debug)]
+pub(crate) struct StreamHead {
+    /// The reply's context (chat also reads where thinking goes).
+    pub(crate) ctx: ReplyContext,
+    /// The chunks' `object`.
+    object: &'static str,
+    /// `created` of the first line, pinned for every chunk.
+    created: Option<i64>,
+    /// The model of the latest line (or `ctx.response_model`).
+    model: String,
+}
+
+impl StreamHead {
+    /// The head of a stream whose chunks are `object`s.
+    pub(crate) fn new(ctx: ReplyContext, object: &'static str) -> StreamHead {
+        let model = ctx.response_model.clone().unwrap_or_default();
+        StreamHead { ctx, object, created: None, model }
+    }
+
+    /// Takes in a native line: the first one pins `created`, each one's model is reported.
+    pub(crate) fn follow(&mut self, native: &Value) {
+        if self.created.is_none() {
+            self.created = Some(self.ctx.created(native));
+        }
+        if self.ctx.response_model.is_none() {
+            if let Some(model) = native.get("model").and_then(Value::as_str) {
+                self.model = model.to_string();
+            }
+        }
+    }
+
+    /// A chunk object around `choices`.
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.ctx.id,
+            "object": self.object,
+            "created": self.created.unwrap_or(self.ctx.created_fallback),
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        })
+    }
+
+    /// Writes one chunk around `choices`.
+    pub(crate) fn write(&self, choices: Value, out: &mut Vec<u8>) {
+        sse_data(&self.chunk(choices).to_string(), out);
+    }
+
+    /// Ends a stream after its last chunk: the usage chunk when asked for, then `[DONE]`.
+    pub(crate) fn finish(&self, native: &Value, out: &mut Vec<u8>) {
+        if self.ctx.include_usage {
+            let mut usage = self.chunk(json!([]));
+            usage["usage"] = usage_json(native);
+            sse_data(&usage.to_string(), out);
+        }
+        sse_data("[DONE]", out);
+    }
+}
+
+/// A text field (`content`, `thinking`, `role`) of a native object's `message`; `""` when
+/// absent.
+pub(crate) fn message_text<'a>(native: &'a Value, key: &str) -> &'a str {
+    native.get("message").and_then(|message| message.get(key)).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The native `message.tool_calls` of an object (empty when absent).
+pub(crate) fn native_tool_calls(native: &Value) -> &[Value] {
+    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+}
+
 /// Token counts of a native final object (`prompt_eval_count` / `eval_count`, 0 when absent).
 pub fn usage_of(native: &Value) -> Usage {
     let count = |key: &str| native.get(key).and_then(Value::as_u64).unwrap_or(0);
@@ -79,51 +149,4 @@ pub(crate) fn usage_json(native: &Value) -> Value {
 /// Appends the SSE error event that ends a broken stream.
 pub(crate) fn error_event(message: &str, out: &mut Vec<u8>) {
     sse_data(&ApiError::server(502, message).to_json().to_string(), out);
-}
-
-/// The text of an upstream `{"error": …}` line (a string or an object with `message`).
-pub(crate) fn upstream_error_text(error: &Value) -> String {
-    let text = match error {
-        Value::String(text) => text.clone(),
-        Value::Object(obj) => match obj.get("message") {
-            Some(Value::String(text)) => text.clone(),
-            _ => error.to_string(),
-        },
-        other => other.to_string(),
-    };
-    if text.trim().is_empty() {
-        "upstream reported an error without a message".to_string()
-    } else {
-        text
-    }
-}
-
-/// One upstream NDJSON line of a stream being translated: `Ok(None)` for a blank line (to
-/// skip), the object, or the text of the error event that must end the stream (an
-/// `{"error": …}` line, or a line that is not a JSON object).
-pub(crate) fn read_line(line: &[u8]) -> Result<Option<Value>, String> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let value: Value = match crate::json_cost::parse_tree(line) {
-        Ok(value @ Value::Object(_)) => value,
-        _ => {
-            let quoted: String = String::from_utf8_lossy(line).chars().take(QUOTED_LINE_CHARS).collect();
-            return Err(format!("upstream sent an invalid line (expected a JSON object): {quoted}"));
-        }
-    };
-    match value.get("error").filter(|error| !error.is_null()) {
-        Some(error) => Err(upstream_error_text(error)),
-        None => Ok(Some(value)),
-    }
-}
-
-/// The error event's text when upstream ends before its final line: its read error, or
-/// that the reply is incomplete.
-pub(crate) fn ended_message(error: Option<&str>) -> &str {
-    match error {
-        Some(text) if !text.trim().is_empty() => text,
-        _ => INCOMPLETE,
-    }
 }

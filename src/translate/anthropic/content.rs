@@ -8,8 +8,8 @@
 //! Text blocks are joined with `\n`.
 
 use crate::error::ApiError;
-use crate::translate::chat::{is_base64, tool_name_for, without_line_breaks};
-use crate::translate::fields::{describe, expected, field, join, opt_bool, opt_str};
+use crate::translate::chat::{is_base64, native_message, tool_message, without_line_breaks};
+use crate::translate::fields::{describe, expected, field, join, message_object, opt_bool, opt_str, typed};
 use serde_json::{json, Map, Value};
 
 /// The first line of one of Claude Code's system blocks: a per-request hash that would
@@ -89,13 +89,7 @@ fn without_billing_header(text: &str) -> &str {
 /// Translates the message at `path` and appends the native messages it gives to `out`
 /// (which holds the messages translated so far, where tool results look up their calls).
 pub(super) fn push_message(message: &Value, path: &str, out: &mut Vec<Value>) -> Result<(), ApiError> {
-    let Some(msg) = message.as_object() else {
-        return Err(expected(
-            path,
-            "a message object such as {\"role\":\"user\",\"content\":\"Hi\"}",
-            Some(message),
-        ));
-    };
+    let msg = message_object(message, path)?;
     let roles = "\"user\", \"assistant\" or \"system\"";
     let role = match field(msg, "role") {
         Some(Value::String(role)) => role.trim().to_ascii_lowercase(),
@@ -173,34 +167,27 @@ pub(super) fn push_message(message: &Value, path: &str, out: &mut Vec<Value>) ->
     if texts.is_empty() && thinking.is_empty() && images.is_empty() && tool_calls.is_empty() {
         return Ok(());
     }
-    let mut native = Map::new();
-    native.insert("role".into(), role.into());
-    native.insert("content".into(), texts.join("\n").into());
-    if !thinking.is_empty() {
-        native.insert("thinking".into(), thinking.join("\n").into());
-    }
-    if !images.is_empty() {
-        native.insert("images".into(), Value::Array(images));
-    }
-    if !tool_calls.is_empty() {
-        native.insert("tool_calls".into(), Value::Array(tool_calls));
-    }
+    let native = native_message(&role, texts.join("\n"), &thinking.join("\n"), images, tool_calls);
     out.push(Value::Object(native));
     Ok(())
 }
 
-/// A block's `type` and fields, or the 400 for something that is not a block.
+/// What a block's `type` must be, in errors.
+const BLOCK_TYPE: &str = "a block type such as \"text\"";
+
+/// A block's `type` (any string) and fields, or the 400 for something that is not a block.
+pub(super) fn typed_block<'a>(
+    block: &'a Value,
+    path: &str,
+) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
+    typed(block, path, "a content block such as {\"type\":\"text\",\"text\":\"Hi\"}", BLOCK_TYPE)
+}
+
+/// A block's `type` (not empty) and fields, or the 400 for something that is not a block.
 fn block_kind<'a>(block: &'a Value, path: &str) -> Result<(&'a str, &'a Map<String, Value>), ApiError> {
-    let Some(obj) = block.as_object() else {
-        return Err(expected(
-            path,
-            "a content block such as {\"type\":\"text\",\"text\":\"Hi\"}",
-            Some(block),
-        ));
-    };
-    match field(obj, "type") {
-        Some(Value::String(kind)) if !kind.is_empty() => Ok((kind, obj)),
-        other => Err(expected(&join(path, "type"), "a block type such as \"text\"", other)),
+    match typed_block(block, path)? {
+        ("", obj) => Err(expected(&join(path, "type"), BLOCK_TYPE, field(obj, "type"))),
+        other => Ok(other),
     }
 }
 
@@ -379,40 +366,27 @@ fn tool_result(block: &Map<String, Value>, path: &str, earlier: &[Value]) -> Res
     if is_error {
         text = if text.is_empty() { "Error".to_string() } else { format!("Error: {text}") };
     }
-    let mut native = Map::new();
-    native.insert("role".into(), "tool".into());
-    native.insert("content".into(), text.into());
-    if !images.is_empty() {
-        native.insert("images".into(), Value::Array(images));
-    }
-    if let Some(name) = tool_name_for(id, earlier) {
-        native.insert("tool_name".into(), name.into());
-    }
-    native.insert("tool_call_id".into(), id.into());
-    Ok(Value::Object(native))
+    Ok(tool_message(text, images, id, earlier))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::to_ollama;
     use super::*;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json};
+
+    /// A request with these messages.
+    fn body(messages: Value) -> Value {
+        json!({"model": "m", "max_tokens": 10, "messages": messages})
+    }
 
     /// The native messages of a request with these messages.
     fn natives(messages: Value) -> Value {
-        let body = json!({"model": "m", "max_tokens": 10, "messages": messages});
-        match to_ollama(&body) {
-            Ok(req) => req.native["messages"].clone(),
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
+        testkit::translated(to_ollama, &body(messages)).native["messages"].clone()
     }
 
     fn rejected(messages: Value) -> ApiError {
-        let body = json!({"model": "m", "max_tokens": 10, "messages": messages});
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
+        testkit::refused(to_ollama, &body(messages))
     }
 
     fn user_says(content: Value) -> Value {
@@ -670,15 +644,6 @@ mod tests {
                 "the tool's name",
             ),
         ];
-        for (messages, param, fragment) in cases {
-            let err = rejected(messages.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{messages}");
-            assert_eq!(err.param.as_deref(), Some(param), "{messages}: {}", err.message);
-            assert!(
-                err.message.contains(fragment),
-                "{messages}: message {:?} lacks {fragment:?}",
-                err.message
-            );
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 }

@@ -18,6 +18,8 @@ mod content;
 mod request;
 mod response;
 mod stream;
+#[cfg(test)]
+mod testkit;
 mod tokens;
 
 pub use super::reply::usage_of;
@@ -44,15 +46,6 @@ pub struct MessageContext {
 /// opaque to clients, and ignored when it comes back in a later request.
 pub(crate) const THINKING_SIGNATURE: &str = "b2xsYW1hLWdhdGV3YXk=";
 
-/// Appends one named SSE event, `event: NAME\ndata: JSON\n\n`, to `out`.
-fn event(name: &str, data: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
 /// Anthropic's `stop_reason` for a native final object. `length` is always `max_tokens`
 /// (the reply was cut, whatever came before); otherwise `tool_use` when a tool was called,
 /// else `end_turn`. Ollama says `stop` both at the end of a turn and on a stop sequence
@@ -77,11 +70,6 @@ fn usage_json(native: &Value) -> Value {
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": cached,
     })
-}
-
-/// The native `message.tool_calls` of an object (empty when absent).
-fn native_tool_calls(native: &Value) -> &[Value] {
-    native.pointer("/message/tool_calls").and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// The id, name and input of a native tool call: upstream's id, or a new `toolu_…` one.

@@ -8,8 +8,13 @@
 use super::content::{one_of, push_message, system_text};
 use super::tokens::count_tokens;
 use crate::error::ApiError;
-use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use crate::translate::fields::{
+    expected, field, join, message_list, object_and_model, opt_bool, opt_integer, opt_number, opt_str,
+};
 use serde_json::{json, Map, Value};
+
+/// What `model` must be, in errors.
+pub(super) const MODEL: &str = "the name of a model, such as \"qwen3-coder\"";
 
 /// A validated Messages request, translated for upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,11 +38,7 @@ pub struct MessagesRequest {
 /// Anthropic requires it. Server tools (typed tools such as `web_search_20250305`) are
 /// dropped with a debug line: the gateway runs none.
 pub fn to_ollama(body: &Value) -> Result<MessagesRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"qwen3-coder\"", other)),
-    };
+    let (req, model) = object_and_model(body, MODEL)?;
     let max_tokens = match field(req, "max_tokens") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n >= 1) => n.clone(),
         None => {
@@ -56,17 +57,7 @@ pub fn to_ollama(body: &Value) -> Result<MessagesRequest, ApiError> {
             messages.push(json!({"role": "system", "content": text}));
         }
     }
-    let list = match field(req, "messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        other => {
-            return Err(expected(
-                "messages",
-                "a non-empty array of messages such as [{\"role\":\"user\",\"content\":\"Hi\"}]",
-                other,
-            ))
-        }
-    };
-    for (i, message) in list.iter().enumerate() {
+    for (i, message) in message_list(req)?.iter().enumerate() {
         push_message(message, &format!("messages[{i}]"), &mut messages)?;
     }
 
@@ -269,21 +260,7 @@ fn think(req: &Map<String, Value>) -> Result<Option<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn native_of(body: Value) -> Value {
-        match to_ollama(&body) {
-            Ok(req) => req.native,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// A minimal valid request with `extra` fields merged in.
     fn with(extra: Value) -> Value {
@@ -291,6 +268,14 @@ mod tests {
             json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         body
+    }
+
+    fn native_of(body: Value) -> Value {
+        testkit::translated(to_ollama, &body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     #[test]
@@ -544,12 +529,7 @@ mod tests {
             ),
             (with(json!({"tools": [{"name": "f", "type": 1}]})), Some("tools[0].type"), "a string"),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     /// Claude Code's request shape (from `claude-messages-request.json` and its tool

@@ -3,12 +3,13 @@
 //! Content blocks come in the order the model produced them in Ollama: thinking, text,
 //! then one `tool_use` block per tool call.
 
-use super::{native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use super::{stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use crate::translate::reply::{message_text, native_tool_calls};
 use serde_json::{json, Value};
 
 /// Non-streaming: an upstream `/api/chat` reply (`stream:false`) as a `message` object.
 pub fn from_ollama(native: &Value, ctx: &MessageContext) -> Value {
-    let text = |key: &str| native.pointer(&format!("/message/{key}")).and_then(Value::as_str).unwrap_or("");
+    let text = |key: &str| message_text(native, key);
     let mut content = Vec::new();
     if !text("thinking").is_empty() {
         content
@@ -36,53 +37,13 @@ pub fn from_ollama(native: &Value, ctx: &MessageContext) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::{ctx, strict};
     use super::*;
     use crate::translate::testkit::eq_json;
 
-    fn ctx() -> MessageContext {
-        MessageContext { id: "msg_7".into(), model: "asked-for".into() }
-    }
-
-    /// Mirror type of a reply, with no room for stray fields.
-    mod strict {
-        #![allow(dead_code)] // Fields exist to be checked by serde, not read.
-        use serde::Deserialize;
-        use serde_json::Value;
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct Message {
-            id: String,
-            r#type: String,
-            role: String,
-            model: String,
-            content: Vec<Block>,
-            stop_reason: String,
-            stop_sequence: Option<String>,
-            usage: Usage,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-        enum Block {
-            Text { text: String },
-            Thinking { thinking: String, signature: String },
-            ToolUse { id: String, name: String, input: serde_json::Map<String, Value> },
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Usage {
-            input_tokens: u64,
-            output_tokens: u64,
-            cache_creation_input_tokens: u64,
-            cache_read_input_tokens: u64,
-        }
-    }
-
     fn reply(native: Value) -> Value {
         let reply = from_ollama(&native, &ctx());
-        let _strict: strict::Message =
+        let _strict: strict::Message<strict::Block, String> =
             serde_json::from_value(reply.clone()).unwrap_or_else(|e| panic!("bad reply {reply}: {e}"));
         reply
     }

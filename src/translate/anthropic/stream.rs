@@ -10,11 +10,9 @@
 //! that is not JSON, or an upstream that ends early closes the open block and sends
 //! `event: error` instead: never a silent stop.
 
-use super::{
-    event, native_tool_calls, stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE,
-};
-use crate::translate::reply::{ended_message, read_line, usage_of};
-use crate::translate::{Flow, LineTranslator, Usage};
+use super::{stop_reason, tool_use_parts, usage_json, MessageContext, THINKING_SIGNATURE};
+use crate::translate::reply::{message_text, native_tool_calls};
+use crate::translate::stream::{ending_field, sse_event, Ending, Events};
 use serde_json::{json, Value};
 
 /// The kind of a block that stays open across lines.
@@ -37,9 +35,7 @@ pub struct MessagesStream {
     /// The index of the next block.
     next_index: usize,
     made_tool_calls: bool,
-    usage: Option<Usage>,
-    /// After `message_stop` or an error event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl MessagesStream {
@@ -52,8 +48,7 @@ impl MessagesStream {
             open: None,
             next_index: 0,
             made_tool_calls: false,
-            usage: None,
-            ended: false,
+            ending: Ending::default(),
         }
     }
 
@@ -74,8 +69,8 @@ impl MessagesStream {
             "usage": {"input_tokens": self.input_estimate, "output_tokens": 0,
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         });
-        event("message_start", &json!({"type": "message_start", "message": message}), out);
-        event("ping", &json!({"type": "ping"}), out);
+        sse_event("message_start", &json!({"type": "message_start", "message": message}), out);
+        sse_event("ping", &json!({"type": "ping"}), out);
     }
 
     /// Opens a block at the next index; `content_block` is its empty form.
@@ -83,12 +78,12 @@ impl MessagesStream {
         let index = self.next_index;
         self.next_index += 1;
         let data = json!({"type": "content_block_start", "index": index, "content_block": content_block});
-        event("content_block_start", &data, out);
+        sse_event("content_block_start", &data, out);
         index
     }
 
     fn delta(index: usize, delta: Value, out: &mut Vec<u8>) {
-        event(
+        sse_event(
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": index, "delta": delta}),
             out,
@@ -96,7 +91,7 @@ impl MessagesStream {
     }
 
     fn stop_block(index: usize, out: &mut Vec<u8>) {
-        event("content_block_stop", &json!({"type": "content_block_stop", "index": index}), out);
+        sse_event("content_block_stop", &json!({"type": "content_block_stop", "index": index}), out);
     }
 
     /// The index of an open block of `kind`, closing another open block and opening one
@@ -125,29 +120,15 @@ impl MessagesStream {
         }
         Self::stop_block(index, out);
     }
-
-    /// Ends the stream with an error event.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        self.close_open(out);
-        event("error", &crate::error::anthropic_error("api_error", message), out);
-        self.ended = true;
-        Flow::Done
-    }
 }
 
-impl LineTranslator for MessagesStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
+impl Events for MessagesStream {
+    ending_field!();
+
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.start(out);
 
-        let text = |key: &str| line.pointer(&format!("/message/{key}")).and_then(Value::as_str).unwrap_or("");
+        let text = |key: &str| message_text(line, key);
         if !text("thinking").is_empty() {
             let index = self.ensure_open(Open::Thinking, out);
             Self::delta(index, json!({"type": "thinking_delta", "thinking": text("thinking")}), out);
@@ -156,7 +137,7 @@ impl LineTranslator for MessagesStream {
             let index = self.ensure_open(Open::Text, out);
             Self::delta(index, json!({"type": "text_delta", "text": text("content")}), out);
         }
-        for call in native_tool_calls(&line) {
+        for call in native_tool_calls(line) {
             self.close_open(out);
             let (id, name, input) = tool_use_parts(call);
             let index =
@@ -166,52 +147,44 @@ impl LineTranslator for MessagesStream {
             self.made_tool_calls = true;
         }
 
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
+        if !done {
+            return;
         }
         self.close_open(out);
-        self.usage = Some(usage_of(&line));
         let delta = json!({
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(&line, self.made_tool_calls), "stop_sequence": null},
-            "usage": usage_json(&line),
+            "delta": {"stop_reason": stop_reason(line, self.made_tool_calls), "stop_sequence": null},
+            "usage": usage_json(line),
         });
-        event("message_delta", &delta, out);
-        event("message_stop", &json!({"type": "message_stop"}), out);
-        self.ended = true;
-        Flow::Done
+        sse_event("message_delta", &delta, out);
+        sse_event("message_stop", &json!({"type": "message_stop"}), out);
     }
 
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if !self.ended {
-            self.fail(ended_message(error), out);
-        }
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    /// Closes the open block and sends an error event.
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.close_open(out);
+        sse_event("error", &crate::error::anthropic_error("api_error", message), out);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::ctx;
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn ctx() -> MessageContext {
-        MessageContext { id: "msg_7".into(), model: "asked-for".into() }
-    }
+    use crate::translate::testkit::{self, eq_json};
+    use crate::translate::{Flow, LineTranslator, Usage};
 
     /// Mirror types of the events clients decode, with no room for stray fields.
     mod strict {
         #![allow(dead_code)] // Fields exist to be checked by serde, not read.
+        use crate::translate::anthropic::testkit::strict::{Block, Message, Usage};
         use serde::Deserialize;
-        use serde_json::{Map, Value};
+        use serde_json::Value;
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
         pub enum Event {
-            MessageStart { message: Message },
+            MessageStart { message: Message<Value, Option<String>> },
             Ping,
             ContentBlockStart { index: usize, content_block: Block },
             ContentBlockDelta { index: usize, delta: Delta },
@@ -219,27 +192,6 @@ mod tests {
             MessageDelta { delta: MessageDelta, usage: Usage },
             MessageStop,
             Error { error: Error },
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct Message {
-            id: String,
-            r#type: String,
-            role: String,
-            model: String,
-            content: Vec<Value>,
-            stop_reason: Option<String>,
-            stop_sequence: Option<String>,
-            usage: Usage,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, tag = "type", rename_all = "snake_case")]
-        pub enum Block {
-            Text { text: String },
-            Thinking { thinking: String, signature: String },
-            ToolUse { id: String, name: String, input: Map<String, Value> },
         }
 
         /// Variants named by their `type` without its `_delta`.
@@ -265,15 +217,6 @@ mod tests {
 
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct Usage {
-            input_tokens: u64,
-            output_tokens: u64,
-            cache_creation_input_tokens: u64,
-            cache_read_input_tokens: u64,
-        }
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
         pub struct Error {
             r#type: String,
             message: String,
@@ -285,32 +228,12 @@ mod tests {
     /// field.
     #[track_caller]
     fn events(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).unwrap();
-        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated event in {text:?}");
-        text.split_terminator("\n\n")
-            .map(|frame| {
-                let (name, data) = frame
-                    .strip_prefix("event: ")
-                    .and_then(|rest| rest.split_once("\ndata: "))
-                    .unwrap_or_else(|| panic!("bad frame {frame:?}"));
-                let value: Value =
-                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad data {data}: {e}"));
-                assert_eq!(value["type"], json!(name), "{frame}");
-                let _strict: strict::Event = serde_json::from_value(value.clone())
-                    .unwrap_or_else(|e| panic!("bad event {value}: {e}"));
-                value
-            })
-            .collect()
+        testkit::sse_events::<strict::Event>(out)
     }
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(lines: &[&str]) -> (Vec<Value>, Flow, MessagesStream) {
-        let mut stream = MessagesStream::new(ctx(), 11);
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(MessagesStream::new(ctx(), 11), lines);
         (events(&out), flow, stream)
     }
 
@@ -558,24 +481,9 @@ mod tests {
 
     #[test]
     fn mid_stream_failures_end_with_an_error_event() {
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let cases: [(&str, &str); 3] = [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed"}}"#, "model crashed"),
-            (&garbage, "upstream sent an invalid line (expected a JSON object): <html>xxx"),
-        ];
-        for (bad, message) in cases {
-            let mut stream = MessagesStream::new(ctx(), 0);
-            let mut out = Vec::new();
+        for (bad, message) in testkit::bad_lines() {
             let first = r#"{"message":{"content":"","thinking":"Let me"},"done":false}"#;
-            assert_eq!(stream.push_line(first.as_bytes(), &mut out), Flow::Continue);
-            assert_eq!(stream.push_line(bad.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the error, not even at EOF.
-            assert_eq!(stream.push_line(DONE.as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+            let (out, stream) = testkit::after_a_bad_line(MessagesStream::new(ctx(), 0), first, &bad, DONE);
             let events = events(&out);
             assert_eq!(
                 outline(&events),
@@ -600,19 +508,16 @@ mod tests {
 
     #[test]
     fn upstream_ending_early_is_an_error_event() {
-        let mut stream = MessagesStream::new(ctx(), 0);
-        let mut out = Vec::new();
-        stream.push_line(br#"{"message":{"content":"Par"},"done":false}"#, &mut out);
-        stream.upstream_ended(None, &mut out);
+        let par = r#"{"message":{"content":"Par"},"done":false}"#;
+        let (out, _) = testkit::ended_early(MessagesStream::new(ctx(), 0), &[par], None);
         let got = events(&out);
         assert_eq!(outline(&got), ["start", "ping", "block+0:text", r#"0 text "Par""#, "stop 0", "error"]);
         let message = got[5]["error"]["message"].as_str().unwrap();
         assert!(message.contains("closed the stream before finishing"), "{message}");
 
         // Before any line: the error alone.
-        let mut stream = MessagesStream::new(ctx(), 0);
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
+        let (out, _) =
+            testkit::ended_early(MessagesStream::new(ctx(), 0), &[], Some("timed out reading from upstream"));
         eq_json(
             &Value::Array(events(&out)),
             &json!([{"type": "error", "error": {"type": "api_error", "message": "timed out reading from upstream"}}]),
@@ -628,11 +533,8 @@ mod tests {
     #[test]
     fn blank_and_cr_lines_are_skipped() {
         let mut stream = MessagesStream::new(ctx(), 0);
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES[..3]);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  "] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         assert_eq!(stream.push_line(format!("{DONE}\r").as_bytes(), &mut out), Flow::Done);
         assert_eq!(events(&out).last().unwrap()["type"], json!("message_stop"));
     }

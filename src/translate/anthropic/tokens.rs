@@ -3,9 +3,10 @@
 //! No model is asked (that would load it and spend an upstream key's quota), so the count
 //! is an estimate of what the model will see, not a tokenizer's exact answer.
 
-use super::content::one_of;
+use super::content::{one_of, typed_block};
+use super::request::MODEL;
 use crate::error::ApiError;
-use crate::translate::fields::{expected, field, join, object};
+use crate::translate::fields::{expected, field, join, message_list, message_object, object_and_model};
 use serde_json::{Map, Value};
 
 /// Bytes of UTF-8 text per token: about four characters of English or code.
@@ -33,11 +34,7 @@ const MESSAGE_TOKENS: u64 = 4;
 /// each block's `type`, `system` and `tools`); `max_tokens` is not needed, and a well-formed
 /// request never fails, even one `/v1/messages` would refuse (an image URL, say).
 pub fn count_tokens(body: &Value) -> Result<u64, ApiError> {
-    let req = object(body)?;
-    match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => {}
-        other => return Err(expected("model", "the name of a model, such as \"qwen3-coder\"", other)),
-    }
+    let (req, _) = object_and_model(body, MODEL)?;
     let mut tally = Tally::default();
     if let Some(system) = field(req, "system") {
         tally.messages += 1;
@@ -47,25 +44,9 @@ pub fn count_tokens(body: &Value) -> Result<u64, ApiError> {
             other => return Err(expected("system", "a string or an array of text blocks", Some(other))),
         }
     }
-    let messages = match field(req, "messages") {
-        Some(Value::Array(list)) if !list.is_empty() => list,
-        other => {
-            return Err(expected(
-                "messages",
-                "a non-empty array of messages such as [{\"role\":\"user\",\"content\":\"Hi\"}]",
-                other,
-            ))
-        }
-    };
-    for (i, message) in messages.iter().enumerate() {
+    for (i, message) in message_list(req)?.iter().enumerate() {
         let path = format!("messages[{i}]");
-        let Some(message) = message.as_object() else {
-            return Err(expected(
-                &path,
-                "a message object such as {\"role\":\"user\",\"content\":\"Hi\"}",
-                Some(message),
-            ));
-        };
+        let message = message_object(message, &path)?;
         match field(message, "role") {
             Some(Value::String(_)) => {}
             other => {
@@ -135,17 +116,7 @@ impl Tally {
     fn blocks(&mut self, blocks: &[Value], path: &str) -> Result<(), ApiError> {
         for (j, block) in blocks.iter().enumerate() {
             let path = format!("{path}[{j}]");
-            let Some(obj) = block.as_object() else {
-                return Err(expected(
-                    &path,
-                    "a content block such as {\"type\":\"text\",\"text\":\"Hi\"}",
-                    Some(block),
-                ));
-            };
-            let kind = match field(obj, "type") {
-                Some(Value::String(kind)) => kind.as_str(),
-                other => return Err(expected(&join(&path, "type"), "a block type such as \"text\"", other)),
-            };
+            let (kind, obj) = typed_block(block, &path)?;
             match kind {
                 "text" => self.text_of(obj, "text"),
                 "thinking" => self.text_of(obj, "thinking"),

@@ -9,8 +9,9 @@
 
 use super::ToolNames;
 use crate::translate::chat;
-use crate::translate::reply::{ended_message, read_line, usage_of};
-use crate::translate::{rfc3339_to_unix, Flow, LineTranslator, Usage};
+use crate::translate::reply::{message_text, native_tool_calls, usage_of};
+use crate::translate::stream::{ending_field, sse_event, Ending, Events};
+use crate::translate::{rfc3339_to_unix, Usage};
 use serde_json::{json, Map, Value};
 
 /// What the reply needs to know that upstream does not say.
@@ -82,11 +83,7 @@ impl Output {
         if let Value::Object(fields) = fields {
             data.extend(fields);
         }
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(Value::Object(data).to_string().as_bytes());
-        out.extend_from_slice(b"\n\n");
+        sse_event(name, &Value::Object(data), out);
     }
 
     /// `{prefix}_{response id suffix}_{output index}`: unique in the reply, and the same in
@@ -129,10 +126,9 @@ impl Output {
 
     /// The thinking, content and tool calls of one native object, in that order.
     fn line(&mut self, native: &Value, out: &mut Vec<u8>) {
-        let text = |key: &str| native.get("message").and_then(|m| m.get(key)).and_then(Value::as_str);
-        self.text(Kind::Reasoning, text("thinking").unwrap_or(""), out);
-        self.text(Kind::Message, text("content").unwrap_or(""), out);
-        for call in chat::native_tool_calls(native) {
+        self.text(Kind::Reasoning, message_text(native, "thinking"), out);
+        self.text(Kind::Message, message_text(native, "content"), out);
+        for call in native_tool_calls(native) {
             self.tool_call(call, out);
         }
     }
@@ -334,15 +330,13 @@ fn usage(native: &Value) -> Value {
 pub struct ResponsesStream {
     output: Output,
     started: bool,
-    usage: Option<Usage>,
-    /// After the final event: nothing more is written.
-    ended: bool,
+    ending: Ending,
 }
 
 impl ResponsesStream {
     /// A translator for one reply.
     pub fn new(ctx: ResponseContext) -> ResponsesStream {
-        ResponsesStream { output: Output::new(ctx, true), started: false, usage: None, ended: false }
+        ResponsesStream { output: Output::new(ctx, true), started: false, ending: Ending::default() }
     }
 
     fn start(&mut self, out: &mut Vec<u8>) {
@@ -351,45 +345,23 @@ impl ResponsesStream {
             self.started = true;
         }
     }
-
-    /// Ends the stream with `response.failed`.
-    fn fail(&mut self, message: &str, out: &mut Vec<u8>) -> Flow {
-        self.start(out);
-        self.output.fail(message, out);
-        self.ended = true;
-        Flow::Done
-    }
 }
 
-impl LineTranslator for ResponsesStream {
-    fn push_line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Flow {
-        if self.ended {
-            return Flow::Done;
-        }
-        let line = match read_line(line) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Flow::Continue,
-            Err(message) => return self.fail(&message, out),
-        };
+impl Events for ResponsesStream {
+    ending_field!();
+
+    fn object(&mut self, line: &Value, done: bool, out: &mut Vec<u8>) {
         self.start(out);
-        self.output.line(&line, out);
-        if line.get("done").and_then(Value::as_bool) != Some(true) {
-            return Flow::Continue;
-        }
-        self.usage = Some(usage_of(&line));
-        self.output.finish(&line, out);
-        self.ended = true;
-        Flow::Done
-    }
-
-    fn upstream_ended(&mut self, error: Option<&str>, out: &mut Vec<u8>) {
-        if !self.ended {
-            self.fail(ended_message(error), out);
+        self.output.line(line, out);
+        if done {
+            self.output.finish(line, out);
         }
     }
 
-    fn usage(&self) -> Option<Usage> {
-        self.usage
+    /// `response.failed`, after opening the response if no line did.
+    fn fail(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.start(out);
+        self.output.fail(message, out);
     }
 }
 
@@ -397,7 +369,8 @@ impl LineTranslator for ResponsesStream {
 mod tests {
     use super::*;
     use crate::translate::responses::to_ollama;
-    use crate::translate::testkit::eq_json;
+    use crate::translate::testkit::{self, eq_json};
+    use crate::translate::{Flow, LineTranslator};
 
     // -- helpers --------------------------------------------------------------------
 
@@ -414,22 +387,7 @@ mod tests {
     /// The payloads of `event: NAME` / `data: JSON` frames, checking the framing, that
     /// `type` repeats the event name, and that nothing has a stray field.
     fn events(out: &[u8]) -> Vec<Value> {
-        let text = std::str::from_utf8(out).unwrap();
-        assert!(text.is_empty() || text.ends_with("\n\n"), "unterminated event in {text:?}");
-        text.split_terminator("\n\n")
-            .map(|frame| {
-                let (name, data) = frame
-                    .strip_prefix("event: ")
-                    .and_then(|rest| rest.split_once("\ndata: "))
-                    .unwrap_or_else(|| panic!("not an event frame: {frame:?}"));
-                let value: Value =
-                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad data {data}: {e}"));
-                assert_eq!(value["type"], json!(name), "{frame}");
-                let _strict: strict::Event = serde_json::from_value(value.clone())
-                    .unwrap_or_else(|e| panic!("bad event {value}: {e}"));
-                value
-            })
-            .collect()
+        testkit::sse_events::<strict::Event>(out)
     }
 
     fn names(events: &[Value]) -> Vec<&str> {
@@ -438,12 +396,7 @@ mod tests {
 
     /// Runs lines through a fresh stream; returns the events, the last flow and the stream.
     fn run(lines: &[&str]) -> (Vec<Value>, Flow, ResponsesStream) {
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        let mut flow = Flow::Continue;
-        for line in lines {
-            flow = stream.push_line(line.as_bytes(), &mut out);
-        }
+        let (out, flow, stream) = testkit::run_lines(ResponsesStream::new(ctx()), lines);
         (events(&out), flow, stream)
     }
 
@@ -833,24 +786,22 @@ mod tests {
         r#"{"model":"llama3.2","created_at":"2023-11-14T22:13:25Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","prompt_eval_count":26,"eval_count":3}"#,
     ];
 
+    /// The events of a message item whose text comes in two deltas.
+    const MESSAGE_IN_TWO_DELTAS: [&str; 7] = [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ];
+
     #[test]
     fn stream_text() {
         let (events, flow, stream) = run(&TEXT);
-        assert_eq!(
-            names(&events),
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.content_part.added",
-                "response.output_text.delta",
-                "response.output_text.delta",
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed",
-            ]
-        );
+        let opening = ["response.created", "response.in_progress"];
+        assert_eq!(names(&events), [&opening[..], &MESSAGE_IN_TWO_DELTAS, &["response.completed"]].concat());
         assert_eq!(flow, Flow::Done);
         assert_eq!(stream.usage(), Some(Usage { prompt: 26, completion: 3 }));
         let response = check_stream(&events);
@@ -871,27 +822,20 @@ mod tests {
             r#"{"model":"m","message":{"content":"!"},"done":false}"#,
             r#"{"model":"m","message":{"content":""},"done":true,"done_reason":"stop","prompt_eval_count":12,"eval_count":30}"#,
         ]);
+        let opening_then_reasoning = [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+        ];
         assert_eq!(
             names(&events),
-            [
-                "response.created",
-                "response.in_progress",
-                "response.output_item.added",
-                "response.reasoning_summary_part.added",
-                "response.reasoning_summary_text.delta",
-                "response.reasoning_summary_text.delta",
-                "response.reasoning_summary_text.done",
-                "response.reasoning_summary_part.done",
-                "response.output_item.done",
-                "response.output_item.added",
-                "response.content_part.added",
-                "response.output_text.delta",
-                "response.output_text.delta",
-                "response.output_text.done",
-                "response.content_part.done",
-                "response.output_item.done",
-                "response.completed",
-            ]
+            [&opening_then_reasoning[..], &MESSAGE_IN_TWO_DELTAS, &["response.completed"]].concat()
         );
         let response = check_stream(&events);
         eq_json(
@@ -984,23 +928,9 @@ mod tests {
     #[test]
     fn stream_that_fails_mid_way_ends_with_response_failed() {
         let started = r#"{"model":"m","message":{"content":"","thinking":"Let me"},"done":false}"#;
-        let garbage = format!("<html>{}</html>", "x".repeat(500));
-        let cases: [(&str, &str); 3] = [
-            (
-                r#"{"error":"an error was encountered while running the model"}"#,
-                "an error was encountered while running the model",
-            ),
-            (r#"{"error":{"message":"model crashed"}}"#, "model crashed"),
-            (&garbage, "upstream sent an invalid line (expected a JSON object): <html>xxx"),
-        ];
-        for (line, message) in cases {
-            let mut stream = ResponsesStream::new(ctx());
-            let mut out = Vec::new();
-            assert_eq!(stream.push_line(started.as_bytes(), &mut out), Flow::Continue);
-            assert_eq!(stream.push_line(line.as_bytes(), &mut out), Flow::Done);
-            // Nothing more after the failure, not even at EOF.
-            assert_eq!(stream.push_line(TEXT[2].as_bytes(), &mut out), Flow::Done);
-            stream.upstream_ended(None, &mut out);
+        for (line, message) in testkit::bad_lines() {
+            let (out, stream) =
+                testkit::after_a_bad_line(ResponsesStream::new(ctx()), started, &line, TEXT[2]);
             let events = events(&out);
             assert_eq!(names(&events).last(), Some(&"response.failed"), "{line}");
             let response = check_stream(&events);
@@ -1016,11 +946,8 @@ mod tests {
 
     #[test]
     fn stream_ending_early_ends_with_response_failed() {
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        stream.push_line(TEXT[0].as_bytes(), &mut out);
-        stream.push_line(br#"{"model":"m","message":{"content":"","tool_calls":[{"id":"call_k","function":{"name":"get_weather","arguments":{}}}]},"done":false}"#, &mut out);
-        stream.upstream_ended(None, &mut out);
+        let call = r#"{"model":"m","message":{"content":"","tool_calls":[{"id":"call_k","function":{"name":"get_weather","arguments":{}}}]},"done":false}"#;
+        let (out, _) = testkit::ended_early(ResponsesStream::new(ctx()), &[TEXT[0], call], None);
         let response = check_stream(&events(&out));
         let message = response["error"]["message"].as_str().unwrap();
         assert!(message.contains("closed the stream before finishing"), "{message}");
@@ -1030,22 +957,14 @@ mod tests {
         assert_eq!(kinds, [&json!("message"), &json!("function_call")]);
 
         // A read error before any line: the stream still opens, then fails with its text.
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        stream.upstream_ended(Some("timed out reading from upstream"), &mut out);
+        let (out, _) =
+            testkit::ended_early(ResponsesStream::new(ctx()), &[], Some("timed out reading from upstream"));
         let got = events(&out);
         assert_eq!(names(&got), ["response.created", "response.in_progress", "response.failed"]);
         assert_eq!(check_stream(&got)["error"]["message"], json!("timed out reading from upstream"));
 
         // After a finished stream, EOF adds nothing.
-        let mut stream = ResponsesStream::new(ctx());
-        let mut out = Vec::new();
-        for line in TEXT {
-            stream.push_line(line.as_bytes(), &mut out);
-        }
-        let before = out.len();
-        stream.upstream_ended(None, &mut out);
-        assert_eq!(out.len(), before);
+        testkit::assert_end_adds_nothing(ResponsesStream::new(ctx()), &TEXT);
     }
 
     #[test]
@@ -1059,11 +978,8 @@ mod tests {
     #[test]
     fn stream_blank_lines_are_skipped_and_a_bare_done_line_gives_an_empty_message() {
         let mut stream = ResponsesStream::new(ctx());
+        testkit::assert_blanks_skipped(&mut stream, &testkit::BLANK_LINES[..3]);
         let mut out = Vec::new();
-        for blank in [&b""[..], b"\r", b"  "] {
-            assert_eq!(stream.push_line(blank, &mut out), Flow::Continue);
-        }
-        assert!(out.is_empty());
         let done =
             format!("{}\r", r#"{"model":"m","message":{"role":"assistant","content":""},"done":true}"#);
         assert_eq!(stream.push_line(done.as_bytes(), &mut out), Flow::Done);

@@ -11,7 +11,9 @@ use super::reply::ResponseContext;
 use super::ToolNames;
 use crate::error::ApiError;
 use crate::translate::chat;
-use crate::translate::fields::{expected, field, join, object, opt_bool, opt_integer, opt_number, opt_str};
+use crate::translate::fields::{
+    expected, field, join, object_and_model, opt_bool, opt_integer, opt_number, opt_str, typed,
+};
 use serde_json::{json, Map, Value};
 
 /// Why stored state is refused.
@@ -59,11 +61,7 @@ impl ResponsesRequest {
 /// `client_metadata`, `metadata`, `user`, `service_tier`, `stream_options` are accepted
 /// and ignored; JSON `null` counts as absent.
 pub fn to_ollama(body: &Value) -> Result<ResponsesRequest, ApiError> {
-    let req = object(body)?;
-    let model = match field(req, "model") {
-        Some(Value::String(model)) if !model.trim().is_empty() => model.clone(),
-        other => return Err(expected("model", "the name of a model, such as \"llama3.2\"", other)),
-    };
+    let (req, model) = object_and_model(body, "the name of a model, such as \"llama3.2\"")?;
     refuse_state(req)?;
     let stream = opt_bool(req, "", "stream")?.unwrap_or(false);
     let messages = messages(req)?;
@@ -186,19 +184,13 @@ struct Turn {
 
 impl Turn {
     fn into_message(self) -> Value {
-        let mut message = Map::new();
-        message.insert("role".into(), "assistant".into());
-        message.insert("content".into(), self.content.into());
-        if !self.thinking.is_empty() {
-            message.insert("thinking".into(), self.thinking.into());
-        }
-        if !self.images.is_empty() {
-            message.insert("images".into(), Value::Array(self.images));
-        }
-        if !self.tool_calls.is_empty() {
-            message.insert("tool_calls".into(), Value::Array(self.tool_calls));
-        }
-        Value::Object(message)
+        Value::Object(chat::native_message(
+            "assistant",
+            self.content,
+            &self.thinking,
+            self.images,
+            self.tool_calls,
+        ))
     }
 }
 
@@ -307,13 +299,7 @@ impl History {
             turn.images.extend(images);
             return Ok(());
         }
-        let mut message = Map::new();
-        message.insert("role".into(), role.into());
-        message.insert("content".into(), content.into());
-        if !images.is_empty() {
-            message.insert("images".into(), Value::Array(images));
-        }
-        self.push(Value::Object(message));
+        self.push(Value::Object(chat::native_message(role, content, "", images, Vec::new())));
         Ok(())
     }
 
@@ -328,7 +314,7 @@ impl History {
             Some(namespace) => ToolNames::flat(namespace, name),
             None => name.clone(),
         };
-        let arguments = arguments(obj, path)?;
+        let arguments = chat::arguments(obj, path, "function call")?;
         let call = json!({"id": call_id, "function": {"name": name, "arguments": arguments}});
         self.turn().tool_calls.push(call);
         Ok(())
@@ -344,17 +330,7 @@ impl History {
             other => return Err(expected(&output_path, "a string or an array of content parts", other)),
         };
         self.close_turn();
-        let mut message = Map::new();
-        message.insert("role".into(), "tool".into());
-        message.insert("content".into(), content.into());
-        if !images.is_empty() {
-            message.insert("images".into(), Value::Array(images));
-        }
-        if let Some(name) = chat::tool_name_for(call_id, &self.messages) {
-            message.insert("tool_name".into(), name.into());
-        }
-        message.insert("tool_call_id".into(), call_id.into());
-        self.messages.push(Value::Object(message));
+        self.messages.push(chat::tool_message(content, images, call_id, &self.messages));
         Ok(())
     }
 
@@ -398,46 +374,15 @@ fn call_id<'a>(obj: &'a Map<String, Value>, path: &str) -> Result<&'a str, ApiEr
     }
 }
 
-/// A function call's `arguments` (a JSON object encoded as a string) as an object.
-fn arguments(obj: &Map<String, Value>, path: &str) -> Result<Value, ApiError> {
-    let param = join(path, "arguments");
-    let bad = || {
-        ApiError::bad_request(
-            format!(
-                "invalid function call arguments: {param} must be a JSON object encoded as a string, such as \"{{\\\"city\\\":\\\"Paris\\\"}}\""
-            ),
-            Some(&param),
-        )
-    };
-    match field(obj, "arguments") {
-        None => Ok(Value::Object(Map::new())),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(Value::Object(Map::new())),
-        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-            Ok(object @ Value::Object(_)) => Ok(object),
-            _ => Err(bad()),
-        },
-        Some(object @ Value::Object(_)) => Ok(object.clone()),
-        Some(_) => Err(bad()),
-    }
-}
-
 /// Merges content parts into one text (joined with `""`, as chat does), collecting
 /// images as base64 strings in `images`.
 fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let path = format!("{path}[{j}]");
-        let Some(part) = part.as_object() else {
-            let what = "a content part object such as {\"type\":\"input_text\",\"text\":\"Hi\"}";
-            return Err(expected(&path, what, Some(part)));
-        };
-        let kind = match field(part, "type") {
-            Some(Value::String(kind)) => kind.as_str(),
-            other => {
-                let what = "a part type: \"input_text\", \"output_text\" or \"input_image\"";
-                return Err(expected(&join(&path, "type"), what, other));
-            }
-        };
+        let what = "a content part object such as {\"type\":\"input_text\",\"text\":\"Hi\"}";
+        let kind_what = "a part type: \"input_text\", \"output_text\" or \"input_image\"";
+        let (kind, part) = typed(part, &path, what, kind_what)?;
         let key = match kind {
             "input_text" | "output_text" | "text" => "text",
             "refusal" => "refusal",
@@ -472,21 +417,15 @@ fn merge_parts(parts: &[Value], path: &str, images: &mut Vec<Value>) -> Result<S
 /// base64. `http(s)` URLs are refused as in chat (the gateway never fetches them), and so
 /// are `file_id`s (it stores no files).
 fn image(part: &Map<String, Value>, path: &str) -> Result<String, ApiError> {
+    if field(part, "image_url").is_none() && field(part, "file_id").is_some() {
+        return Err(ApiError::bad_request(
+            "input_image file_id is not supported (the gateway stores no files): send image_url as a \
+             data URL such as data:image/png;base64,...",
+            Some(&join(path, "file_id")),
+        ));
+    }
     let param = join(path, "image_url");
-    let url =
-        match field(part, "image_url") {
-            Some(Value::String(url)) => url,
-            Some(Value::Object(image)) => match field(image, "url") {
-                Some(Value::String(url)) => url,
-                other => return Err(expected(&join(&param, "url"), "a data URL string", other)),
-            },
-            None if field(part, "file_id").is_some() => return Err(ApiError::bad_request(
-                "input_image file_id is not supported (the gateway stores no files): send image_url as a \
-                 data URL such as data:image/png;base64,...",
-                Some(&join(path, "file_id")),
-            )),
-            other => return Err(expected(&param, "a data URL such as \"data:image/png;base64,...\"", other)),
-        };
+    let url = chat::image_url(part, &param, "a data URL such as \"data:image/png;base64,...\"")?;
     let has_scheme =
         ["data:", "http://", "https://"].iter().any(|scheme| chat::starts_with_ignore_case(url, scheme));
     if has_scheme {
@@ -592,18 +531,8 @@ fn options(req: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     if let Some(top_p) = opt_number(req, "top_p")? {
         options.insert("top_p".into(), top_p);
     }
-    match field(req, "stop") {
-        None => {}
-        Some(Value::String(stop)) => {
-            options.insert("stop".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            let stops: Vec<Value> = stops.iter().filter(|stop| stop.is_string()).cloned().collect();
-            if !stops.is_empty() {
-                options.insert("stop".into(), Value::Array(stops));
-            }
-        }
-        other => return Err(expected("stop", "a string or an array of strings", other)),
+    if let Some(stop) = chat::stop(req)? {
+        options.insert("stop".into(), stop);
     }
     Ok(options)
 }
@@ -687,25 +616,7 @@ fn echo(req: &Map<String, Value>, parallel_tool_calls: Option<bool>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testkit::eq_json;
-
-    fn translated(body: Value) -> ResponsesRequest {
-        match to_ollama(&body) {
-            Ok(req) => req,
-            Err(err) => panic!("request rejected: {err}\nbody: {body}"),
-        }
-    }
-
-    fn native_of(body: Value) -> Value {
-        translated(body).native
-    }
-
-    fn rejected(body: Value) -> ApiError {
-        match to_ollama(&body) {
-            Ok(req) => panic!("request accepted, expected a 400\nbody: {body}\nnative: {}", req.native),
-            Err(err) => err,
-        }
-    }
+    use crate::translate::testkit::{self, eq_json};
 
     /// A request with the given input.
     fn with_input(input: Value) -> Value {
@@ -714,9 +625,19 @@ mod tests {
 
     /// A one-line request with `key` set.
     fn with(key: &str, value: Value) -> Value {
-        let mut body = json!({"model": "m", "input": "hi"});
-        body[key] = value;
-        body
+        testkit::with_field(json!({"model": "m", "input": "hi"}), key, value)
+    }
+
+    fn translated(body: Value) -> ResponsesRequest {
+        testkit::translated(to_ollama, &body)
+    }
+
+    fn native_of(body: Value) -> Value {
+        translated(body).native
+    }
+
+    fn rejected(body: Value) -> ApiError {
+        testkit::refused(to_ollama, &body)
     }
 
     #[test]
@@ -1119,12 +1040,7 @@ mod tests {
                 "a JSON schema object",
             ),
         ];
-        for (body, param, fragment) in cases {
-            let err = rejected(body.clone());
-            assert_eq!((err.status, err.kind), (400, "invalid_request_error"), "{body}");
-            assert_eq!(err.param.as_deref(), param, "{body}: {}", err.message);
-            assert!(err.message.contains(fragment), "{body}: message {:?} lacks {fragment:?}", err.message);
-        }
+        testkit::assert_refusals(cases, rejected);
     }
 
     /// Shaped like what Codex CLI sends (see the captures' README), with our own texts.
