@@ -10,7 +10,6 @@
 use crate::auth::{Scope, Token};
 use crate::keys::{self, KeyEntry, ParsedKeys};
 use crate::secret;
-use crate::translate::ReasoningField;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -264,6 +263,30 @@ pub struct Probe {
 
 fn default_scopes() -> Vec<Scope> {
     vec![Scope::Inference, Scope::Models]
+}
+
+/// Where thinking text goes in OpenAI-shaped replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningField {
+    /// `reasoning_content`, the DeepSeek convention most GUI clients read.
+    #[default]
+    ReasoningContent,
+    /// `reasoning`, what Ollama's own `/v1` layer emits.
+    Reasoning,
+    /// Both fields, same text.
+    Both,
+}
+
+impl ReasoningField {
+    /// The field names to write thinking text under.
+    pub fn names(self) -> &'static [&'static str] {
+        match self {
+            ReasoningField::ReasoningContent => &["reasoning_content"],
+            ReasoningField::Reasoning => &["reasoning"],
+            ReasoningField::Both => &["reasoning_content", "reasoning"],
+        }
+    }
 }
 
 /// How a pool picks the first key to try.

@@ -21,31 +21,7 @@ mod testkit;
 pub use reply::ReplyContext;
 pub use stream::sse_data;
 
-use serde::Deserialize;
-
-/// Where thinking text goes in OpenAI-shaped replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasoningField {
-    /// `reasoning_content`, the DeepSeek convention most GUI clients read.
-    #[default]
-    ReasoningContent,
-    /// `reasoning`, what Ollama's own `/v1` layer emits.
-    Reasoning,
-    /// Both fields, same text.
-    Both,
-}
-
-impl ReasoningField {
-    /// The field names to write thinking text under.
-    pub fn names(self) -> &'static [&'static str] {
-        match self {
-            ReasoningField::ReasoningContent => &["reasoning_content"],
-            ReasoningField::Reasoning => &["reasoning"],
-            ReasoningField::Both => &["reasoning_content", "reasoning"],
-        }
-    }
-}
+pub use crate::config::ReasoningField;
 
 /// Whether a stream goes on after a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! [`from_ollama`] turns a native non-streaming reply into a `message` object;
 //! [`MessagesStream`] turns native NDJSON lines, one at a time, into Anthropic's named SSE
 //! events; [`count_tokens`] estimates a request's input tokens locally; and [`crate::error`]
-//! writes any [`ApiError`] in Anthropic's error envelope. The rules follow Ollama's own
+//! writes any [`ApiError`](crate::error::ApiError) in Anthropic's error envelope. The rules follow Ollama's own
 //! Anthropic layer (`anthropic/anthropic.go`) where it is right, and what Claude Code needs
 //! where it is not (thinking signatures, the billing header, server tools).
 //!
