@@ -4,7 +4,7 @@
 //! the router.
 
 use crate::api::access;
-use crate::api::route::{read_upstream_json, relay, route_model};
+use crate::api::route::{read_upstream_json, relay_chat};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req};
@@ -22,24 +22,7 @@ pub fn messages(
     let request = anthropic::to_ollama(&req.json_body()?)?;
     log.model = Some(request.model.clone());
     let context = MessageContext { id: random_id("msg_"), model: request.model.clone() };
-    // Claude Code always asks for thinking; a model that cannot think refuses it, and the
-    // request goes again without (as Ollama's own Anthropic layer does). Only a body that
-    // asks for thinking is kept for that.
-    let thinks = request.native.get("think").is_some_and(|think| think != &Value::Bool(false));
-    let kept = thinks.then(|| request.native.clone());
-    let routed = route_model(request.native, "model", &request.model, gateway, client)?;
-    let response = match relay(gateway, client, routed.outgoing("/api/chat", request.stream), log) {
-        Err(error) => {
-            match kept.as_ref().and_then(|native| anthropic::retry_without_thinking(native, &error)) {
-                Some(without) => {
-                    let routed = route_model(without, "model", &request.model, gateway, client)?;
-                    relay(gateway, client, routed.outgoing("/api/chat", request.stream), log)?
-                }
-                None => return Err(error),
-            }
-        }
-        Ok(response) => response,
-    };
+    let response = relay_chat(request.native, &request.model, request.stream, gateway, client, log)?;
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(MessagesStream::new(context, request.input_estimate))));
     }

@@ -1,7 +1,8 @@
 //! `POST /v1/responses`, the OpenAI Responses API (what Codex speaks), over Ollama's
-//! `/api/chat`: stateless, as Ollama's own. The shapes live in `translate::responses`.
+//! `/api/chat`: stateless, as Ollama's own. The shapes live in `translate::responses`; a
+//! `reasoning.effort` the model cannot think with is dropped by `route::relay_chat`.
 
-use crate::api::route::{read_upstream_json, relay, route_model};
+use crate::api::route::{read_upstream_json, relay_chat};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields, Reply, Req};
@@ -26,8 +27,7 @@ pub fn responses(
     log.model = Some(request.model.clone());
     let created_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let context = request.context(random_id("resp_"), created_at);
-    let routed = route_model(request.native, "model", &request.model, gateway, client)?;
-    let response = relay(gateway, client, routed.outgoing("/api/chat", request.stream), log)?;
+    let response = relay_chat(request.native, &request.model, request.stream, gateway, client, log)?;
     if request.stream {
         return Ok(Reply::sse(response.body, Box::new(ResponsesStream::new(context))));
     }

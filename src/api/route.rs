@@ -1,6 +1,7 @@
 //! What every translating handler does between its translator and upstream: the model
 //! checked and written into the native body (with its Ollama Cloud spelling), the request
-//! relayed on the client's pool, and a plain answer read as JSON.
+//! relayed on the client's pool (a chat asked again without thinking when the model cannot
+//! think), and a plain answer read as JSON.
 
 use crate::api::access;
 use crate::api::access::rule;
@@ -8,6 +9,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{Client, LogFields};
 use crate::relay::{self, Answer, Outgoing};
+use crate::translate::anthropic::retry_without_thinking;
 use crate::upstream::{self, UpstreamResponse};
 use serde_json::Value;
 use std::io::Read;
@@ -73,6 +75,34 @@ pub fn relay(
     log: &mut LogFields,
 ) -> Result<UpstreamResponse, ApiError> {
     Ok(relay::send(gateway.relay(), gateway.pool(client.pool)?, request, &mut log.trace)?)
+}
+
+/// Routes `native` (an `/api/chat` body) to the model `requested` and relays it. The agents
+/// ask for thinking whatever the model (Claude Code always, Codex when `reasoning.effort` is
+/// set); a model that cannot think refuses `think` with 400, and the request goes again
+/// without it, as Ollama's own Anthropic layer does. Only a body that asks for thinking is
+/// kept for that.
+pub fn relay_chat(
+    native: Value,
+    requested: &str,
+    stream: bool,
+    gateway: &Gateway,
+    client: Client<'_>,
+    log: &mut LogFields,
+) -> Result<UpstreamResponse, ApiError> {
+    let thinks = native.get("think").is_some_and(|think| think != &Value::Bool(false));
+    let kept = thinks.then(|| native.clone());
+    let routed = route_model(native, "model", requested, gateway, client)?;
+    match relay(gateway, client, routed.outgoing("/api/chat", stream), log) {
+        Err(error) => match kept.as_ref().and_then(|native| retry_without_thinking(native, &error)) {
+            Some(without) => {
+                let routed = route_model(without, "model", requested, gateway, client)?;
+                relay(gateway, client, routed.outgoing("/api/chat", stream), log)
+            }
+            None => Err(error),
+        },
+        ok => ok,
+    }
 }
 
 /// Reads a whole non-streamed upstream answer as JSON.

@@ -400,6 +400,46 @@ pub fn chat_answer(content: &str) -> Value {
     })
 }
 
+/// The `/api/chat` answer of `model` made of message `parts` (objects holding `content`,
+/// `thinking` or `tool_calls`, each as one Ollama stream line carries it): one line per part
+/// and a done line when the request streams (Ollama's default when `stream` is absent), else
+/// the parts merged into one answer, as Ollama sends it with `stream: false`.
+pub fn chat_reply(recorded: &Recorded, model: &str, parts: &[Value]) -> FakeReply {
+    let mut done = done_line("stop", 12, parts.len() as u64);
+    done["model"] = model.into();
+    let streams = recorded.json.as_ref().and_then(|j| j.get("stream")) != Some(&Value::Bool(false));
+    if streams {
+        let mut lines: Vec<Value> = parts
+            .iter()
+            .map(|part| {
+                let mut line = content_line("");
+                line["model"] = model.into();
+                line["message"] = serde_json::json!({"role": "assistant", "content": ""});
+                for (key, value) in part.as_object().expect("a message part is an object") {
+                    line["message"][key] = value.clone();
+                }
+                line
+            })
+            .collect();
+        lines.push(done);
+        return FakeReply::ndjson(&lines);
+    }
+    let (mut content, mut thinking, mut calls) = (String::new(), String::new(), Vec::new());
+    for part in parts {
+        content.push_str(part.get("content").and_then(Value::as_str).unwrap_or(""));
+        thinking.push_str(part.get("thinking").and_then(Value::as_str).unwrap_or(""));
+        calls.extend(part.get("tool_calls").and_then(Value::as_array).into_iter().flatten().cloned());
+    }
+    done["message"]["content"] = content.into();
+    if !thinking.is_empty() {
+        done["message"]["thinking"] = thinking.into();
+    }
+    if !calls.is_empty() {
+        done["message"]["tool_calls"] = calls.into();
+    }
+    FakeReply::ok(done)
+}
+
 /// A handler that answers like a healthy Ollama: a stream when one is asked for.
 pub fn healthy(recorded: &Recorded) -> FakeReply {
     if recorded.wants_stream() {

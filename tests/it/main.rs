@@ -51,3 +51,5 @@ mod regression;
 mod framing;
 // Peak RSS per large body (hostile ones refused with 413, legitimate ones served) on real processes.
 mod memory;
+// Real coding agents (Codex CLI, Claude Code) from npm, offline, each with a tool round trip.
+mod agents;

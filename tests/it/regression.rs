@@ -1,7 +1,8 @@
 //! Bugs found in review, each pinned by the test that would have caught it.
 
-use crate::fake::{content_line, done_line, healthy, Fake, FakeReply, Ndjson};
-use crate::util::{alice, chat_body, wait_until, Gateway, KEY_A, KEY_B, PATIENCE, TOKEN};
+use crate::fake::{chat_answer, content_line, done_line, healthy, Fake, FakeReply, Ndjson};
+use crate::util::{alice, chat_body, wait_until, Gateway, SseConn, KEY_A, KEY_B, PATIENCE, TOKEN};
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -232,5 +233,43 @@ fn the_raw_value_key_cannot_crash_the_gateway() {
         let reply = gateway.post_json(path, Some(TOKEN), &body);
         assert!(reply.status < 500, "{path}: {} {}", reply.status, reply.text);
         assert_eq!(gateway.get("/health").status, 200, "the gateway is still up after {path}");
+    }
+}
+
+/// Codex with `model_reasoning_effort` set sends `reasoning.effort` whatever the model; a
+/// model that cannot think refuses `think` with 400, which `/v1/responses` passed on, so
+/// every Codex turn failed (`/v1/messages` already asked again without thinking). Found by
+/// running Codex 0.171 with `model_reasoning_effort = "high"` on llama3.2.
+#[test]
+fn responses_ask_again_without_thinking_when_the_model_cannot_think() {
+    for stream in [false, true] {
+        let fake = Fake::start(|recorded| match recorded.body().get("think") {
+            Some(_) => FakeReply::error(400, "\"llama3.2\" does not support thinking"),
+            None if recorded.wants_stream() => {
+                FakeReply::ndjson(&[content_line("Hello"), done_line("stop", 3, 1)])
+            }
+            None => FakeReply::ok(chat_answer("Hello")),
+        });
+        let gateway = gateway_over(&fake, "");
+        let body =
+            json!({"model": "llama3.2", "input": "Hi", "reasoning": {"effort": "high"}, "stream": stream});
+        let text = if stream {
+            let mut conn = SseConn::open(&gateway.addr, "/v1/responses", Some(TOKEN), &body);
+            assert_eq!(conn.status, 200);
+            let sse = conn.read_body();
+            let mut events = sse.lines().filter_map(|line| line.strip_prefix("data: "));
+            let completed = events.find(|data| data.contains("\"type\":\"response.completed\""));
+            let event: Value = serde_json::from_str(completed.unwrap_or("null")).unwrap_or_default();
+            event["response"].clone()
+        } else {
+            let reply = gateway.post_json("/v1/responses", Some(TOKEN), &body);
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            reply.body
+        }["output"][0]["content"][0]["text"]
+            .clone();
+        assert_eq!(text, json!("Hello"), "stream: {stream}; logs:\n{}", gateway.logs());
+        let thinks: Vec<Option<Value>> =
+            fake.requests().iter().map(|r| r.body().get("think").cloned()).collect();
+        assert_eq!(thinks, [Some(json!("high")), None], "stream: {stream}");
     }
 }

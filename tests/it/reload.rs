@@ -71,6 +71,9 @@ fn edit_in_two_steps(
 ) -> Edit {
     let done = AtomicBool::new(false);
     thread::scope(|scope| {
+        // Stops the client when this closure ends, by a failed wait too: the scope joins
+        // the client before a panic leaves it, and a client that never stopped hung the test.
+        let _stop = Stop(&done);
         let client = scope.spawn(|| {
             let mut statuses = Vec::new();
             while !done.load(Ordering::SeqCst) {
@@ -94,6 +97,15 @@ fn edit_in_two_steps(
         let statuses = client.join().expect("the client thread");
         Edit { quick: finished - read < SETTLE / 2, statuses, window: (started, finished) }
     })
+}
+
+/// Sets its flag when dropped.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Runs `attempt` until it passes, or fails when it fails although the machine was quick
