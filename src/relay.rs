@@ -202,7 +202,10 @@ pub fn send(
                     state.record_attempt(now);
                     state.record_failure(&failure, request.model, &text, now, &relay.policy);
                 });
-                log::warn!("pool '{}': {} failed ({failure:?}): {error}", pool.name, entry.label());
+                // A request the upstream refuses (a 400, a 404) says nothing about the key,
+                // and a handler may still recover (asking again without thinking).
+                let level = if failure == Failure::Request { log::Level::Info } else { log::Level::Warn };
+                log::log!(level, "pool '{}': {} failed ({failure:?}): {error}", pool.name, entry.label());
                 if failure == Failure::Request {
                     return Err(RelayError::Refused(error));
                 }
