@@ -4,7 +4,7 @@
 //! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
 //! was learnt about a key survives a reload (and, through the state file, a restart).
 
-use crate::config::{Config, Provider};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::keystate::KeyStore;
 use crate::keystate::Policy;
@@ -44,10 +44,10 @@ impl Gateway {
                 let settings = config.raw.pools.get(&entry.pool);
                 let strategy = settings.and_then(|p| p.strategy).unwrap_or(upstream.strategy);
                 let keys = config.pool_keys(&entry.pool);
-                match settings.filter(|p| p.provider == Provider::Openai).and_then(|p| p.base_url.as_deref())
-                {
-                    Some(api_base) => Pool::openai(&entry.pool, keys, strategy, api_base),
-                    None => Pool::new(&entry.pool, keys, strategy),
+                // An OpenAI pool's keys already point at its API base (`config` set it).
+                match config.is_openai_pool(&entry.pool) {
+                    true => Pool::openai(&entry.pool, keys, strategy),
+                    false => Pool::new(&entry.pool, keys, strategy),
                 }
             });
         }

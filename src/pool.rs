@@ -49,11 +49,8 @@ impl Pool {
         }
     }
 
-    /// A pool of an OpenAI-compatible API at `api_base`: every key is sent there.
-    pub fn openai(name: &str, mut keys: Vec<KeyEntry>, strategy: Strategy, api_base: &str) -> Pool {
-        for key in &mut keys {
-            key.base_url = api_base.to_string();
-        }
+    /// A pool of an OpenAI-compatible API (its keys' `base_url` is the API base).
+    pub fn openai(name: &str, keys: Vec<KeyEntry>, strategy: Strategy) -> Pool {
         Pool { provider: Provider::Openai, ..Pool::new(name, keys, strategy) }
     }
 
@@ -79,22 +76,20 @@ impl Pool {
                 order
             }
         };
-        self.select(order, max_attempts, model, store, now)
+        self.select((model, store, now), order, max_attempts)
     }
 
     /// Why no key is usable now, if none is (without moving the round-robin cursor).
     pub fn unavailable(&self, model: Option<&str>, store: &KeyStore, now: u64) -> Option<PoolUnavailable> {
-        self.select((0..self.keys.len()).collect(), 1, model, store, now).err()
+        self.select((model, store, now), (0..self.keys.len()).collect(), 1).err()
     }
 
-    /// The usable keys of `order`, at most `max_attempts`.
+    /// The keys of `order` usable for `model` at `now` by `store`, at most `max_attempts`.
     fn select(
         &self,
+        (model, store, now): (Option<&str>, &KeyStore, u64),
         order: Vec<usize>,
         max_attempts: usize,
-        model: Option<&str>,
-        store: &KeyStore,
-        now: u64,
     ) -> Result<Vec<usize>, PoolUnavailable> {
         let count = self.keys.len();
         let availability = store.availability(&self.ids, model, now);
