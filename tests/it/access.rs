@@ -209,11 +209,24 @@ fn one_allowlist_decides_what_a_token_may_use_and_what_it_is_shown() {
         let body = format!(r#"{{"model":"{name}","stream":false,{HI}}}"#);
         eqnice!(200, send(&gateway, "POST", "/api/chat", &body).status, "{name} is listed, so usable");
         eqnice!(200, gateway.chat(&chat_body(name, false)).status, "{name} on /v1");
+        let show = format!(r#"{{"model":"{name}"}}"#);
+        eqnice!(200, send(&gateway, "POST", "/api/show", &show).status, "{name} on /api/show");
+        eqnice!(
+            200,
+            send(&gateway, "GET", &format!("/v1/models/{name}"), "").status,
+            "{name} on /v1/models/{{id}}"
+        );
     }
     for name in ["qwen3:8b", "fast", "llama-x", "all-minilm", "hf.co/org/model:Q4_K_M"] {
         let body = format!(r#"{{"model":"{name}","stream":false,{HI}}}"#);
         ollama_error(&send(&gateway, "POST", "/api/chat", &body), 403);
         eqnice!(403, gateway.chat(&chat_body(name, false)).status, "{name} is hidden, so refused");
+        ollama_error(&send(&gateway, "POST", "/api/show", &format!(r#"{{"model":"{name}"}}"#)), 403);
+        eqnice!(
+            403,
+            send(&gateway, "GET", &format!("/v1/models/{name}"), "").status,
+            "{name} on /v1/models/{{id}}"
+        );
     }
 }
 
