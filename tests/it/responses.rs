@@ -311,7 +311,10 @@ fn events_leave_as_upstream_lines_arrive() {
     };
     eqnice!(Some("Hel"), first.data["delta"].as_str());
     let stats = &fake.streams()[0];
-    eqnice!((1, false), (stats.written(), stats.completed.load(std::sync::atomic::Ordering::SeqCst)));
+    // The fake counts a line once its write returned, which may be just after the client
+    // read it: what matters is that the second line is still held at the gate.
+    assert!(stats.written() <= 1, "the fake wrote {} lines before the gate", stats.written());
+    assert!(!stats.completed.load(std::sync::atomic::Ordering::SeqCst), "the stream ended before the gate");
     gate.open();
     let rest = conn.named_events();
     let text: String = rest
