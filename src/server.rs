@@ -309,14 +309,16 @@ impl Shared {
             let reply = api::handle(&req, &gateway, admission, &mut log);
             match cancel.is_cancelled() {
                 // Whatever the handler made of its cut upstream, nobody will read it.
-                true => {
-                    Reply::error(&ApiError::server(499, "the client closed the connection before the answer"))
-                }
+                true => api::error_reply(&req, &gateway, &ApiError::client_gone()),
                 false => reply,
             }
         }))
         .unwrap_or_else(|_| {
-            Reply::error(&ApiError::server(500, "the gateway hit an internal error; see its log"))
+            api::error_reply(
+                &req,
+                &gateway,
+                &ApiError::server(500, "the gateway hit an internal error; see its log"),
+            )
         });
         let (status, note) = match reply {
             Reply::Full { status, body, mut headers } => {
