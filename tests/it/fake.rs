@@ -342,6 +342,24 @@ fn write_ndjson(mut writer: Box<dyn Write + Send>, script: &Ndjson, stats: &Stre
     }
 }
 
+/// A fake whose stream for each model of `cases` (model, lines after a first content line
+/// "Hel") breaks in its own way: an error line, garbage, an early end.
+pub fn breaking_streams(cases: &[(&str, Vec<String>)]) -> Fake {
+    let scripts: Vec<(String, Vec<String>)> = cases
+        .iter()
+        .map(|(model, rest)| {
+            let lines =
+                std::iter::once(content_line("Hel").to_string()).chain(rest.iter().cloned()).collect();
+            (model.to_string(), lines)
+        })
+        .collect();
+    Fake::start(move |recorded| {
+        let (_, lines) =
+            scripts.iter().find(|(model, _)| model == recorded.model()).expect("a scripted model");
+        FakeReply::Ndjson(Ndjson { lines: lines.clone(), delay: Duration::ZERO, gate: None })
+    })
+}
+
 /// An `http://` URL on which nothing listens: connecting is refused at once.
 pub fn dead_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");

@@ -317,19 +317,9 @@ fn a_stream_that_breaks_mid_way_ends_with_an_error_event() {
         ("garbage", vec!["this is not json".to_string()], ""),
         ("eof-before-done", vec![], ""),
     ];
-    let scripts: Vec<(String, Vec<String>)> = cases
-        .iter()
-        .map(|(model, rest, _)| {
-            let lines =
-                std::iter::once(content_line("Hel").to_string()).chain(rest.iter().cloned()).collect();
-            (model.to_string(), lines)
-        })
-        .collect();
-    let fake = Fake::start(move |recorded| {
-        let (_, lines) =
-            scripts.iter().find(|(model, _)| model == recorded.model()).expect("a scripted model");
-        FakeReply::Ndjson(Ndjson { lines: lines.clone(), delay: Duration::ZERO, gate: None })
-    });
+    let scripted: Vec<(&str, Vec<String>)> =
+        cases.iter().map(|(model, rest, _)| (*model, rest.clone())).collect();
+    let fake = crate::fake::breaking_streams(&scripted);
     let gateway = gateway_over(&fake);
     for (model, _, needle) in &cases {
         let events = stream(&gateway, "/v1/messages", &hi(model, true));
