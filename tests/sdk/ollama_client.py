@@ -11,11 +11,12 @@ Each case is a function with plain asserts. The script prints each case's name a
 
 import os
 import sys
-import traceback
 from importlib import metadata
 
 import ollama
 from ollama import Client
+
+import cases  # tests/sdk/cases.py, beside this script
 
 URL = os.environ["GATEWAY_URL"]
 TOKEN = os.environ["GATEWAY_TOKEN"]
@@ -107,19 +108,7 @@ CASES = [
 
 def main():
     version = metadata.version("ollama")
-    print(f"ollama {version} against {URL}", flush=True)
-    for case in CASES:
-        print(f"{case.__name__} ...", end=" ", flush=True)
-        try:
-            case()
-        except Exception as error:  # noqa: BLE001 - any failure ends the run with its story
-            print("FAILED", flush=True)
-            traceback.print_exc()
-            print(f"\ncase {case.__name__} failed: {type(error).__name__}: {error}", file=sys.stderr)
-            return 1
-        print("ok", flush=True)
-    print(f"all {len(CASES)} cases ok", flush=True)
-    return 0
+    return cases.run(f"ollama {version} against {URL}", CASES)
 
 
 if __name__ == "__main__":
