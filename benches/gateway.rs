@@ -34,6 +34,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+// The head parser the soak's client and fake use too.
+#[path = "common/wire.rs"]
+mod wire;
+use wire::read_head;
+
 const TOKEN: &str = "sk-bench-only-not-a-secret";
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":false}"#;
 const CHAT_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
@@ -426,40 +431,6 @@ fn fake_stream(out: &mut impl Write, shape: &Shape) -> io::Result<()> {
 }
 
 // ---- A minimal HTTP/1.1 client (and the head parser the fake shares) -------------------
-
-/// The parts of a request or response head the bench needs.
-struct Head {
-    first_line: String,
-    content_length: Option<usize>,
-    chunked: bool,
-    close: bool,
-}
-
-/// Reads a head; `None` when the connection closed cleanly before it.
-fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let first_line = line.trim_end().to_string();
-    let mut head = Head { first_line, content_length: None, chunked: false, close: false };
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a head"));
-        }
-        let Some((name, value)) = line.trim_end().split_once(':') else {
-            return Ok(Some(head)); // the blank line
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => head.content_length = value.parse().ok(),
-            "transfer-encoding" => head.chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => head.close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-}
 
 /// Reads a chunked body, passing each chunk to `sink` as soon as it is complete.
 fn read_chunks(reader: &mut impl BufRead, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {

@@ -4,39 +4,7 @@
 
 use crate::*;
 
-/// The parts of a request or response head the soak needs.
-pub struct Head {
-    pub first_line: String,
-    pub content_length: Option<usize>,
-    chunked: bool,
-    close: bool,
-}
-
-/// Reads a head; `None` when the connection closed cleanly before it.
-pub fn read_head(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let first_line = line.trim_end().to_string();
-    let mut head = Head { first_line, content_length: None, chunked: false, close: false };
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a head"));
-        }
-        let Some((name, value)) = line.trim_end().split_once(':') else {
-            return Ok(Some(head)); // the blank line
-        };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => head.content_length = value.parse().ok(),
-            "transfer-encoding" => head.chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => head.close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-}
+pub use crate::wire::read_head;
 
 pub fn parse_status(bytes: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(bytes);

@@ -42,6 +42,8 @@ mod http; // a minimal HTTP/1.1 client
 mod outcome; // kinds of action, outcomes, judgements
 mod report; // counts, samples, verdict
 mod traffic; // the client threads
+#[path = "../common/wire.rs"]
+mod wire; // the head parser make bench shares
 
 use chaos::*;
 use fake::*;
