@@ -87,7 +87,16 @@ fn run() -> Result<(), String> {
     let direct = Target { addr: start_fake(Arc::clone(&shape)), path: "/api/chat", token: false };
     let mut errors = 0;
     let gateway = Gateway::start(direct.addr, "warn")?;
-    let mut summary = vec![phase_sequential(direct, gateway.target(), ROUNDS, "warn")?];
+    if let Ok(rounds) = std::env::var("BENCH_PROFILE_ROUNDS") {
+        let rounds = rounds.parse().map_err(|_| "BENCH_PROFILE_ROUNDS: not a number")?;
+        eprintln!("gateway pid {}", gateway.child.id());
+        println!("{}", phase_sequential(direct, &gateway, rounds, "warn")?);
+        if std::env::var("BENCH_PROFILE_LOAD").is_ok() {
+            println!("{}", phase_load(direct, gateway.target(), &mut errors));
+        }
+        return Ok(());
+    }
+    let mut summary = vec![phase_sequential(direct, &gateway, ROUNDS, "warn")?];
     summary.push(phase_load(direct, gateway.target(), &mut errors));
     eprintln!("letting the gateway's idle connection threads exit (tiny_http: after 5 s)");
     thread::sleep(Duration::from_secs(6));
@@ -97,7 +106,7 @@ fn run() -> Result<(), String> {
     drop(gateway);
 
     let gateway = Gateway::start(direct.addr, "info")?;
-    summary.push(phase_sequential(direct, gateway.target(), INFO_ROUNDS, "info")?);
+    summary.push(phase_sequential(direct, &gateway, INFO_ROUNDS, "info")?);
     drop(gateway);
 
     let gateway = Gateway::start(direct.addr, "warn")?;
@@ -115,8 +124,10 @@ fn run() -> Result<(), String> {
 // ---- The phases ------------------------------------------------------------------------
 
 /// (1): interleaved rounds of sequential non-stream chats on one connection per target.
-fn phase_sequential(direct: Target, gateway: Target, rounds: usize, log: &str) -> Result<String, String> {
+fn phase_sequential(direct: Target, gw: &Gateway, rounds: usize, log: &str) -> Result<String, String> {
     eprintln!("(1) sequential overhead, RUST_LOG={log}");
+    let gateway = gw.target();
+    let (mut cpu_ns, mut switches) = (0, 0);
     let mut clients = [Client::new(direct.addr), Client::new(gateway.addr)];
     let requests = [direct.request(CHAT), gateway.request(CHAT)];
     for (client, request) in clients.iter_mut().zip(&requests) {
@@ -129,10 +140,16 @@ fn phase_sequential(direct: Target, gateway: Target, rounds: usize, log: &str) -
         let mut round_medians = [0.0; 2];
         for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
             let mut times = Vec::with_capacity(PER_ROUND);
+            let before = gw.counters();
             for _ in 0..PER_ROUND {
                 let start = Instant::now();
                 chat_once(&mut clients[side], &requests[side])?;
                 times.push(ms(start.elapsed()));
+            }
+            if side == 1 {
+                let after = gw.counters();
+                cpu_ns += after.cpu_ns - before.cpu_ns;
+                switches += after.switches - before.switches;
             }
             round_medians[side] = percentile(&times, 0.5);
         }
@@ -147,6 +164,12 @@ fn phase_sequential(direct: Target, gateway: Target, rounds: usize, log: &str) -
         let [p25, p50, p75] = [0.25, 0.5, 0.75].map(|p| percentile(values, p));
         println!("{name:<20}{p50:>10.3}{p25:>10.3}{p75:>10.3}");
     }
+    let served = (rounds * PER_ROUND) as f64;
+    println!(
+        "gateway CPU per request {:.3} ms, context switches per request {:.2}",
+        cpu_ns as f64 / served / 1e6,
+        switches as f64 / served
+    );
     println!();
     let [p25, p50, p75] = [0.25, 0.5, 0.75].map(|p| percentile(&medians[2], p));
     Ok(match log {
@@ -283,6 +306,12 @@ fn phase_memory(gateway: &Gateway, errors: &mut usize) -> String {
         "{MEM_STREAMS} streams peak RSS: {peak:.1} MB ({most_open} open at once)   target < {RSS_TARGET_MB} MB   {}",
         verdict(peak < RSS_TARGET_MB)
     )
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    cpu_ns: u64,
+    switches: u64,
 }
 
 /// The gateway's VmRSS while streams run, at the largest number open at once.
@@ -633,6 +662,29 @@ impl Gateway {
     }
 
     /// A status field in MB, for printing.
+    /// CPU time (ns, from each thread's schedstat) and context switches (voluntary and
+    /// not) summed over the gateway's live threads.
+    fn counters(&self) -> Counters {
+        let mut counters = Counters::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return counters;
+        };
+        for task in tasks.flatten() {
+            let read = |name: &str| std::fs::read_to_string(task.path().join(name)).unwrap_or_default();
+            counters.cpu_ns +=
+                read("schedstat").split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0);
+            for line in read("status").lines() {
+                if line.starts_with("voluntary_ctxt_switches")
+                    || line.starts_with("nonvoluntary_ctxt_switches")
+                {
+                    counters.switches +=
+                        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+                }
+            }
+        }
+        counters
+    }
+
     fn mb(&self, field: &str) -> String {
         self.status_kb(field).map_or("?".to_string(), |kb| format!("{:.1}", kb as f64 / 1024.0))
     }
