@@ -128,7 +128,7 @@ impl ClientConnection {
     /// `head_error`). 0.12.0 took a bare LF as part of the line, and closed without an
     /// answer on a non-ASCII or too long line.
     fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let line = crate::util::read_line(&mut self.next_header_source, MAX_HEADER_LINE)?;
+        let line = crate::util::read_buffered_line(&mut self.next_header_source, MAX_HEADER_LINE)?;
         AsciiString::from_ascii(line)
             .map_err(|_| IoError::new(ErrorKind::InvalidData, "header is not in ASCII"))
     }

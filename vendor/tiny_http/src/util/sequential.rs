@@ -1,8 +1,9 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{BufRead, Error as IoError, ErrorKind, Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+// ollama-gateway: a one-value handoff instead of std's mpsc channel (see handoff.rs).
+use super::handoff::channel;
+use super::handoff::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use std::mem;
@@ -133,6 +134,24 @@ impl<R: Read + Send> Read for SequentialReader<R> {
         let result = reader.read(buf);
         self.inner = SequentialReaderInner::MyTurn(reader);
         result
+    }
+}
+
+/// ollama-gateway: buffered reading, so that the request head is scanned a buffer at a
+/// time (`read_buffered_line`) instead of through a `read` call per byte.
+impl<R: BufRead + Send> BufRead for SequentialReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        self.wait_for_turn();
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader.fill_buf(),
+            _ => Err(IoError::new(ErrorKind::BrokenPipe, "the connection's reader is gone")),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let SequentialReaderInner::MyTurn(ref mut reader) = self.inner {
+            reader.consume(amount);
+        }
     }
 }
 
