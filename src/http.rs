@@ -10,7 +10,7 @@ use crate::error::{ApiError, Family};
 use crate::relay::Trace;
 use crate::translate::LineTranslator;
 use serde_json::Value;
-use std::io::Read;
+use std::io::BufRead;
 
 /// A request as the handlers see it: no sockets, body already read.
 #[derive(Clone, Default)]
@@ -128,7 +128,7 @@ pub struct StreamReply {
     /// Extra headers.
     pub headers: Vec<(&'static str, String)>,
     /// The upstream body.
-    pub upstream: Box<dyn Read + Send>,
+    pub upstream: Box<dyn BufRead + Send>,
     /// Turns each upstream line into what the client receives.
     pub translator: Box<dyn LineTranslator>,
 }
@@ -154,7 +154,7 @@ impl Reply {
     }
 
     /// A stream of SSE events.
-    pub fn sse(upstream: Box<dyn Read + Send>, translator: Box<dyn LineTranslator>) -> Reply {
+    pub fn sse(upstream: Box<dyn BufRead + Send>, translator: Box<dyn LineTranslator>) -> Reply {
         Reply::Stream(StreamReply {
             status: 200,
             content_type: "text/event-stream".to_string(),

@@ -16,7 +16,7 @@ use crate::keystate::{self, Failure, Policy};
 use crate::pool::{Pool, PoolUnavailable};
 use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
-use std::io::{BufReader, Cursor, Read};
+use std::io::{Cursor, Read};
 use std::time::Instant;
 
 /// What the relay did, for the request log and token accounting.
@@ -231,15 +231,17 @@ pub fn send(
 /// Reads a whole answer and checks it is JSON (without building it): a body cut off, a
 /// timeout, garbage or an HTML page is a failed attempt, not a 200.
 fn whole_json_checked(response: UpstreamResponse) -> Result<UpstreamResponse, UpstreamError> {
-    let UpstreamResponse { status, content_type, body } = response;
-    let mut bytes = Vec::new();
-    if let Err(err) = body.take(MAX_WHOLE_ANSWER + 1).read_to_end(&mut bytes) {
-        let text = format!("reading the answer failed: {err}");
-        return Err(match upstream::is_timeout(&err) {
-            true => UpstreamError::Timeout(text),
-            false => UpstreamError::Protocol(text),
-        });
-    }
+    let UpstreamResponse { status, content_type, mut body } = response;
+    let bytes = match upstream::read_whole(&mut body, MAX_WHOLE_ANSWER) {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let text = format!("reading the answer failed: {err}");
+            return Err(match upstream::is_timeout(&err) {
+                true => UpstreamError::Timeout(text),
+                false => UpstreamError::Protocol(text),
+            });
+        }
+    };
     if bytes.len() as u64 > MAX_WHOLE_ANSWER {
         return Err(UpstreamError::Protocol(format!(
             "the answer is larger than {} MiB",
@@ -260,8 +262,7 @@ fn whole_json_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
 /// Reads a stream's first line: an `{"error":…}` there (a model that fails at once) or an
 /// upstream that ends or stalls before any line is a failed attempt, not a 200.
 fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, UpstreamError> {
-    let UpstreamResponse { status, content_type, body } = response;
-    let mut reader = BufReader::new(body);
+    let UpstreamResponse { status, content_type, body: mut reader } = response;
     let mut line = Vec::new();
     loop {
         match upstream::read_line(&mut reader, &mut line, upstream::MAX_LINE_BYTES) {

@@ -24,7 +24,7 @@ use crate::live::Live;
 use crate::translate::{Flow, Usage};
 use crate::watch::{ClientSocket, Watch};
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -641,7 +641,7 @@ fn write_stream(
         Ok(writer) => writer,
         Err(_) => return (" client gone before the stream started", None),
     };
-    let mut upstream = BufReader::with_capacity(16 * 1024, upstream);
+    let mut upstream = upstream;
     let (mut line, mut out) = (Vec::new(), Vec::new());
     loop {
         out.clear();

@@ -11,11 +11,21 @@ mod transport;
 use crate::keys::KeyEntry;
 use serde_json::Value;
 use std::fmt;
-use std::io::{self, BufRead, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 /// Longest upstream error body read, to quote in the answer.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// ureq's buffers per upstream connection (input, output) and the largest response head it
+/// accepts, and our one buffer over each body. A held stream keeps all of them, so they
+/// are what 2,000 open streams cost: ureq's default 128 KiB pair is zero-filled per
+/// connection (256 streams held 64 MiB in them). Ollama's lines and heads are small; a
+/// larger request body is written a buffer at a time.
+const INPUT_BUFFER: usize = 8 * 1024;
+const OUTPUT_BUFFER: usize = 8 * 1024;
+const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+const BODY_BUFFER: usize = 4 * 1024;
 
 /// Builds the one agent all upstream calls share.
 pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connections: usize) -> ureq::Agent {
@@ -28,11 +38,9 @@ pub fn agent(connect_timeout: Duration, idle_timeout: Duration, max_idle_connect
         // Applies to every read: waiting for the answer, and each gap inside a stream.
         .timeout_per_read(Some(idle_timeout))
         .timeout_per_write(Some(idle_timeout))
-        // ureq's default 128 KiB buffers are zero-filled per connection: 256 streams held
-        // 64 MiB in them. Ollama's lines and headers are small; 16 KiB is plenty.
-        .input_buffer_size(16 * 1024)
-        .output_buffer_size(16 * 1024)
-        .max_response_header_size(16 * 1024)
+        .input_buffer_size(INPUT_BUFFER)
+        .output_buffer_size(OUTPUT_BUFFER)
+        .max_response_header_size(MAX_RESPONSE_HEAD)
         .max_idle_connections(max_idle_connections.max(8))
         .max_idle_connections_per_host(max_idle_connections.max(8))
         .user_agent(concat!("ollama-gateway/", env!("CARGO_PKG_VERSION")))
@@ -85,8 +93,8 @@ pub struct UpstreamResponse {
     pub status: u16,
     /// The upstream `Content-Type`, if any.
     pub content_type: Option<String>,
-    /// The body, read as it arrives.
-    pub body: Box<dyn Read + Send>,
+    /// The body, read as it arrives, through the one buffer it has on our side.
+    pub body: Box<dyn BufRead + Send>,
 }
 
 /// The text of an upstream error body: the `error` string of a JSON object (also an
@@ -111,6 +119,31 @@ pub fn upstream_message(body: &[u8]) -> String {
     } else {
         // An HTML error page or similar: keep it short enough for a log line.
         text.chars().take(500).collect()
+    }
+}
+
+/// Reads `body` to its end, or to one byte past `limit` (so that the caller can tell an
+/// answer too large), a buffer at a time. std's `read_to_end` would zero-fill its spare
+/// capacity before each read of ureq's reader (which only implements `read`): a tenth of
+/// the gateway's instructions on a small answer.
+pub fn read_whole(body: &mut dyn BufRead, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    loop {
+        let buffer = match body.fill_buf() {
+            Ok(buffer) => buffer,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if buffer.is_empty() {
+            return Ok(bytes);
+        }
+        let room = usize::try_from((limit + 1).saturating_sub(bytes.len() as u64)).unwrap_or(usize::MAX);
+        let taken = buffer.len().min(room);
+        bytes.extend_from_slice(&buffer[..taken]);
+        body.consume(taken);
+        if bytes.len() as u64 > limit {
+            return Ok(bytes);
+        }
     }
 }
 
@@ -182,7 +215,11 @@ pub fn send(
         let _ = (&mut reader).take(MAX_ERROR_BODY).read_to_end(&mut body);
         return Err(UpstreamError::Status { status, body: redact(body, entry), retry_after });
     }
-    Ok(UpstreamResponse { status, content_type, body: Box::new(reader) })
+    Ok(UpstreamResponse {
+        status,
+        content_type,
+        body: Box::new(BufReader::with_capacity(BODY_BUFFER, reader)),
+    })
 }
 
 /// Runs one request, within `budget` when given.
@@ -257,6 +294,16 @@ mod tests {
         assert_eq!(lines, ["one\r", "two", "three"]);
         let mut long = io::Cursor::new(vec![b'x'; 50]);
         assert!(read_line(&mut long, &mut line, 10).is_err());
+    }
+
+    #[test]
+    fn whole_bodies_are_read_up_to_one_byte_past_the_limit() {
+        let body = b"0123456789";
+        let read = |limit| read_whole(&mut io::BufReader::with_capacity(3, &body[..]), limit).unwrap();
+        assert_eq!(read(100), body, "all of it, across buffer refills");
+        assert_eq!(read(10), body, "exactly at the limit");
+        assert_eq!(read(4), b"01234", "one byte past the limit tells the caller it is too large");
+        assert_eq!(read(0), b"0");
     }
 
     #[test]
