@@ -1,8 +1,9 @@
 //! Direct-to-Ollama vs through-the-gateway, side by side (`make bench`).
 //!
-//! The bench starts, in this process, a fake Ollama (a raw `TcpListener`, a thread per
-//! connection, HTTP/1.1 keep-alive, canned `/api/chat` answers), then the real gateway binary
-//! as a child process with a temp config whose only upstream is the fake. Every measurement
+//! The bench starts, in this process, a fake Ollama (benches/common/fake_ollama.rs: one
+//! thread, one epoll loop, HTTP/1.1 keep-alive, canned `/api/chat` answers and NDJSON
+//! streams whose lines are due at fixed times), then the real gateway binary as a child
+//! process with a temp config whose only upstream is the fake. Every measurement
 //! does the same work on the fake two ways: "direct" is client → fake `/api/chat`, "gateway"
 //! is client → gateway `/v1/chat/completions` → fake, so the difference is what the gateway
 //! adds (an HTTP hop, auth, JSON translation both ways, logging).
@@ -20,7 +21,9 @@
 //!
 //! The client is a minimal HTTP/1.1 one over `TcpStream` (Content-Length and chunked bodies),
 //! so each line is timestamped as it arrives and the client costs the same on both paths.
-//! Client, fake and gateway share the machine's cores. Results go to stdout, progress to
+//! Client, fake and gateway share the machine's cores; the fake is one thread so that it
+//! costs little, and the same on both paths (a thread per connection woke and slept so
+//! much at 64 clients that it took the cores from the gateway it measured). Results go to stdout, progress to
 //! stderr. Missed targets are reported, not failed on; the process exits non-zero only if
 //! the gateway does not start or requests fail.
 
@@ -29,23 +32,25 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "common/fake_ollama.rs"]
+mod fake_ollama;
+#[path = "common/poller.rs"]
+mod poller;
 // The head parser the soak's client and fake use too.
 #[path = "common/wire.rs"]
 mod wire;
+
+use fake_ollama::{FakeOllama, Shape};
 use wire::read_head;
 
 const TOKEN: &str = "sk-bench-only-not-a-secret";
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":false}"#;
 const CHAT_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
-const NATIVE_REPLY: &str = r#"{"model":"m","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello!"},"done":true,"done_reason":"stop","prompt_eval_count":5,"eval_count":3}"#;
-const CONTENT_LINE: &str = "{\"model\":\"m\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"tok\"},\"done\":false}\n";
-const DONE_LINE: &str = "{\"model\":\"m\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":5,\"eval_count\":20}\n";
-
 const PER_ROUND: usize = 200;
 const ROUNDS: usize = 15;
 const INFO_ROUNDS: usize = 5;
@@ -53,11 +58,11 @@ const CONCURRENCY: [usize; 2] = [64, 256];
 const LOAD_WARMUP: Duration = Duration::from_secs(1);
 const LOAD_TIME: Duration = Duration::from_secs(5);
 const STREAM_LINES: usize = 20;
-const STREAM_GAP_MS: u64 = 20;
+const STREAM_GAP: Duration = Duration::from_millis(20);
 const STREAMS: usize = 30;
 const MEM_STREAMS: usize = 256;
 const MEM_LINES: usize = 25;
-const MEM_GAP_MS: u64 = 200;
+const MEM_GAP: Duration = Duration::from_millis(200);
 const OVERHEAD_TARGET_MS: f64 = 0.3;
 const RSS_TARGET_MB: f64 = 64.0;
 
@@ -84,7 +89,8 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     print_environment();
     let shape = Arc::new(Shape::default());
-    let direct = Target { addr: start_fake(Arc::clone(&shape)), path: "/api/chat", token: false };
+    let fake = FakeOllama::start(Arc::clone(&shape));
+    let direct = Target { addr: fake.addr, path: "/api/chat", token: false };
     let mut errors = 0;
     let gateway = Gateway::start(direct.addr, "warn")?;
     if let Ok(rounds) = std::env::var("BENCH_PROFILE_ROUNDS") {
@@ -100,7 +106,7 @@ fn run() -> Result<(), String> {
     summary.push(phase_load(direct, gateway.target(), &mut errors));
     eprintln!("letting the gateway's idle connection threads exit (tiny_http: after 5 s)");
     thread::sleep(Duration::from_secs(6));
-    shape.set(STREAM_LINES, STREAM_GAP_MS);
+    shape.set(STREAM_LINES, STREAM_GAP);
     summary.push(phase_streams(direct, gateway.target())?);
     println!("gateway after (1)-(3): VmRSS {} MB, VmHWM {} MB\n", gateway.mb("VmRSS"), gateway.mb("VmHWM"));
     drop(gateway);
@@ -110,7 +116,7 @@ fn run() -> Result<(), String> {
     drop(gateway);
 
     let gateway = Gateway::start(direct.addr, "warn")?;
-    shape.set(MEM_LINES, MEM_GAP_MS);
+    shape.set(MEM_LINES, MEM_GAP);
     summary.push(phase_memory(&gateway, &mut errors));
     drop(gateway);
 
@@ -241,7 +247,8 @@ fn phase_streams(direct: Target, gateway: Target) -> Result<String, String> {
             added.extend((0..STREAM_LINES).map(|line| events[1][line] - events[0][line]));
         }
     }
-    println!("(3) streams: {STREAM_LINES} lines {STREAM_GAP_MS} ms apart, {STREAMS} sequential streams per target,");
+    let gap = STREAM_GAP.as_millis();
+    println!("(3) streams: {STREAM_LINES} lines {gap} ms apart, {STREAMS} sequential streams per target,");
     println!("alternating (so each target idles ~0.4 s before each of its streams), ms");
     println!("{:<36}{:>10}{:>10}", "", "median", "p95");
     let rows = [("first event, direct", &first[0]), ("first event, gateway", &first[1])];
@@ -290,9 +297,8 @@ fn phase_memory(gateway: &Gateway, errors: &mut usize) -> String {
         eprintln!("    a stream failed: {failure}");
     }
     *errors += failed;
-    println!(
-        "(4) memory of a fresh gateway, {MEM_STREAMS} streams of {MEM_LINES} lines {MEM_GAP_MS} ms apart"
-    );
+    let gap = MEM_GAP.as_millis();
+    println!("(4) memory of a fresh gateway, {MEM_STREAMS} streams of {MEM_LINES} lines {gap} ms apart");
     println!("{:<44}{idle:>8} MB", "VmRSS idle after start");
     println!("{:<44}{:>8} of {MEM_STREAMS}", "most streams open at once", hold.most_open);
     let label = format!("VmRSS max at that count ({} samples)", hold.samples);
@@ -330,7 +336,7 @@ fn sample_while_streaming(
     start: Instant,
 ) -> Hold {
     let mut hold = Hold { most_open: 0, max_kb: 0, samples: 0, all_open_after: None };
-    let deadline = start + Duration::from_millis(MEM_LINES as u64 * MEM_GAP_MS) * 4;
+    let deadline = start + MEM_GAP * MEM_LINES as u32 * 4;
     while finished.load(Relaxed) < MEM_STREAMS && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
         let (rss, open) = (gateway.status_kb("VmRSS").unwrap_or(0), opened.load(Relaxed));
@@ -397,69 +403,7 @@ fn load_client(addr: SocketAddr, request: &[u8], from: Instant, until: Instant) 
     }
 }
 
-// ---- The fake Ollama -------------------------------------------------------------------
-
-/// How the fake shapes streamed answers; set between phases.
-#[derive(Default)]
-struct Shape {
-    lines: AtomicUsize,
-    gap_ms: AtomicU64,
-}
-
-impl Shape {
-    fn set(&self, lines: usize, gap_ms: u64) {
-        self.lines.store(lines, Relaxed);
-        self.gap_ms.store(gap_ms, Relaxed);
-    }
-}
-
-/// Starts the fake on 127.0.0.1, a thread per connection; returns its address.
-fn start_fake(shape: Arc<Shape>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake Ollama");
-    let addr = listener.local_addr().expect("the fake Ollama's address");
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let shape = Arc::clone(&shape);
-            spawn_small(move || serve_fake_connection(stream, &shape));
-        }
-    });
-    addr
-}
-
-fn serve_fake_connection(stream: TcpStream, shape: &Shape) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream);
-    while let Some(head) = read_head(&mut reader)? {
-        let mut body = vec![0; head.content_length.unwrap_or(0)];
-        reader.read_exact(&mut body)?;
-        let mut out = reader.get_ref();
-        if contains(&body, b"\"stream\":true") {
-            fake_stream(&mut out, shape)?;
-        } else {
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8";
-            let reply = format!("{head}\r\nContent-Length: {}\r\n\r\n{NATIVE_REPLY}", NATIVE_REPLY.len());
-            out.write_all(reply.as_bytes())?;
-        }
-    }
-    Ok(())
-}
-
-/// A chunked NDJSON answer: `lines` content lines then a done line, `gap_ms` apart. Lines
-/// are due at fixed times from the start, so sleep overshoot does not add up along a stream.
-fn fake_stream(out: &mut impl Write, shape: &Shape) -> io::Result<()> {
-    let (start, lines) = (Instant::now(), shape.lines.load(Relaxed));
-    let gap = Duration::from_millis(shape.gap_ms.load(Relaxed));
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
-    out.write_all(head.as_bytes())?;
-    for index in 0..=lines {
-        thread::sleep((start + gap * index as u32).saturating_duration_since(Instant::now()));
-        let line = if index < lines { CONTENT_LINE } else { DONE_LINE };
-        out.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())?;
-    }
-    out.write_all(b"0\r\n\r\n")
-}
-
-// ---- A minimal HTTP/1.1 client (and the head parser the fake shares) -------------------
+// ---- A minimal HTTP/1.1 client ------------------------------------------------
 
 /// Reads a chunked body, passing each chunk to `sink` as soon as it is complete.
 fn read_chunks(reader: &mut impl BufRead, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
