@@ -12,18 +12,23 @@
 //!    [`PER_ROUND`] non-stream chats per target (which goes first alternates); the median and
 //!    IQR of the per-round medians, and of the per-round difference. Repeated briefly with
 //!    `RUST_LOG=info` to show the cost of the per-request log line.
-//! 2. Throughput: 64 and 256 client threads, each with its own connection, for a fixed time.
-//!    A client that completes nothing in the measured window is counted as stalled.
+//! 2. Throughput: 64 and 256 keep-alive connections, driven by the one-thread load
+//!    generator (benches/common/loadgen.rs), for a fixed time. A connection that completes
+//!    nothing in the measured window is counted as stalled. The gateway's CPU per request
+//!    in the window (`/proc/PID/stat`, which counts exited threads too), and this process's
+//!    own CPU (the fake and the load generator).
 //! 3. Streams: time to the first event, and the delay the gateway adds to each event of a
 //!    20-line stream (same line index, relative to each stream's start).
 //! 4. Memory: a fresh gateway's VmRSS idle, sampled while 256 streams are held open, and its
 //!    VmHWM (peak) at the end.
 //!
-//! The client is a minimal HTTP/1.1 one over `TcpStream` (Content-Length and chunked bodies),
-//! so each line is timestamped as it arrives and the client costs the same on both paths.
-//! Client, fake and gateway share the machine's cores; the fake is one thread so that it
-//! costs little, and the same on both paths (a thread per connection woke and slept so
-//! much at 64 clients that it took the cores from the gateway it measured). Results go to stdout, progress to
+//! The sequential rounds and the streams use a minimal blocking HTTP/1.1 client over
+//! `TcpStream` (Content-Length and chunked bodies), so each line is timestamped as it
+//! arrives and the client costs the same on both paths.
+//! Client, fake and gateway share the machine's cores; the fake and the load generator are
+//! one thread each so that they cost little, and the same on both paths (with a thread per
+//! connection on both, 64 client threads and 64 fake threads woke and slept so much that
+//! they took most of the cores from the gateway they measured). Results go to stdout, progress to
 //! stderr. Missed targets are reported, not failed on; the process exits non-zero only if
 //! the gateway does not start or requests fail.
 
@@ -39,6 +44,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/fake_ollama.rs"]
 mod fake_ollama;
+#[path = "common/loadgen.rs"]
+mod loadgen;
 #[path = "common/poller.rs"]
 mod poller;
 // The head parser the soak's client and fake use too.
@@ -46,9 +53,12 @@ mod poller;
 mod wire;
 
 use fake_ollama::{FakeOllama, Shape};
+use loadgen::{Edge, LoadRun};
 use wire::read_head;
 
 const TOKEN: &str = "sk-bench-only-not-a-secret";
+/// The fake's answer text, which every non-stream reply must hold.
+const REPLY_TEXT: &[u8] = b"Hello!";
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":false}"#;
 const CHAT_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true}"#;
 const PER_ROUND: usize = 200;
@@ -56,7 +66,7 @@ const ROUNDS: usize = 15;
 const INFO_ROUNDS: usize = 5;
 const CONCURRENCY: [usize; 2] = [64, 256];
 const LOAD_WARMUP: Duration = Duration::from_secs(1);
-const LOAD_TIME: Duration = Duration::from_secs(5);
+const LOAD_WINDOW: Duration = Duration::from_secs(5);
 const STREAM_LINES: usize = 20;
 const STREAM_GAP: Duration = Duration::from_millis(20);
 const STREAMS: usize = 30;
@@ -98,12 +108,12 @@ fn run() -> Result<(), String> {
         eprintln!("gateway pid {}", gateway.child.id());
         println!("{}", phase_sequential(direct, &gateway, rounds, "warn")?);
         if std::env::var("BENCH_PROFILE_LOAD").is_ok() {
-            println!("{}", phase_load(direct, gateway.target(), &mut errors));
+            println!("{}", phase_load(direct, &gateway, &mut errors));
         }
         return Ok(());
     }
     let mut summary = vec![phase_sequential(direct, &gateway, ROUNDS, "warn")?];
-    summary.push(phase_load(direct, gateway.target(), &mut errors));
+    summary.push(phase_load(direct, &gateway, &mut errors));
     eprintln!("letting the gateway's idle connection threads exit (tiny_http: after 5 s)");
     thread::sleep(Duration::from_secs(6));
     shape.set(STREAM_LINES, STREAM_GAP);
@@ -187,28 +197,51 @@ fn phase_sequential(direct: Target, gw: &Gateway, rounds: usize, log: &str) -> R
     })
 }
 
-/// (2): C client threads, each on its own connection, as fast as they can.
-fn phase_load(direct: Target, gateway: Target, errors: &mut usize) -> String {
+/// (2): keep-alive connections driven by the one-thread load generator, as fast as they go.
+fn phase_load(direct: Target, gw: &Gateway, errors: &mut usize) -> String {
     eprintln!("(2) throughput");
+    let secs = (LOAD_WINDOW.as_secs(), LOAD_WARMUP.as_secs());
     println!(
-        "(2) throughput, non-stream chat, {} s after {} s warm-up, a connection per client, ms",
-        LOAD_TIME.as_secs(),
-        LOAD_WARMUP.as_secs()
+        "(2) throughput, non-stream chat, {} s after {} s warm-up, one connection per client;",
+        secs.0, secs.1
     );
+    println!("latencies in ms; CPU: the gateway's per request, and the bench's own (fake + load generator)");
     println!(
-        "{:<9}{:>5}{:>9}{:>9}{:>9}{:>9}{:>9}{:>8}{:>8}",
-        "target", "conc", "req/s", "p50", "p95", "p99", "max", "errors", "stalled"
+        "{:<9}{:>5}{:>9}{:>8}{:>8}{:>8}{:>8}{:>7}{:>8}{:>12}{:>10}",
+        "target", "conc", "req/s", "p50", "p95", "p99", "max", "errors", "stalled", "gw CPU/req", "bench CPU"
     );
     let mut last = [(0.0, 0); 2]; // (req/s, stalled) at the highest concurrency
     for concurrency in CONCURRENCY {
-        for (side, (name, target)) in [("direct", direct), ("gateway", gateway)].into_iter().enumerate() {
-            eprintln!("    {name}, {concurrency} clients");
-            let load = load(target, concurrency);
+        for (side, (name, target)) in [("direct", direct), ("gateway", gw.target())].into_iter().enumerate() {
+            eprintln!("    {name}, {concurrency} connections");
+            let request = target.request(CHAT);
+            let run = LoadRun {
+                addr: target.addr,
+                request: &request,
+                expect: REPLY_TEXT,
+                connections: concurrency,
+                warmup: LOAD_WARMUP,
+                window: LOAD_WINDOW,
+            };
+            let mut cpu = [CpuSample::default(); 2];
+            let load = loadgen::run_load(&run, &mut |edge| {
+                cpu[usize::from(edge == Edge::Close)] = CpuSample::now(gw);
+            });
             let [p50, p95, p99, max] = [0.5, 0.95, 0.99, 1.0].map(|p| percentile(&load.latencies, p));
-            let rps = load.latencies.len() as f64 / LOAD_TIME.as_secs_f64();
+            let served = load.latencies.len();
+            let rps = served as f64 / LOAD_WINDOW.as_secs_f64();
+            let gateway_cpu = match side {
+                1 => format!(
+                    "{:.3} ms",
+                    ms(cpu[1].gateway.saturating_sub(cpu[0].gateway)) / served.max(1) as f64
+                ),
+                _ => "-".to_string(),
+            };
+            let bench_cpu =
+                100.0 * cpu[1].bench.saturating_sub(cpu[0].bench).as_secs_f64() / LOAD_WINDOW.as_secs_f64();
             println!(
-                "{name:<9}{concurrency:>5}{rps:>9.0}{p50:>9.3}{p95:>9.3}{p99:>9.3}{max:>9.1}{:>8}{:>8}",
-                load.errors, load.stalled
+                "{name:<9}{concurrency:>5}{rps:>9.0}{p50:>8.3}{p95:>8.3}{p99:>8.3}{max:>8.1}{:>7}{:>8}{gateway_cpu:>12}{:>9.0}%",
+                load.errors, load.stalled, bench_cpu
             );
             if let Some(error) = &load.first_error {
                 println!("    first error: {error}");
@@ -217,7 +250,8 @@ fn phase_load(direct: Target, gateway: Target, errors: &mut usize) -> String {
             last[side] = (rps, load.stalled);
         }
     }
-    println!("stalled = clients that completed no request in the measured window\n");
+    println!("stalled = connections that completed no request in the window; errors: whole run;");
+    println!("bench CPU: % of one core, from /proc/self/stat in 10 ms ticks\n");
     let [(direct_rps, _), (gateway_rps, stalled)] = last;
     let top = CONCURRENCY[CONCURRENCY.len() - 1];
     format!(
@@ -320,6 +354,33 @@ struct Counters {
     switches: u64,
 }
 
+/// CPU time so far of the gateway and of this process, exited threads included.
+#[derive(Default, Clone, Copy)]
+struct CpuSample {
+    gateway: Duration,
+    bench: Duration,
+}
+
+impl CpuSample {
+    fn now(gateway: &Gateway) -> CpuSample {
+        let pid = gateway.child.id().to_string();
+        CpuSample { gateway: process_cpu(&pid), bench: process_cpu("self") }
+    }
+}
+
+/// `/proc/PID/stat` counts CPU time in USER_HZ ticks, 100 a second on Linux.
+const TICK: Duration = Duration::from_millis(10);
+
+/// utime + stime of a process from /proc/PID/stat; zero when it cannot be read.
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it start at its `)`.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
+    TICK * (ticks(11) + ticks(12))
+}
+
 /// The gateway's VmRSS while streams run, at the largest number open at once.
 struct Hold {
     most_open: usize,
@@ -352,55 +413,6 @@ fn sample_while_streaming(
         }
     }
     hold
-}
-
-/// Latencies (ms) of the requests started inside the measured window, and the failures.
-#[derive(Default)]
-struct Load {
-    latencies: Vec<f64>,
-    errors: usize,
-    stalled: usize,
-    first_error: Option<String>,
-}
-
-fn load(target: Target, concurrency: usize) -> Load {
-    let request = Arc::new(target.request(CHAT));
-    let from = Instant::now() + LOAD_WARMUP;
-    let until = from + LOAD_TIME;
-    let clients: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let request = Arc::clone(&request);
-            spawn_small(move || load_client(target.addr, &request, from, until))
-        })
-        .collect();
-    let mut total = Load::default();
-    for client in clients {
-        let part = client.join().expect("a load client panicked");
-        total.stalled += usize::from(part.latencies.is_empty() && part.errors == 0);
-        total.latencies.extend(part.latencies);
-        total.errors += part.errors;
-        total.first_error = total.first_error.or(part.first_error);
-    }
-    total
-}
-
-fn load_client(addr: SocketAddr, request: &[u8], from: Instant, until: Instant) -> Load {
-    let mut client = Client::new(addr);
-    let mut load = Load::default();
-    loop {
-        let start = Instant::now();
-        if start >= until {
-            return load;
-        }
-        match chat_once(&mut client, request) {
-            _ if start < from => {}
-            Ok(()) => load.latencies.push(ms(start.elapsed())),
-            Err(error) => {
-                load.errors += 1;
-                load.first_error.get_or_insert(error);
-            }
-        }
-    }
 }
 
 // ---- A minimal HTTP/1.1 client ------------------------------------------------
@@ -501,7 +513,7 @@ fn chat_once(client: &mut Client, request: &[u8]) -> Result<(), String> {
     let mut body = Vec::new();
     let status = client.exchange(request, &mut |piece| body.extend_from_slice(piece));
     match status.map_err(|err| err.to_string())? {
-        200 if contains(&body, b"Hello!") => Ok(()),
+        200 if contains(&body, REPLY_TEXT) => Ok(()),
         status => Err(format!("status {status}: {}", String::from_utf8_lossy(&body))),
     }
 }
