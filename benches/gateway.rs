@@ -17,8 +17,13 @@
 //!    nothing in the measured window is counted as stalled. The gateway's CPU per request
 //!    in the window (`/proc/PID/stat`, which counts exited threads too), and this process's
 //!    own CPU (the fake and the load generator).
-//! 3. Streams: time to the first event, and the delay the gateway adds to each event of a
-//!    20-line stream (same line index, relative to each stream's start).
+//! 3. Streams, one at a time, alternating: time to the first event from the request's
+//!    start, and the delay the gateway adds to each event of a [`STREAM_LINES`]-line
+//!    stream. The fake writes the time it sends each line into the line's text, which the
+//!    gateway passes through, so each event's relay delay (fake sent → client read) is
+//!    measured on one clock; added = gateway relay − direct relay of the same line index.
+//!    (Timed from the request's start instead, every line would also carry the gateway's
+//!    time to send the request upstream, which the first-event row measures already.)
 //! 4. Memory: a fresh gateway's VmRSS idle, sampled while 256 streams are held open, and its
 //!    VmHWM (peak) at the end.
 //!
@@ -68,8 +73,8 @@ const CONCURRENCY: [usize; 2] = [64, 256];
 const LOAD_WARMUP: Duration = Duration::from_secs(1);
 const LOAD_WINDOW: Duration = Duration::from_secs(5);
 const STREAM_LINES: usize = 20;
-const STREAM_GAP: Duration = Duration::from_millis(20);
-const STREAMS: usize = 30;
+const STREAM_GAP: Duration = Duration::from_millis(10);
+const STREAMS: usize = 40;
 const MEM_STREAMS: usize = 256;
 const MEM_LINES: usize = 25;
 const MEM_GAP: Duration = Duration::from_millis(200);
@@ -261,40 +266,63 @@ fn phase_load(direct: Target, gw: &Gateway, errors: &mut usize) -> String {
     )
 }
 
-/// (3): sequential streams, alternating direct and gateway; event arrival times compared.
+/// (3): sequential streams, alternating direct and gateway; the same line's times compared.
 fn phase_streams(direct: Target, gateway: Target) -> Result<String, String> {
     eprintln!("(3) streams");
     let mut clients = [Client::new(direct.addr), Client::new(gateway.addr)];
     let requests = [direct.request(CHAT_STREAM), gateway.request(CHAT_STREAM)];
-    let (mut first, mut added) = ([Vec::new(), Vec::new()], Vec::new());
+    let (mut first, mut relay) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let (mut added, mut added_from_start) = (Vec::new(), Vec::new());
     for index in 0..=STREAMS {
-        let mut events = [Vec::new(), Vec::new()];
+        // Per side: each content line's (time from the request's start, relay delay).
+        let mut lines: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut firsts = [0.0; 2];
         for side in if index % 2 == 0 { [0, 1] } else { [1, 0] } {
-            events[side] = stream_once(&mut clients[side], &requests[side], None)?;
-            if events[side].len() < STREAM_LINES {
-                return Err(format!("a stream ended after {} events", events[side].len()));
+            let events = stream_once(&mut clients[side], &requests[side], None)?;
+            firsts[side] = events.first().map_or(f64::NAN, |event| event.at_ms);
+            lines[side] = events.iter().filter_map(|event| Some((event.at_ms, event.relay_ms?))).collect();
+            if lines[side].len() != STREAM_LINES {
+                return Err(format!(
+                    "a stream had {} of its {STREAM_LINES} content lines",
+                    lines[side].len()
+                ));
             }
         }
-        if index > 0 {
-            first[0].push(events[0][0]);
-            first[1].push(events[1][0]);
-            added.extend((0..STREAM_LINES).map(|line| events[1][line] - events[0][line]));
+        if index == 0 {
+            continue; // the first pair warms both paths up
+        }
+        for side in 0..2 {
+            first[side].push(firsts[side]);
+            relay[side].extend(lines[side].iter().map(|(_, relay)| relay));
+        }
+        for (direct, gateway) in lines[0].iter().zip(&lines[1]) {
+            added.push(gateway.1 - direct.1);
+            added_from_start.push(gateway.0 - direct.0);
         }
     }
-    let gap = STREAM_GAP.as_millis();
-    println!("(3) streams: {STREAM_LINES} lines {gap} ms apart, {STREAMS} sequential streams per target,");
-    println!("alternating (so each target idles ~0.4 s before each of its streams), ms");
-    println!("{:<36}{:>10}{:>10}", "", "median", "p95");
-    let rows = [("first event, direct", &first[0]), ("first event, gateway", &first[1])];
-    for (name, values) in rows.into_iter().chain([("added per event (g - d, same line)", &added)]) {
-        println!("{name:<36}{:>10.3}{:>10.3}", percentile(values, 0.5), percentile(values, 0.95));
+    let gap = ms(STREAM_GAP);
+    println!("(3) streams: {STREAM_LINES} lines {gap:.0} ms apart, {STREAMS} sequential streams per target, alternating;");
+    println!("relay = from the fake sending a line to the client reading its event; ms");
+    println!("{:<44}{:>10}{:>10}{:>10}", "", "median", "p95", "p99");
+    let rows = [
+        ("first event from the request's start, direct", &first[0]),
+        ("first event from the request's start, gateway", &first[1]),
+        ("relay per event, direct", &relay[0]),
+        ("relay per event, gateway", &relay[1]),
+        ("added per event (g - d relay, same line)", &added),
+        ("added per event from the request's start", &added_from_start),
+    ];
+    for (name, values) in rows {
+        let [p50, p95, p99] = [0.5, 0.95, 0.99].map(|p| percentile(values, p));
+        println!("{name:<44}{p50:>10.3}{p95:>10.3}{p99:>10.3}");
     }
-    println!();
+    println!("(the last row also holds the gateway's time to send the request upstream)\n");
     Ok(format!(
-        "stream first event: +{:.3} ms median; added per event: {:.3} ms median, {:.3} ms p95",
+        "stream first event: +{:.3} ms median; added per event: {:.3} ms median, {:.3} ms p95, {:.3} ms p99",
         percentile(&first[1], 0.5) - percentile(&first[0], 0.5),
         percentile(&added, 0.5),
-        percentile(&added, 0.95)
+        percentile(&added, 0.95),
+        percentile(&added, 0.99)
     ))
 }
 
@@ -518,21 +546,31 @@ fn chat_once(client: &mut Client, request: &[u8]) -> Result<(), String> {
     }
 }
 
-/// One streamed chat: when each event arrived (SSE `data:` lines other than `[DONE]`, or
-/// NDJSON lines), in ms from when the request was sent. `first` counts streams that had
-/// their first event.
-fn stream_once(client: &mut Client, request: &[u8], first: Option<&AtomicUsize>) -> Result<Vec<f64>, String> {
+/// An event of a stream, as the client saw it.
+struct Event {
+    /// When it arrived, in ms from the request's start.
+    at_ms: f64,
+    /// How long after the fake sent its line it arrived, in ms; for content lines only
+    /// (they carry the fake's stamp, see `fake_ollama::sent_at`).
+    relay_ms: Option<f64>,
+}
+
+/// One streamed chat's events. `first` counts streams that had their first event.
+fn stream_once(
+    client: &mut Client,
+    request: &[u8],
+    first: Option<&AtomicUsize>,
+) -> Result<Vec<Event>, String> {
     let mut events = Vec::new();
     let start = Instant::now();
     let status = client.exchange(request, &mut |piece| {
-        let at = ms(start.elapsed());
-        for line in piece.split(|byte| *byte == b'\n') {
-            if line.starts_with(b"{") || (line.starts_with(b"data:") && !line.starts_with(b"data: [DONE]")) {
-                if let (Some(first), true) = (first, events.is_empty()) {
-                    first.fetch_add(1, Relaxed);
-                }
-                events.push(at);
+        let arrived = Instant::now();
+        for line in piece.split(|byte| *byte == b'\n').filter(|line| loadgen::is_event(line)) {
+            if let (Some(first), true) = (first, events.is_empty()) {
+                first.fetch_add(1, Relaxed);
             }
+            let relay_ms = fake_ollama::sent_at(line).map(|sent| ms(arrived.saturating_duration_since(sent)));
+            events.push(Event { at_ms: ms(arrived - start), relay_ms });
         }
     });
     match status.map_err(|err| err.to_string())? {

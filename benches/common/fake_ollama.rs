@@ -5,7 +5,8 @@
 //! the gateway never sends one). A request whose body holds `"stream":true` gets a chunked
 //! NDJSON stream shaped by [`Shape`]; any other gets [`NATIVE_REPLY`]. Stream lines are due
 //! at start + gap × index, from a timer queue, so a late wake-up delays one line and not
-//! the ones after it. Bad input, a peer's close and a client that stops reading close that
+//! the ones after it; each content line's text is the time it was sent, so a client can
+//! tell how long the line took to reach it ([`sent_at`]). Bad input, a peer's close and a client that stops reading close that
 //! connection; nothing a peer sends makes the loop panic.
 //!
 //! One thread, so that what the fake costs is small and the same on the direct and the
@@ -19,12 +20,14 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 const NATIVE_REPLY: &str = r#"{"model":"m","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":"Hello!"},"done":true,"done_reason":"stop","prompt_eval_count":5,"eval_count":3}"#;
-const CONTENT_LINE: &str = "{\"model\":\"m\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"tok\"},\"done\":false}\n";
+/// A content line is this, the time it was sent (see [`stamp`]), then [`CONTENT_LINE_END`].
+const CONTENT_LINE_START: &str = "{\"model\":\"m\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"";
+const CONTENT_LINE_END: &str = "\"},\"done\":false}\n";
 const DONE_LINE: &str = "{\"model\":\"m\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":5,\"eval_count\":20}\n";
 
 /// The listener's token; connections are numbered from 1 and numbers are never reused, so
@@ -65,6 +68,7 @@ pub struct FakeOllama {
 impl FakeOllama {
     /// Binds 127.0.0.1 on a free port and starts the loop. Failing to set up is fatal.
     pub fn start(shape: Arc<Shape>) -> FakeOllama {
+        EPOCH.get_or_init(Instant::now);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake Ollama");
         // std listens with a backlog of 128; thousands of connections may arrive at once.
         rustix::net::listen(&listener, 4096).expect("raise the fake Ollama's backlog");
@@ -95,7 +99,6 @@ impl FakeOllama {
                     conns: HashMap::new(),
                     due: BinaryHeap::new(),
                     next_token: LISTENER + 1,
-                    content_chunk: chunk(CONTENT_LINE),
                     done_chunk: [chunk(DONE_LINE), b"0\r\n\r\n".to_vec()].concat(),
                 };
                 fake.run(&stopped)
@@ -125,8 +128,7 @@ struct Fake {
     /// When each streaming connection's next line is due: (due, token), earliest first.
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     next_token: u64,
-    /// The chunks of a content line, and of the done line with the body's end.
-    content_chunk: Vec<u8>,
+    /// The done line's chunk and the body's end.
     done_chunk: Vec<u8>,
 }
 
@@ -258,7 +260,7 @@ impl Fake {
                     if lines == 0 {
                         conn.queue(&[head.as_bytes(), &self.done_chunk].concat())?;
                     } else {
-                        conn.queue(&[head.as_bytes(), &self.content_chunk].concat())?;
+                        conn.queue(&[head.as_bytes(), &content_chunk(start)].concat())?;
                         conn.stream = Some(Stream { start, gap, lines, next: 1 });
                         self.due.push(Reverse((start + gap, token)));
                     }
@@ -292,7 +294,7 @@ impl Fake {
                 conn.queue(&self.done_chunk).and_then(|()| self.answer(token)) // asked during the stream
             } else {
                 self.due.push(Reverse((next_due, token)));
-                conn.queue(&self.content_chunk)
+                conn.queue(&content_chunk(Instant::now()))
             };
             self.settle(token, result);
         }
@@ -408,6 +410,30 @@ fn take_request(input: &mut Vec<u8>) -> Result<Option<Request>, CloseReason> {
     let close = head.close || head.first_line.ends_with("HTTP/1.0");
     input.drain(..head_len + body_len);
     Ok(Some(Request::Whole { streamed, close }))
+}
+
+/// A content line stamped with `sent`, as one chunk.
+fn content_chunk(sent: Instant) -> Vec<u8> {
+    chunk(&format!("{CONTENT_LINE_START}{}{CONTENT_LINE_END}", stamp(sent)))
+}
+
+/// The clock stream lines are stamped on: nanoseconds since the fake first started.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// `at` on the stamps' clock.
+fn stamp(at: Instant) -> u128 {
+    at.saturating_duration_since(*EPOCH.get_or_init(Instant::now)).as_nanos()
+}
+
+/// When the fake sent the content line an event carries: its text is the fake's stamp,
+/// and passes through the gateway unchanged (an NDJSON line's `"content":"…"`, or an SSE
+/// chunk's delta). `None` for events without one (the done line, a role-only chunk).
+pub fn sent_at(event: &[u8]) -> Option<Instant> {
+    const KEY: &[u8] = b"\"content\":\"";
+    let digits = &event[find(event, KEY)? + KEY.len()..];
+    let digits = &digits[..digits.iter().position(|byte| !byte.is_ascii_digit())?];
+    let nanos: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(*EPOCH.get()? + Duration::from_nanos(nanos))
 }
 
 /// `line` as one chunk of a chunked body.

@@ -407,6 +407,12 @@ pub fn run_load(run: &LoadRun, at_window: &mut dyn FnMut(Edge)) -> Load {
     load
 }
 
+/// Whether a line of a streamed body is an event: an NDJSON object, or an SSE `data:`
+/// line other than `[DONE]`.
+pub fn is_event(line: &[u8]) -> bool {
+    line.starts_with(b"{") || (line.starts_with(b"data:") && !line.starts_with(b"data: [DONE]"))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
 }
