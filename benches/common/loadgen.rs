@@ -1,6 +1,7 @@
 //! The load generator of `make bench`, wrk-style: one thread drives every connection of a
-//! run on one epoll loop ([`run_load`]): each connection sends a request, reads the answer,
-//! records its latency, sends the next.
+//! run on one epoll loop. Two kinds of run: [`run_load`] (each connection sends a request,
+//! reads the answer, records its latency, sends the next) and [`hold_streams`] (many
+//! streamed requests open at once, each timed event by event).
 //!
 //! One thread, so that the client costs little and the same whatever it talks to: with a
 //! blocking thread per connection, 64 client threads waking and sleeping took most of the
@@ -405,6 +406,147 @@ pub fn run_load(run: &LoadRun, at_window: &mut dyn FnMut(Edge)) -> Load {
     }
     load.stalled = (0..run.connections).filter(|&i| done_in_window[i] == 0 && errors_of[i] == 0).count();
     load
+}
+
+// ---- Streams held open together --------------------------------------------------------
+
+/// `streams` streamed requests to `addr`, a connection each, opened evenly over `ramp`.
+pub struct StreamsRun<'a> {
+    pub addr: SocketAddr,
+    pub request: &'a [u8],
+    pub streams: usize,
+    pub ramp: Duration,
+    /// When to give up on streams still open.
+    pub deadline: Duration,
+}
+
+/// What became of each stream.
+#[derive(Default)]
+pub struct Streams {
+    /// Streams that ended with a 200, and how many events each had.
+    pub events: Vec<usize>,
+    /// Streams that had their first event.
+    pub first_events: usize,
+    /// The longest time between two consecutive events of one stream, over all streams.
+    pub longest_gap: Duration,
+    /// The longest time from a request to its first event.
+    pub slowest_first: Duration,
+    /// Streams that failed (connect, status, a cut), or were still open at the deadline.
+    pub failed: usize,
+    pub first_failure: Option<String>,
+}
+
+/// One stream's progress.
+struct Progress {
+    conn: Option<Conn>,
+    events: usize,
+    last_event: Option<Instant>,
+}
+
+/// Runs `run`; `every_tick` is called about every 100 ms with the number of streams open,
+/// and once more at the end (to sample the server's memory). Each event (an NDJSON line, or
+/// an SSE `data:` line other than `[DONE]`) is timed as it arrives and passed to
+/// `on_event` with that time.
+pub fn hold_streams(
+    run: &StreamsRun,
+    every_tick: &mut dyn FnMut(usize),
+    on_event: &mut dyn FnMut(&[u8], Instant),
+) -> Streams {
+    let mut streams = Streams::default();
+    let fail = |streams: &mut Streams, error: String| {
+        streams.failed += 1;
+        streams.first_failure.get_or_insert(error);
+    };
+    let mut poller = match Poller::new() {
+        Ok(poller) => poller,
+        Err(error) => {
+            fail(&mut streams, format!("epoll: {error}"));
+            return streams;
+        }
+    };
+    let start = Instant::now();
+    let (deadline, every) = (start + run.deadline, run.ramp / run.streams.max(1) as u32);
+    let mut progress: Vec<Progress> = Vec::with_capacity(run.streams);
+    let (mut open, mut next_tick) = (0, start + TICK);
+    let mut ready = Vec::new();
+    loop {
+        let now = Instant::now();
+        // Open the streams whose time has come.
+        while progress.len() < run.streams && start + every * progress.len() as u32 <= now {
+            let token = progress.len() as u64;
+            let conn = Conn::open(run.addr, &poller, token, false).map_err(|err| format!("connect: {err}"));
+            let conn = conn.and_then(|mut conn| conn.send(run.request, &poller, token).map(|()| conn));
+            let conn = conn.map_err(|error| fail(&mut streams, error)).ok();
+            open += usize::from(conn.is_some());
+            progress.push(Progress { conn, events: 0, last_event: None });
+        }
+        if now >= next_tick {
+            every_tick(open);
+            next_tick = now + TICK;
+        }
+        if progress.len() == run.streams && open == 0 {
+            break;
+        }
+        if now >= deadline {
+            for _ in 0..open {
+                fail(&mut streams, format!("still open after {} s", run.deadline.as_secs()));
+            }
+            break;
+        }
+        let next_open = (progress.len() < run.streams).then(|| start + every * progress.len() as u32);
+        let wake_at = next_open.map_or(next_tick, |at| at.min(next_tick));
+        if let Err(error) = poller.wait(Some(wake_at), TICK, &mut ready) {
+            fail(&mut streams, format!("epoll_wait: {error}"));
+            break;
+        }
+        for &Ready { token, writable, readable, broken } in &ready {
+            let stream = &mut progress[token as usize];
+            let Some(conn) = &mut stream.conn else {
+                continue;
+            };
+            let mut outcome = Ok(Received::More);
+            if writable && conn.unsent > 0 {
+                outcome = conn.write_rest(run.request, &poller, token).map(|()| Received::More);
+            }
+            let sent_at = conn.sent_at.unwrap_or(start);
+            if outcome.is_ok() && (readable || broken) {
+                let (events, last_event) = (&mut stream.events, &mut stream.last_event);
+                outcome = conn.read(&mut |piece| {
+                    let at = Instant::now();
+                    for line in piece.split(|byte| *byte == b'\n').filter(|line| is_event(line)) {
+                        on_event(line, at);
+                        match *last_event {
+                            None => streams.slowest_first = streams.slowest_first.max(at - sent_at),
+                            Some(last) => streams.longest_gap = streams.longest_gap.max(at - last),
+                        }
+                        *events += 1;
+                        *last_event = Some(at);
+                    }
+                });
+            }
+            let ended = match outcome {
+                Ok(Received::More) => continue,
+                Ok(Received::Response(response)) if response.status == 200 => {
+                    streams.events.push(stream.events);
+                    Ok(())
+                }
+                Ok(Received::Response(response)) => Err(format!("stream answered {}", response.status)),
+                Ok(Received::Closed) => Err("closed before answering".to_string()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = ended {
+                fail(&mut streams, error);
+            }
+            streams.first_events += usize::from(stream.events > 0);
+            stream.conn = None;
+            open -= 1;
+        }
+    }
+    // Streams cut off at the deadline count their first events too.
+    streams.first_events +=
+        progress.iter().filter(|stream| stream.conn.is_some() && stream.events > 0).count();
+    every_tick(open);
+    streams
 }
 
 /// Whether a line of a streamed body is an event: an NDJSON object, or an SSE `data:`
