@@ -43,12 +43,13 @@
 //!    Then a few sequential rounds again with `RUST_LOG=info`, to show the cost of the
 //!    per-request log line.
 //! 5. Many streams: a fresh gateway with `workers = 2048`; its VmRSS idle, then
-//!    [`MANY_STREAMS`] streams open at once (opened over [`MANY_RAMP`]): whether every one
-//!    got every event, the longest gap between two events of one stream, and the gateway's
-//!    VmRSS while all were open and its VmHWM (peak).
+//!    [`MANY_STREAMS`] streams open at once (opened over [`MANY_RAMP`]), held on the load
+//!    generator's loop: whether every one got every event, the longest gap between two
+//!    events of one stream, relay delays, and the gateway's VmRSS while all were open and
+//!    its VmHWM (peak).
 //!
-//! The sequential rounds and the streams use a minimal blocking HTTP/1.1 client over
-//! `TcpStream` (one request at a time needs no more). All ratios in the final table come
+//! The sequential rounds and the one-at-a-time streams use a minimal blocking HTTP/1.1
+//! client over `TcpStream` (one request at a time needs no more). All ratios in the final table come
 //! from this one run. Results go to stdout, progress to stderr. Missed goals are reported,
 //! not failed on; the process exits non-zero only if the gateway does not start or
 //! requests fail.
