@@ -33,9 +33,13 @@ static:
 	@ls -l target/$(MUSL_TARGET)/release/ollama-gateway
 	@file target/$(MUSL_TARGET)/release/ollama-gateway 2>/dev/null || true
 
-# Direct-to-upstream vs through-the-gateway, side by side (see README "Performance").
+# Direct-to-upstream vs through-the-gateway, side by side (see README "Performance"), for
+# the release binary and the static one, which is built first (as `make static` does) and
+# handed to the bench by path.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 bench:
-	$(CARGO) bench --bench gateway
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --target $(MUSL_TARGET)
+	BENCH_STATIC_BINARY=$(TARGET_DIR)/$(MUSL_TARGET)/release/ollama-gateway $(CARGO) bench --bench gateway
 
 # Ten minutes of mixed traffic with faults, disconnects, slow clients, bursts and reloads
 # against the release binary; fails unless RSS, threads and descriptors end where they
