@@ -18,8 +18,9 @@
 //!    [`keystate`] (what each key's answers mean, the store of key states), [`statefile`].
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
-//!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every failure's answer and the three error envelopes),
-//!    [`json_cost`], [`config`], [`keys`], [`auth`] (tokens, scopes), [`secret`].
+//!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
+//!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
+//!    [`auth`] (tokens, scopes), [`secret`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
