@@ -135,8 +135,14 @@ pub struct StreamReply {
 
 impl Reply {
     /// A JSON answer.
-    pub fn json(status: u16, value: &Value) -> Reply {
-        Reply::Full { status, body: value.to_string().into_bytes(), headers: Vec::new() }
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Reply {
+        match serde_json::to_vec(value) {
+            Ok(body) => Reply::Full { status, body, headers: Vec::new() },
+            // Only a map with non-string keys fails, which no reply of ours has.
+            Err(err) => {
+                Reply::error(&ApiError::server(500, format!("the gateway could not write its answer: {err}")))
+            }
+        }
     }
 
     /// The OpenAI error envelope for `error` (with `Retry-After` when it says when).

@@ -277,21 +277,25 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
     }
     // An NDJSON line, or the first event of an OpenAI-style SSE stream.
     let json = line.strip_prefix(b"data: ").unwrap_or(&line);
-    if let Ok(value) = crate::json_cost::parse_tree(json) {
-        if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
-            // Kept as a body, so it reads like any upstream error; a quota message in the
-            // stream still counts as a spent quota.
-            let body = serde_json::json!({ "error": error }).to_string().into_bytes();
-            let spent = upstream_message(&body).to_ascii_lowercase().contains("usage limit");
-            return Err(UpstreamError::Status {
-                status: if spent { 429 } else { 502 },
-                body,
-                retry_after: None,
-            });
-        }
+    // Only its `error` is looked at, so the line is not built into a tree (the translator
+    // reads it again anyway); a line that is not a JSON object is the translator's to judge.
+    if let Ok(ErrorProbe { error: Some(error) }) = serde_json::from_slice::<ErrorProbe>(json) {
+        // Kept as a body, so it reads like any upstream error; a quota message in the
+        // stream still counts as a spent quota.
+        let body = format!("{{\"error\":{}}}", error.get()).into_bytes();
+        let spent = upstream_message(&body).to_ascii_lowercase().contains("usage limit");
+        return Err(UpstreamError::Status { status: if spent { 429 } else { 502 }, body, retry_after: None });
     }
     line.push(b'\n');
     Ok(UpstreamResponse { status, content_type, body: Box::new(Cursor::new(line).chain(reader)) })
+}
+
+/// The one field of a stream's first line the relay needs: an upstream error reported
+/// with a 200 status (`null` is no error).
+#[derive(serde::Deserialize)]
+struct ErrorProbe<'a> {
+    #[serde(borrow, default)]
+    error: Option<&'a serde_json::value::RawValue>,
 }
 
 impl From<RelayError> for ApiError {

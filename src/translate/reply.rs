@@ -6,9 +6,10 @@
 //! Also here, for every API's replies: reading a native reply ([`usage_of`],
 //! [`message_text`], [`native_tool_calls`]).
 
-use super::stream::sse_data;
+use super::stream::{sse_data, sse_json};
 use super::{rfc3339_to_unix, ReasoningField, Usage};
 use crate::error::ApiError;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 /// Ollama's constant `system_fingerprint`.
@@ -41,9 +42,14 @@ impl ReplyContext {
 
     /// The `model` to report for a native object.
     pub(crate) fn model(&self, native: &Value) -> String {
+        self.model_of(native).to_string()
+    }
+
+    /// [`ReplyContext::model`], borrowed.
+    pub(crate) fn model_of<'a>(&'a self, native: &'a Value) -> &'a str {
         match &self.response_model {
-            Some(model) => model.clone(),
-            None => native.get("model").and_then(Value::as_str).unwrap_or_default().to_string(),
+            Some(model) => model,
+            None => native.get("model").and_then(Value::as_str).unwrap_or_default(),
         }
     }
 
@@ -87,31 +93,42 @@ impl StreamHead {
         }
     }
 
-    /// A chunk object around `choices`.
-    fn chunk(&self, choices: Value) -> Value {
-        json!({
-            "id": self.ctx.id,
-            "object": self.object,
-            "created": self.created.unwrap_or(self.ctx.created_fallback),
-            "model": self.model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": choices,
-        })
-    }
-
     /// Writes one chunk around `choices`.
     pub(crate) fn write(&self, choices: Value, out: &mut Vec<u8>) {
-        sse_data(&self.chunk(choices).to_string(), out);
+        sse_json(&Chunk { head: self, choices: &choices, usage: None }, out);
     }
 
     /// Ends a stream after its last chunk: the usage chunk when asked for, then `[DONE]`.
     pub(crate) fn finish(&self, native: &Value, out: &mut Vec<u8>) {
         if self.ctx.include_usage {
-            let mut usage = self.chunk(json!([]));
-            usage["usage"] = usage_json(native);
-            sse_data(&usage.to_string(), out);
+            sse_json(&Chunk { head: self, choices: &json!([]), usage: Some(UsageView(native)) }, out);
         }
         sse_data("[DONE]", out);
+    }
+}
+
+/// One chunk of a stream: the head's fields around `choices` (and `usage`, in the usage
+/// chunk), written without building the chunk as a tree.
+struct Chunk<'a> {
+    head: &'a StreamHead,
+    choices: &'a Value,
+    usage: Option<UsageView<'a>>,
+}
+
+impl Serialize for Chunk<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let head = self.head;
+        let mut chunk = serializer.serialize_map(Some(6 + usize::from(self.usage.is_some())))?;
+        chunk.serialize_entry("id", &head.ctx.id)?;
+        chunk.serialize_entry("object", head.object)?;
+        chunk.serialize_entry("created", &head.created.unwrap_or(head.ctx.created_fallback))?;
+        chunk.serialize_entry("model", &head.model)?;
+        chunk.serialize_entry("system_fingerprint", FINGERPRINT)?;
+        chunk.serialize_entry("choices", self.choices)?;
+        if let Some(usage) = &self.usage {
+            chunk.serialize_entry("usage", usage)?;
+        }
+        chunk.end()
     }
 }
 
@@ -134,16 +151,27 @@ pub fn usage_of(native: &Value) -> Usage {
 
 /// The OpenAI `usage` object of a native final object.
 pub(crate) fn usage_json(native: &Value) -> Value {
-    let usage = usage_of(native);
-    let mut json = json!({
-        "prompt_tokens": usage.prompt,
-        "completion_tokens": usage.completion,
-        "total_tokens": usage.prompt.saturating_add(usage.completion),
-    });
-    if let Some(cached) = native.get("prompt_eval_cached_count").and_then(Value::as_u64) {
-        json["prompt_tokens_details"] = json!({"cached_tokens": cached});
+    serde_json::to_value(UsageView(native)).unwrap_or_default()
+}
+
+/// The OpenAI `usage` object of a native final object, written without a tree:
+/// `prompt_tokens`, `completion_tokens`, `total_tokens`, and `prompt_tokens_details` when
+/// upstream says how many prompt tokens came from its cache.
+pub(crate) struct UsageView<'a>(pub(crate) &'a Value);
+
+impl Serialize for UsageView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let usage = usage_of(self.0);
+        let cached = self.0.get("prompt_eval_cached_count").and_then(Value::as_u64);
+        let mut json = serializer.serialize_map(Some(3 + usize::from(cached.is_some())))?;
+        json.serialize_entry("prompt_tokens", &usage.prompt)?;
+        json.serialize_entry("completion_tokens", &usage.completion)?;
+        json.serialize_entry("total_tokens", &usage.prompt.saturating_add(usage.completion))?;
+        if let Some(cached) = cached {
+            json.serialize_entry("prompt_tokens_details", &json!({"cached_tokens": cached}))?;
+        }
+        json.end()
     }
-    json
 }
 
 /// Appends the SSE error event that ends a broken stream.

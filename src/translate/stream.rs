@@ -26,13 +26,30 @@ pub fn sse_data(payload: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Appends one SSE event whose payload is `data` as JSON, written straight into `out`.
+pub(crate) fn sse_json(data: &impl serde::Serialize, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, data).is_err() {
+        // Only a map with non-string keys fails, which no event of ours has; an event
+        // that cannot be written is dropped whole rather than cut.
+        out.truncate(start - b"data: ".len());
+        return;
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Appends one named SSE event, `event: NAME\ndata: JSON\n\n`, to `out`.
 pub(crate) fn sse_event(name: &str, data: &Value, out: &mut Vec<u8>) {
+    let start = out.len();
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+    out.push(b'\n');
+    let data_start = out.len();
+    sse_json(data, out);
+    if out.len() == data_start {
+        out.truncate(start);
+    }
 }
 
 /// What one stream translator writes; [`LineTranslator`] is implemented for every `Events`
