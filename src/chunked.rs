@@ -24,61 +24,101 @@ pub struct Head<'a> {
 }
 
 /// A response body written as it is produced.
+///
+/// Each call leaves in one write (one TCP segment, one wake-up of the client): the head
+/// waits for the first frame, a frame's size line, data and CRLF go together, and the last
+/// frame goes with the terminator. Written piece by piece, the head and a stream's first
+/// event were two segments, and so were its last event and the end.
 pub struct LiveWriter {
     inner: Box<dyn Write + Send>,
     chunked: bool,
+    /// What the next write sends: the head until it has gone, then each frame in turn.
+    frame: Vec<u8>,
+    /// Whether the head has been written.
+    started: bool,
 }
 
 impl LiveWriter {
-    /// Writes the response head and returns the writer for the body. HTTP/1.0 clients get a
-    /// plain body ended by closing the connection; HTTP/1.1 clients get chunked encoding.
-    pub fn start(mut inner: Box<dyn Write + Send>, spec: &Head<'_>) -> io::Result<LiveWriter> {
+    /// Renders the response head, to go out with the first frame (or [`LiveWriter::flush`]).
+    /// HTTP/1.0 clients get a plain body ended by closing the connection; HTTP/1.1 clients
+    /// get chunked encoding.
+    pub fn start(inner: Box<dyn Write + Send>, spec: &Head<'_>) -> LiveWriter {
         let Head { status, reason, http10, close, content_type, headers } = *spec;
-        let mut head = String::with_capacity(256);
+        let mut head = Vec::with_capacity(512);
         let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-        head.push_str(&format!("{version} {status} {reason}\r\n"));
-        head.push_str("Content-Type: ");
-        head.push_str(content_type);
-        head.push_str("\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
+        let _ = write!(head, "{version} {status} {reason}\r\n");
+        head.extend_from_slice(b"Content-Type: ");
+        head.extend_from_slice(content_type.as_bytes());
+        head.extend_from_slice(b"\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n");
         for (name, value) in headers {
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
+            for piece in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+                head.extend_from_slice(piece);
+            }
         }
         if http10 || close {
-            head.push_str("Connection: close\r\n");
+            head.extend_from_slice(b"Connection: close\r\n");
         }
         if !http10 {
-            head.push_str("Transfer-Encoding: chunked\r\n");
+            head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
-        head.push_str("\r\n");
-        inner.write_all(head.as_bytes())?;
-        inner.flush()?;
-        Ok(LiveWriter { inner, chunked: !http10 })
+        head.extend_from_slice(b"\r\n");
+        LiveWriter { inner, chunked: !http10, frame: head, started: false }
     }
 
-    /// Writes `data` as one chunk and flushes it to the socket.
+    /// Whether anything (the head at least) has reached the client's connection.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Sends `data` as one chunk now (nothing when empty).
     pub fn send(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        if self.chunked {
-            write!(self.inner, "{:x}\r\n", data.len())?;
-            self.inner.write_all(data)?;
-            self.inner.write_all(b"\r\n")?;
-        } else {
-            self.inner.write_all(data)?;
+        self.frame_chunk(data);
+        self.write_frame()
+    }
+
+    /// Sends the head now if it has not gone yet, so that a client sees the answer begin
+    /// even when the first upstream line gave it nothing to show.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self.started {
+            true => Ok(()),
+            false => self.write_frame(),
         }
-        self.inner.flush()
+    }
+
+    /// Sends `data` (if any) and the end of the body together.
+    pub fn finish_with(mut self, data: &[u8]) -> io::Result<()> {
+        if !data.is_empty() {
+            self.frame_chunk(data);
+        }
+        if self.chunked {
+            self.frame.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.write_frame()
     }
 
     /// Ends the body.
-    pub fn finish(mut self) -> io::Result<()> {
+    pub fn finish(self) -> io::Result<()> {
+        self.finish_with(&[])
+    }
+
+    fn frame_chunk(&mut self, data: &[u8]) {
         if self.chunked {
-            self.inner.write_all(b"0\r\n\r\n")?;
+            let _ = write!(self.frame, "{:x}\r\n", data.len());
+            self.frame.extend_from_slice(data);
+            self.frame.extend_from_slice(b"\r\n");
+        } else {
+            self.frame.extend_from_slice(data);
         }
-        self.inner.flush()
+    }
+
+    fn write_frame(&mut self) -> io::Result<()> {
+        let written = self.inner.write_all(&self.frame).and_then(|()| self.inner.flush());
+        self.started |= written.is_ok();
+        self.frame.clear();
+        written
     }
 }
 
@@ -87,11 +127,13 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Records what was written, and how many writes it took.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    struct Sink(Arc<Mutex<Vec<u8>>>, Arc<Mutex<usize>>);
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
+            *self.1.lock().unwrap() += 1;
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -107,7 +149,7 @@ mod tests {
     fn chunked_frames_and_terminator() {
         let sink = Sink::default();
         let mut writer =
-            LiveWriter::start(Box::new(sink.clone()), &head(false, &[("X-Request-Id", "7".into())])).unwrap();
+            LiveWriter::start(Box::new(sink.clone()), &head(false, &[("X-Request-Id", "7".into())]));
         writer.send(b"data: {}\n\n").unwrap();
         writer.finish().unwrap();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
@@ -119,11 +161,39 @@ mod tests {
     #[test]
     fn http10_gets_a_plain_body_and_close() {
         let sink = Sink::default();
-        let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(true, &[])).unwrap();
+        let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(true, &[]));
         writer.send(b"abc").unwrap();
         writer.finish().unwrap();
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("Connection: close\r\n") && !text.contains("chunked"));
         assert!(text.ends_with("\r\n\r\nabc"));
+    }
+
+    #[test]
+    fn each_frame_is_one_write_the_head_going_with_the_first_and_the_end_with_the_last() {
+        let sink = Sink::default();
+        let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(false, &[]));
+        assert_eq!(*sink.1.lock().unwrap(), 0, "the head waits for the first frame");
+        writer.send(b"first").unwrap();
+        assert!(writer.started());
+        assert_eq!(*sink.1.lock().unwrap(), 1);
+        writer.flush().unwrap();
+        writer.send(&[b'x'; 5000]).unwrap();
+        assert_eq!(*sink.1.lock().unwrap(), 2, "a large frame is still one write");
+        writer.finish_with(b"last").unwrap();
+        assert_eq!(*sink.1.lock().unwrap(), 3);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("\r\n\r\n5\r\nfirst\r\n1388\r\nxxx"), "{text:?}");
+        assert!(text.ends_with("xxx\r\n4\r\nlast\r\n0\r\n\r\n"), "{text:?}");
+    }
+
+    #[test]
+    fn flush_sends_a_head_still_waiting_once() {
+        let sink = Sink::default();
+        let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(false, &[]));
+        writer.flush().unwrap();
+        writer.flush().unwrap();
+        assert_eq!(*sink.1.lock().unwrap(), 1);
+        assert!(String::from_utf8(sink.0.lock().unwrap().clone()).unwrap().ends_with("chunked\r\n\r\n"));
     }
 }

@@ -637,13 +637,10 @@ fn write_stream(
     let reason = tiny_http::StatusCode(status).default_reason_phrase();
     let head =
         chunked::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
-    let mut writer = match LiveWriter::start(request.into_writer(), &head) {
-        Ok(writer) => writer,
-        Err(_) => return (" client gone before the stream started", None),
-    };
+    let mut writer = LiveWriter::start(request.into_writer(), &head);
     let mut upstream = upstream;
     let (mut line, mut out) = (Vec::new(), Vec::new());
-    loop {
+    let ended = loop {
         out.clear();
         let flow = match crate::upstream::read_line(&mut upstream, &mut line, crate::upstream::MAX_LINE_BYTES)
         {
@@ -663,17 +660,23 @@ fn write_stream(
                 Flow::Done
             }
         };
-        if writer.send(&out).is_err() {
+        if flow == Flow::Done {
+            // The last event and the end of the body leave together.
+            let ended = writer.finish_with(&out);
+            break ended;
+        }
+        if writer.send(&out).and_then(|()| writer.flush()).is_err() {
             // The client went away: dropping the upstream reader closes that connection,
             // which stops the generation (and its token spend) upstream.
-            return (" client disconnected mid-stream", translator.usage());
+            let note = match writer.started() {
+                true => " client disconnected mid-stream",
+                false => " client gone before the stream started",
+            };
+            return (note, translator.usage());
         }
-        if flow == Flow::Done {
-            break;
-        }
-    }
+    };
     let finished = translator.usage().is_some();
-    let note = match (writer.finish(), finished) {
+    let note = match (ended, finished) {
         (Err(_), _) => " client disconnected at the end",
         (Ok(()), true) => "",
         (Ok(()), false) => " stream ended early with an error event",
