@@ -36,9 +36,24 @@ pub fn read_buffered_line<R: BufRead>(mut source: R, max: usize) -> IoResult<Vec
         }
         let mut used = 0;
         let mut ended = Ok(false);
-        for &byte in buffer {
+        while used < buffer.len() {
+            if !line.after_cr {
+                // A run of ordinary bytes is copied at once; the byte after it is judged
+                // below, one at a time, by the same rules as `read_line`.
+                let rest = &buffer[used..];
+                let run = rest.iter().position(|&byte| matches!(byte, b'\r' | b'\n' | 0)).unwrap_or(rest.len());
+                if line.bytes.len() + run > line.max {
+                    ended = Err(malformed("line too long"));
+                    break;
+                }
+                line.bytes.extend_from_slice(&rest[..run]);
+                used += run;
+                if used == buffer.len() {
+                    break;
+                }
+            }
+            ended = line.take(buffer[used]);
             used += 1;
-            ended = line.take(byte);
             if !matches!(ended, Ok(false)) {
                 break;
             }
