@@ -5,13 +5,38 @@ use crate::cancel;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, ShutdownHandle, Transport,
+    Buffers, ChainedConnector, ConnectProxyConnector, ConnectionDetails, Connector, NextTimeout,
+    RustlsConnector, ShutdownHandle, TcpConnector, Transport,
 };
 
-/// ureq's own connector (TCP, TLS), each transport wrapped so that the request served on
-/// the calling thread can shut its socket down when its client leaves (see `cancel`).
-#[derive(Debug, Default)]
-pub(super) struct CancellableConnector(DefaultConnector);
+/// ureq's connectors for what we use (a CONNECT proxy from the environment, TCP, rustls),
+/// each transport wrapped so that the request served on the calling thread can shut its
+/// socket down when its client leaves (see `cancel`). ureq's `DefaultConnector` chains
+/// the same three plus warnings for features we do not build (SOCKS, native-tls), behind a
+/// box; its connect frame was 10 KiB of every connection thread's stack.
+pub(super) struct CancellableConnector(Chain);
+
+type Chain = ChainedConnector<
+    (),
+    ChainedConnector<(), ChainedConnector<(), (), ConnectProxyConnector>, TcpConnector>,
+    RustlsConnector,
+>;
+
+impl Default for CancellableConnector {
+    fn default() -> CancellableConnector {
+        CancellableConnector(
+            ().chain(ConnectProxyConnector::default())
+                .chain(TcpConnector::default())
+                .chain(RustlsConnector::default()),
+        )
+    }
+}
+
+impl fmt::Debug for CancellableConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CancellableConnector")
+    }
+}
 
 impl Connector<()> for CancellableConnector {
     type Out = Cancellable;
@@ -43,6 +68,7 @@ impl Connector<()> for CancellableConnector {
         let Some(inner) = self.0.connect(&details, chained)? else {
             return Ok(None);
         };
+        let inner: Box<dyn Transport> = Box::new(inner);
         let socket = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         Ok(Some(Cancellable { inner, socket, held: Vec::new(), at_head: true }))
     }
