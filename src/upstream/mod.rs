@@ -23,7 +23,7 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// connection (256 streams held 64 MiB in them). Ollama's lines and heads are small; a
 /// larger request body is written a buffer at a time.
 const INPUT_BUFFER: usize = 8 * 1024;
-const OUTPUT_BUFFER: usize = 8 * 1024;
+const OUTPUT_BUFFER: usize = 4 * 1024;
 const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 const BODY_BUFFER: usize = 4 * 1024;
 
