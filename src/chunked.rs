@@ -23,6 +23,9 @@ pub struct Head<'a> {
     pub headers: &'a [(&'a str, String)],
 }
 
+/// Capacity of the frame buffer kept between frames.
+const MAX_KEPT_FRAME: usize = 16 * 1024;
+
 /// A response body written as it is produced.
 ///
 /// Each call leaves in one write (one TCP segment, one wake-up of the client): the head
@@ -118,6 +121,9 @@ impl LiveWriter {
         let written = self.inner.write_all(&self.frame).and_then(|()| self.inner.flush());
         self.started |= written.is_ok();
         self.frame.clear();
+        // A long stream keeps this buffer: not at the size of its largest event (an
+        // upstream line may be 16 MiB).
+        self.frame.shrink_to(MAX_KEPT_FRAME);
         written
     }
 }

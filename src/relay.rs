@@ -279,7 +279,10 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
     let json = line.strip_prefix(b"data: ").unwrap_or(&line);
     // Only its `error` is looked at, so the line is not built into a tree (the translator
     // reads it again anyway); a line that is not a JSON object is the translator's to judge.
-    if let Ok(ErrorProbe { error: Some(error) }) = serde_json::from_slice::<ErrorProbe>(json) {
+    let object = json.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'{');
+    if let (true, Ok(ErrorProbe { error: Some(error) })) =
+        (object, serde_json::from_slice::<ErrorProbe>(json))
+    {
         // Kept as a body, so it reads like any upstream error; a quota message in the
         // stream still counts as a spent quota.
         let body = format!("{{\"error\":{}}}", error.get()).into_bytes();
@@ -346,6 +349,37 @@ mod tests {
 
     fn status(status: u16) -> UpstreamError {
         UpstreamError::Status { status, body: br#"{"error":"x"}"#.to_vec(), retry_after: None }
+    }
+
+    #[test]
+    fn a_first_line_fails_the_attempt_only_when_it_is_an_object_with_an_error() {
+        let first = |line: &str| {
+            let body = Box::new(Cursor::new(format!("{line}\n{{\"done\":true}}\n").into_bytes()));
+            first_line_checked(UpstreamResponse { status: 200, content_type: None, body })
+        };
+        for line in [r#"{"error":"model 'x' not found"}"#, r#"data: {"error":{"message":"boom"}}"#] {
+            match first(line) {
+                Err(UpstreamError::Status { status: 502, body, .. }) => {
+                    assert!(
+                        upstream_message(&body) == "model 'x' not found" || upstream_message(&body) == "boom"
+                    )
+                }
+                other => panic!("{line}: {:?}", other.map(|_| ())),
+            }
+        }
+        let spent = first(r#"{"error":"you've reached your weekly usage limit"}"#);
+        assert!(matches!(spent, Err(UpstreamError::Status { status: 429, .. })));
+        // Not an error: passed on whole, first line included, for the translator to judge.
+        for line in [r#"{"error":null,"done":false}"#, r#"["boom"]"#, "not json", r#"{"message":{}}"#] {
+            let mut passed = String::new();
+            first(line)
+                .map_err(|err| format!("{line}: {err}"))
+                .unwrap()
+                .body
+                .read_to_string(&mut passed)
+                .unwrap();
+            assert_eq!(passed, format!("{line}\n{{\"done\":true}}\n"));
+        }
     }
 
     #[test]

@@ -662,8 +662,11 @@ fn write_stream(
         };
         if flow == Flow::Done {
             // The last event and the end of the body leave together.
-            let ended = writer.finish_with(&out);
-            break ended;
+            let started = writer.started();
+            match writer.finish_with(&out) {
+                Err(_) if !started => return (" client gone before the stream started", translator.usage()),
+                ended => break ended,
+            }
         }
         if writer.send(&out).and_then(|()| writer.flush()).is_err() {
             // The client went away: dropping the upstream reader closes that connection,

@@ -216,6 +216,11 @@ fn with_cors(req: &Req, gateway: &Gateway, mut reply: Reply) -> Reply {
     reply
 }
 
+/// Longest URL taken. The upstream request line carries it, and ureq writes that line in
+/// one piece into its output buffer (4 KiB, see `upstream`): a longer one would fail
+/// there, and count against the key. Model names and blob digests are far shorter.
+pub const MAX_URL_BYTES: usize = 2048;
+
 /// A request that may go on to its endpoint.
 enum Admitted<'g> {
     /// An endpoint open to all.
@@ -239,6 +244,17 @@ pub fn split_pool_prefix(path: &str) -> (Option<&str>, &str) {
 }
 
 fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admitted<'g>, Reply> {
+    if req.url.len() > MAX_URL_BYTES {
+        let error = ApiError {
+            status: 414,
+            kind: "invalid_request_error",
+            message: format!("the URL is longer than {MAX_URL_BYTES} bytes; no endpoint takes one so long"),
+            param: None,
+            code: Some("uri_too_long"),
+            retry_after: None,
+        };
+        return Err(Reply::error_in(family_of(req), &error));
+    }
     let (pool_prefix, path) = split_pool_prefix(req.path());
     let Some(endpoint) = Endpoint::from_path(path) else {
         return Err(Reply::error(&ApiError::not_found(format!(

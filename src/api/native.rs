@@ -135,7 +135,7 @@ fn plain_json(response: UpstreamResponse, log: &mut LogFields) -> Result<Reply, 
 }
 
 /// Reads a whole plain answer (the relay has read it already, and checked it is JSON).
-fn read_plain(mut body: Box<dyn Read + Send>) -> Result<Vec<u8>, ApiError> {
+fn read_plain(mut body: impl Read) -> Result<Vec<u8>, ApiError> {
     let mut answer = Vec::new();
     body.read_to_end(&mut answer)
         .map_err(|err| ApiError::server(502, format!("reading the upstream answer failed: {err}")))?;

@@ -106,7 +106,7 @@ pub fn relay_chat(
 }
 
 /// Reads a whole non-streamed upstream answer as JSON.
-pub fn read_upstream_json(body: Box<dyn Read + Send>) -> Result<Value, ApiError> {
+pub fn read_upstream_json(body: impl Read) -> Result<Value, ApiError> {
     let mut bytes = Vec::new();
     body.take(MAX_UPSTREAM_BODY).read_to_end(&mut bytes).map_err(|err| {
         let status = if upstream::is_timeout(&err) { 504 } else { 502 };

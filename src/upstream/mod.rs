@@ -21,10 +21,13 @@ const MAX_ERROR_BODY: u64 = 64 * 1024;
 /// accepts, and our one buffer over each body. A held stream keeps all of them, so they
 /// are what 2,000 open streams cost: ureq's default 128 KiB pair is zero-filled per
 /// connection (256 streams held 64 MiB in them). Ollama's lines and heads are small; a
-/// larger request body is written a buffer at a time.
+/// larger request body is written a buffer at a time. ureq writes the request line in one
+/// piece, so it must fit the output buffer: `api` refuses longer URLs (`MAX_URL_BYTES`).
+/// The head limit sits below the input buffer, so that an upstream head too large gets
+/// ureq's own error for it.
 const INPUT_BUFFER: usize = 8 * 1024;
 const OUTPUT_BUFFER: usize = 4 * 1024;
-const MAX_RESPONSE_HEAD: usize = 8 * 1024;
+const MAX_RESPONSE_HEAD: usize = 6 * 1024;
 const BODY_BUFFER: usize = 4 * 1024;
 
 /// Builds the one agent all upstream calls share.

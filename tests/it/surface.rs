@@ -546,6 +546,26 @@ fn a_wrong_method_is_a_405_with_allow() {
     eqnice!(0, fake.count());
 }
 
+#[test]
+fn a_url_too_long_to_relay_is_a_414_and_reaches_no_key() {
+    let fake = Fake::start(ollama);
+    let gateway = gateway_over(&fake);
+    // ureq writes the upstream request line in one piece into a 4 KiB buffer: a longer
+    // line used to fail there and count against every key it was tried on.
+    let long = "m".repeat(5000);
+    let reply = send(&gateway, "GET", &format!("/v1/models/{long}"), Some(TOKEN), None);
+    let error = assert_envelope(&reply, 414);
+    assert!(error.message.contains("2048"), "{}", error.message);
+    let native =
+        send(&gateway, "POST", &format!("/api/show?{long}"), Some(TOKEN), Some(&json!({"model": "m"})));
+    eqnice!(414, native.status);
+    assert!(native.body["error"].as_str().is_some_and(|e| e.contains("URL")), "{}", native.text);
+    eqnice!(0, fake.count());
+    // A URL within the bound is served as ever.
+    let reply = send(&gateway, "GET", &format!("/v1/models/{}", "m".repeat(100)), Some(TOKEN), None);
+    assert_ne!(reply.status, 414);
+}
+
 // ---------------------------------------------------------------------------------------
 // CORS
 // ---------------------------------------------------------------------------------------
