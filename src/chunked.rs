@@ -2,8 +2,9 @@
 //!
 //! tiny_http's `respond` with a `Read` body holds small writes back in its chunk buffer
 //! (measured: five events 200 ms apart all arrived together after a second), so a stream
-//! takes the raw connection with `Request::into_writer()` and writes the status line,
-//! headers and one `{len:x}\r\n…\r\n` chunk per upstream line, flushing each at once.
+//! takes the raw connection with `Request::into_writer()` and writes the status line and
+//! headers (with the first event), then one `{len:x}\r\n…\r\n` chunk per upstream line,
+//! each in one write, flushed at once.
 
 use std::io::{self, Write};
 

@@ -1,5 +1,6 @@
-//! The agent's transport: ureq's own connector (TCP, then TLS), each connection wrapped so
-//! that the request it serves can be cancelled from another thread (see `cancel`).
+//! The agent's transport: ureq's own connectors (a CONNECT proxy, TCP, then TLS), each
+//! connection wrapped so that the request it serves can be cancelled from another thread
+//! (see `cancel`) and a request's head leaves in one write with the start of its body.
 
 use crate::cancel;
 use std::fmt;
