@@ -161,3 +161,28 @@ fn embeddings_of_8192_token_ids_times_16_pass() {
     eqnice!(200, measured.reply.status, "{}", measured.reply.text);
     eqnice!(1, measured.upstream_requests);
 }
+
+/// glibc builds run `serve` with malloc tuned for many threads (src/main.rs): the process
+/// replaces itself once with `GLIBC_TUNABLES` set, and then serves (a start that did not
+/// see its own setting would replace itself again and again). glibc rewrites the
+/// variable's original bytes, which `/proc` shows, after reading them; on glibc 2.36 only
+/// the mmap threshold is left there, so that is what is checked (src/main.rs's unit test
+/// covers the full value).
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn a_glibc_gateway_starts_once_more_with_its_malloc_tunables_and_serves() {
+    let fake = Fake::start(ollama);
+    let gateway = Gateway::start(&alice(), &format!("{}|{KEY_A}\n", fake.url));
+    let environ =
+        std::fs::read(format!("/proc/{}/environ", gateway.pid())).expect("read the gateway's environment");
+    let tunables = environ
+        .split(|byte| *byte == 0)
+        .find_map(|entry| entry.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .unwrap_or_default();
+    assert!(
+        tunables.split(':').any(|tunable| tunable == "glibc.malloc.mmap_threshold=131072"),
+        "GLIBC_TUNABLES={tunables:?}"
+    );
+    eqnice!(200, gateway.get("/health").status);
+}
