@@ -632,13 +632,12 @@ fn write_stream(
     close: bool,
     id: &str,
 ) -> (&'static str, Option<Usage>) {
-    let StreamReply { status, content_type, mut headers, upstream, mut translator } = stream;
+    let StreamReply { status, content_type, mut headers, mut upstream, mut translator } = stream;
     headers.push(("X-Request-Id", id.to_string()));
     let reason = tiny_http::StatusCode(status).default_reason_phrase();
     let head =
         chunked::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
     let mut writer = LiveWriter::start(request.into_writer(), &head);
-    let mut upstream = upstream;
     let (mut line, mut out) = (Vec::new(), Vec::new());
     let ended = loop {
         out.clear();
