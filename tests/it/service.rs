@@ -1,6 +1,7 @@
 //! The gateway as a long-running service: it outlives idle gaps, holds its connection and
 //! memory limits against slow or numerous clients, keeps serving when descriptors run out,
-//! and stops upstream work nobody waits for any more.
+//! stops upstream work nobody waits for any more, and reconnects when an upstream closes
+//! the connections it keeps pooled.
 //!
 //! Timeouts are set small so the tests are quick; every wait is bounded, and no assertion
 //! depends on the machine being fast: each compares against a much longer span (a drip that
@@ -350,4 +351,68 @@ fn request_timeout_bounds_an_upstream_that_never_finishes() {
     let last = &events.last().expect("events").1;
     assert!(last.contains("\"error\""), "the stream ends with an error event: {events:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+}
+
+/// A raw upstream that answers one chat per connection, with a keep-alive answer, then
+/// closes the connection while the gateway has it pooled (an upstream's idle timeout, say,
+/// or a load balancer's); returns its URL and the count of connections it accepted.
+fn closing_upstream(answer: &str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&accepted);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    thread::spawn(move || {
+        for mut socket in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // The head and a Content-Length body arrive together or nearly so: read until
+            // the body is in (bounded by a read timeout), answer, close.
+            let _ = socket.set_read_timeout(Some(PATIENCE));
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while let Ok(read @ 1..) = socket.read(&mut buffer) {
+                request.extend_from_slice(&buffer[..read]);
+                let text = String::from_utf8_lossy(&request);
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|n| n.trim().to_string())
+                    })
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    break;
+                }
+            }
+            let _ = socket.write_all(answer.as_bytes());
+            drop(socket);
+        }
+    });
+    (url, accepted)
+}
+
+#[test]
+fn an_upstream_that_closes_pooled_connections_is_reconnected_without_blaming_its_key() {
+    let answer = serde_json::to_string(&chat_answer("Hi")).unwrap();
+    let (url, accepted) = closing_upstream(&answer);
+    let gateway = Gateway::start(&alice(), &format!("{url}|{KEY_A}\n"));
+    for round in 1..=3 {
+        // Long enough for the close to have reached the gateway's pooled connection.
+        thread::sleep(Duration::from_millis(200));
+        let reply = gateway.chat(&chat_body("llama3.2", false));
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.text);
+        assert_eq!(reply.body["choices"][0]["message"]["content"], "Hi", "round {round}");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3, "a fresh connection per request");
+    // Each request's log line is written once its answer is out: wait for the third.
+    gateway.wait_for_log(&["00000004 POST"]);
+    let logs = gateway.logs();
+    assert_eq!(logs.matches(" attempts=1 ").count(), 3, "each request took one attempt:\n{logs}");
 }
