@@ -104,6 +104,7 @@ fn state_word(row: &Row<'_>) -> String {
         Outcome::Failed(Failure::Invalid) => "invalid".to_string(),
         Outcome::Failed(Failure::Exhausted { .. }) => until("exhausted"),
         Outcome::Failed(Failure::Transient { .. }) => until("backing off"),
+        Outcome::Failed(Failure::Busy) => until("busy"),
         Outcome::Failed(Failure::ModelLocked) => "no access to model".to_string(),
         Outcome::Failed(Failure::Trouble) => "unreachable".to_string(),
         Outcome::Failed(Failure::Request | Failure::Refused) => "refused".to_string(),

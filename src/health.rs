@@ -387,6 +387,7 @@ mod tests {
                 base_url: self.url.clone(),
                 key: key.map(Secret::new),
                 line: 1,
+                options: Default::default(),
             }
         }
     }
@@ -501,7 +502,13 @@ mod tests {
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let url = format!("http://127.0.0.1:{port}");
         for key in [Some(Secret::new(KEY)), None] {
-            let entry = KeyEntry { pool: "default".into(), base_url: url.clone(), key, line: 1 };
+            let entry = KeyEntry {
+                pool: "default".into(),
+                base_url: url.clone(),
+                key,
+                line: 1,
+                options: Default::default(),
+            };
             let result = probe(&agent(), &entry, &Probe::default(), NOW, &Policy::default());
             assert_eq!(result.outcome, Outcome::Failed(Failure::Trouble), "{}", result.note);
             assert!(result.note.contains("unreachable"), "{}", result.note);

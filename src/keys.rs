@@ -43,6 +43,27 @@ pub struct KeyEntry {
     pub key: Option<Secret>,
     /// The 1-based line number in the file.
     pub line: usize,
+    /// The options written after the key on its line.
+    pub options: KeyOptions,
+}
+
+/// Options written on a key's line after the key and a space (`weight=2 max_concurrent=3
+/// name=free-1`); a line without any gets the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// Share of the pool's traffic, relative to the other keys' weights (at least 1).
+    pub weight: u32,
+    /// Requests this key may have in flight at once, instead of the pool's setting
+    /// (`Some(0)`: no limit).
+    pub max_concurrent: Option<u32>,
+    /// A label shown in logs, `check` and metrics instead of the masked key.
+    pub name: Option<String>,
+}
+
+impl Default for KeyOptions {
+    fn default() -> Self {
+        KeyOptions { weight: 1, max_concurrent: None, name: None }
+    }
 }
 
 impl KeyEntry {
@@ -193,7 +214,13 @@ pub fn parse(mut reader: impl BufRead, default_base_url: &str) -> ParsedKeys {
                     continue;
                 }
                 seen.insert(id, number);
-                parsed.entries.push(KeyEntry { pool: pool.clone(), base_url, key, line: number });
+                parsed.entries.push(KeyEntry {
+                    pool: pool.clone(),
+                    base_url,
+                    key,
+                    line: number,
+                    options: KeyOptions::default(),
+                });
             }
             Err(message) => {
                 if text.trim_start().starts_with('[') {

@@ -24,6 +24,8 @@ pub fn now() -> u64 {
 pub const SESSION_WINDOW_SECS: u64 = 5 * 3600;
 /// An hourly usage window.
 pub const HOURLY_WINDOW_SECS: u64 = 3600;
+/// How long a key that answered "busy" (no free concurrent request slot) rests.
+pub const BUSY_REST_SECS: u64 = 2;
 /// The first back-off after a transient failure; it doubles on each repeat.
 pub const BACKOFF_START_SECS: u64 = 30;
 /// The longest back-off.
@@ -44,6 +46,9 @@ pub enum Failure {
         /// `Retry-After`, when the upstream sent one.
         retry_after: Option<u64>,
     },
+    /// "timed out waiting for a concurrent request slot": the key is serving as many
+    /// requests as its plan allows; it rests a few seconds, with no other penalty.
+    Busy,
     /// 403 "requires a subscription": this key's plan lacks this model.
     ModelLocked,
     /// Another 5xx, a connect error or a timeout: upstream trouble.
@@ -141,6 +146,9 @@ pub struct KeyState {
     pub last_used: Option<u64>,
     /// Unix seconds of the last change of health (merging a state file keeps the newer).
     pub changed_at: u64,
+    /// The highest `usage` fraction of the key's plan windows, in thousandths, as last read
+    /// from the upstream's usage endpoint (1000: a window is used up).
+    pub usage_permille: Option<u32>,
 }
 
 /// Why a key cannot be used now.
@@ -228,6 +236,7 @@ impl KeyState {
                     self.set(Health::Backoff, Some(now + wait), now);
                 }
             }
+            Failure::Busy => self.set(Health::Backoff, Some(now + BUSY_REST_SECS), now),
             Failure::Request | Failure::Refused => {}
         }
     }

@@ -134,6 +134,7 @@ mod tests {
                 base_url: format!("http://127.0.0.1:{}", 1000 + i),
                 key: None,
                 line: i + 1,
+                options: Default::default(),
             })
             .collect();
         Pool::new("default", keys, strategy)
