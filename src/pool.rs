@@ -119,13 +119,19 @@ impl Pool {
         self.candidates(model, store, now, &[]).err()
     }
 
-    /// Which of `free` (keys with a free slot, by index) the next attempt takes: its
-    /// position in `free`. Round-robin and random go by the keys' weights; least-busy takes
-    /// the key with the fewest requests in flight for its weight, then the lowest known
-    /// usage of its plan, and rotates among keys that tie.
-    pub fn choose(&self, free: &[Free], store: &KeyStore) -> usize {
+    /// This request's turn in the pool's rotation, drawn once per request: its later
+    /// attempts keep it, so with the tried keys gone they go on to the keys after.
+    pub fn turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Which of `free` (keys with a free slot, by index) the next attempt of the request
+    /// whose [`Pool::turn`] is `turn` takes: its position in `free`. Round-robin and random
+    /// go by the keys' weights; least-busy takes the key with the fewest requests in flight
+    /// for its weight, then the lowest known usage of its plan, and rotates among keys that
+    /// tie.
+    pub fn choose(&self, free: &[Free], turn: usize, store: &KeyStore) -> usize {
         let weight = |f: &Free| u64::from(self.keys[f.index].options.weight.max(1));
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let by_weight = |ticket: u64| {
             let mut left = ticket;
             free.iter().position(|f| match left.checked_sub(weight(f)) {
@@ -192,7 +198,7 @@ mod tests {
             .iter()
             .map(|c| Free { index: c.index, in_flight: in_flight.get(c.index).copied().unwrap_or(0) })
             .collect();
-        free[pool.choose(&free, store)].index
+        free[pool.choose(&free, pool.turn(), store)].index
     }
 
     fn counts(pool: &Pool, store: &KeyStore, picks: usize) -> Vec<usize> {

@@ -255,6 +255,7 @@ fn send_in_pool(
         .min()
         .unwrap_or(wait_started);
     let mut tried = vec![false; pool.keys.len()];
+    let turn = pool.turn();
     let mut last_error = None;
     let mut busy_keys = 0;
     loop {
@@ -269,7 +270,7 @@ fn send_in_pool(
                 busy_keys = listed.as_ref().map_or(0, Vec::len);
                 listed
             },
-            |free| pool.choose(free, relay.store),
+            |free| pool.choose(free, turn, relay.store),
             wait_until,
         );
         let (index, slot) = match acquired {
