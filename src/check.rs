@@ -12,6 +12,7 @@ use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
 use crate::statefile::{self, Loaded};
 use crate::upstream;
+use crate::utc;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,7 +97,7 @@ fn masked(entry: &KeyEntry) -> String {
 
 fn state_word(row: &Row<'_>) -> String {
     let until = |word: &str| match row.state.until {
-        Some(until) => format!("{word} until {}", utc_time(until)),
+        Some(until) => format!("{word} until {}", utc::short(until)),
         None => word.to_string(),
     };
     match &row.result.outcome {
@@ -110,22 +111,6 @@ fn state_word(row: &Row<'_>) -> String {
         Outcome::Failed(Failure::Request | Failure::Refused) => "refused".to_string(),
         Outcome::Unknown => "unknown".to_string(),
     }
-}
-
-/// `2026-11-23 16:31Z` for Unix seconds.
-fn utc_time(secs: u64) -> String {
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", rest / 3600, rest % 3600 / 60)
 }
 
 fn to_table(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> String {
@@ -175,16 +160,4 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
         .collect();
     let ok = pools.values().all(|p| p["usable"].as_u64().unwrap_or(0) > 0);
     json!({"ok": ok, "pools": pools, "keys": keys})
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_read_as_utc() {
-        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13Z");
-        assert_eq!(utc_time(1_700_438_400), "2023-11-20 00:00Z");
-        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00Z");
-    }
 }

@@ -20,7 +20,7 @@
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
-//!    [`auth`] (tokens, scopes), [`secret`].
+//!    [`auth`] (tokens, scopes), [`secret`], [`utc`] (calendar arithmetic).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -46,4 +46,5 @@ pub mod server;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;
+pub mod utc;
 pub mod watch;
