@@ -520,8 +520,9 @@ impl KeyStore {
     }
 
     /// Takes in what another process (`ollama-gateway check`) found about the keys in
-    /// `known`: a key's health when its change is at least as recent as ours, and each model
-    /// lock-out at its later end; counters and failure streaks stay this process's.
+    /// `known`: a key's health when its change is at least as recent as ours, each model
+    /// lock-out at its later end, and the usage fraction it read; counters and failure
+    /// streaks stay this process's.
     pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
         let mut states = self.lock();
         for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
@@ -533,6 +534,12 @@ impl KeyStore {
                 ours.until = theirs.until;
                 ours.last_error = theirs.last_error;
                 ours.changed_at = theirs.changed_at;
+            }
+            // A reading carries no date, but the file changed since this process last saved
+            // it: `check` wrote it, with its own readings (a key it read none for keeps the
+            // one this process saved last, seconds ago).
+            if theirs.usage_permille.is_some() {
+                ours.usage_permille = theirs.usage_permille;
             }
             for (model, until) in theirs.model_cooldowns {
                 let mine = ours.model_cooldowns.entry(model).or_insert(until);
@@ -874,6 +881,19 @@ mod tests {
         fail(&mut state, Failure::Transient { retry_after: Some(1) });
         fail(&mut state, Failure::Busy);
         assert_eq!(state.until, Some(NOW + BUSY_REST_SECS));
+    }
+
+    #[test]
+    fn merging_takes_the_usage_fraction_check_read() {
+        let store = KeyStore::default();
+        let known = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        store.update("a", |s| s.usage_permille = Some(400));
+        store.update("b", |s| s.usage_permille = Some(700));
+        let read = KeyState { usage_permille: Some(910), ..KeyState::default() };
+        let file = BTreeMap::from([("a".to_string(), read), ("b".to_string(), KeyState::default())]);
+        store.merge_newer(file, &known);
+        assert_eq!(store.get("a").usage_permille, Some(910));
+        assert_eq!(store.get("b").usage_permille, Some(700), "no reading: ours stays");
     }
 
     #[test]
