@@ -5,13 +5,20 @@
 //! picks them up within seconds; a table (or `--json`) says what was found. Exit codes: 0
 //! when every pool has at least one usable key, 1 when some pool has none, 2 on a config
 //! error.
+//!
+//! Where the upstream reports its plan's usage (Ollama Cloud's `/api/usage`), each key's
+//! row says how much of each window is used (`session 42%, weekly 7%`); a window used up
+//! makes the key exhausted until it resets. An answer the gateway cannot read is a warning
+//! in the note, never a failed key.
 
 use crate::config::{Config, ConfigError};
 use crate::health::{self, Outcome, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
+use crate::quota::PlanUsage;
 use crate::statefile::{self, Loaded};
 use crate::upstream;
+use crate::utc;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -96,7 +103,7 @@ fn masked(entry: &KeyEntry) -> String {
 
 fn state_word(row: &Row<'_>) -> String {
     let until = |word: &str| match row.state.until {
-        Some(until) => format!("{word} until {}", utc_time(until)),
+        Some(until) => format!("{word} until {}", utc::short(until)),
         None => word.to_string(),
     };
     match &row.result.outcome {
@@ -112,34 +119,26 @@ fn state_word(row: &Row<'_>) -> String {
     }
 }
 
-/// `2026-11-23 16:31Z` for Unix seconds.
-fn utc_time(secs: u64) -> String {
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", rest / 3600, rest % 3600 / 60)
+/// `session 42%, weekly 7%, monthly 91%` as this probe read them; `-` when it read none.
+fn usage_words(row: &Row<'_>) -> String {
+    row.result.usage.as_ref().map_or_else(|| "-".to_string(), PlanUsage::summary)
 }
 
 fn to_table(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> String {
+    let usage: Vec<String> = rows.iter().map(usage_words).collect();
+    let width = usage.iter().map(|words| words.chars().count()).fold(5, usize::max);
     let mut out = format!(
-        "{:<12} {:<12} {:<32} {:<34} {:>8}  {}\n",
-        "POOL", "KEY", "UPSTREAM", "STATE", "LATENCY", "NOTE"
+        "{:<12} {:<12} {:<32} {:<34} {:<width$} {:>8}  {}\n",
+        "POOL", "KEY", "UPSTREAM", "STATE", "USAGE", "LATENCY", "NOTE"
     );
-    for row in rows {
+    for (row, usage) in rows.iter().zip(&usage) {
         out.push_str(&format!(
-            "{:<12} {:<12} {:<32} {:<34} {:>6}ms  {}\n",
+            "{:<12} {:<12} {:<32} {:<34} {:<width$} {:>6}ms  {}\n",
             row.entry.pool,
             masked(row.entry),
             row.entry.base_url,
             state_word(row),
+            usage,
             row.result.latency.as_millis(),
             row.result.note
         ));
@@ -165,6 +164,12 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
                 "usable": row.usable,
                 "result": state_word(row),
                 "latency_ms": row.result.latency.as_millis() as u64,
+                "usage": row.result.usage.as_ref().map(|usage| json!({
+                    "session": usage.session.used,
+                    "weekly": usage.weekly.used,
+                    "monthly": usage.monthly.used,
+                })),
+                "warning": row.result.warning,
                 "note": row.result.note,
             })
         })
@@ -180,11 +185,76 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quota::WindowUsage;
+    use crate::secret::Secret;
+
+    fn entry(line: usize) -> KeyEntry {
+        KeyEntry {
+            pool: "default".into(),
+            base_url: "https://ollama.com".into(),
+            key: Some(Secret::new(format!("0123456789abcdef.KEY-{line}"))),
+            line,
+            options: Default::default(),
+        }
+    }
 
     #[test]
-    fn times_read_as_utc() {
-        assert_eq!(utc_time(1_700_000_000), "2023-11-14 22:13Z");
-        assert_eq!(utc_time(1_700_438_400), "2023-11-20 00:00Z");
-        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00Z");
+    fn rows_show_the_usage_fractions_read_and_a_dash_for_none() {
+        let used = |fraction| WindowUsage { used: Some(fraction), resets_at: None };
+        let usage = PlanUsage { session: used(0.42), weekly: used(0.07), monthly: used(0.91) };
+        let spent = PlanUsage { monthly: used(1.0), ..PlanUsage::default() };
+        let (first, second, third) = (entry(1), entry(2), entry(3));
+        let results = [
+            ProbeResult {
+                outcome: Outcome::Good,
+                usage: Some(usage),
+                ..health::not_probed("200 via /api/usage")
+            },
+            ProbeResult {
+                outcome: Outcome::Failed(Failure::Exhausted { until: 1_701_388_800 }),
+                usage: Some(spent),
+                ..health::not_probed("200 via /api/usage: monthly used up")
+            },
+            ProbeResult {
+                outcome: Outcome::Good,
+                warning: Some("the answer has no \"limits\"; usage fractions unknown".into()),
+                ..health::not_probed("200 via /api/usage (warning: …)")
+            },
+        ];
+        let exhausted = KeyState {
+            state: crate::keystate::Health::Exhausted,
+            until: Some(1_701_388_800),
+            ..KeyState::default()
+        };
+        let rows = [
+            Row { entry: &first, result: &results[0], state: KeyState::default(), usable: true },
+            Row { entry: &second, result: &results[1], state: exhausted, usable: false },
+            Row { entry: &third, result: &results[2], state: KeyState::default(), usable: true },
+        ];
+        let pools = pool_summary(&rows);
+        let table = to_table(&rows, &pools);
+        let lines: Vec<&str> = table.lines().collect();
+        // Columns by characters: a masked key holds a `…`.
+        let column = |line: &str, at: usize| line.chars().skip(at).collect::<String>();
+        let usage_at = lines[0].find("USAGE").expect("a USAGE column");
+        let latency_at = lines[0].find("LATENCY").expect("a LATENCY column");
+        for (line, words) in
+            lines[1..4].iter().zip(["session 42%, weekly 7%, monthly 91%", "monthly 100%", "-"])
+        {
+            assert_eq!(column(line, usage_at).split("  ").next(), Some(words), "{table}");
+            assert!(column(line, latency_at).trim_start().starts_with("0ms  200 via"), "aligned:\n{table}");
+        }
+        assert!(lines[2].contains("exhausted until 2023-12-01 00:00Z"), "{table}");
+        assert!(!table.contains("KEY-"), "keys are masked:\n{table}");
+
+        let report = to_json(&rows, &pools);
+        let keys = report["keys"].as_array().expect("keys");
+        assert_eq!(keys[0]["usage"], json!({"session": 0.42, "weekly": 0.07, "monthly": 0.91}));
+        assert_eq!(keys[1]["usage"], json!({"session": null, "weekly": null, "monthly": 1.0}));
+        assert_eq!(
+            (&keys[2]["usage"], keys[2]["warning"].as_str()),
+            (&Value::Null, results[2].warning.as_deref())
+        );
+        assert_eq!(keys[0]["warning"], Value::Null);
     }
 }

@@ -1,23 +1,26 @@
 //! Health checks: asking an upstream whether one key works, without spending a real request.
 //!
 //! In scope: the probes (`usage`, `show`, `generate`, and `GET /api/version` for keyless
-//! upstreams), reading each answer into an [`Outcome`] with a short key-free note, probing
-//! many keys on a bounded number of threads, and applying a result to a [`KeyState`].
+//! upstreams), reading each answer into an [`Outcome`] with a short key-free note (and,
+//! for `usage`, the plan's usage fractions, read by `quota`), probing many keys on a
+//! bounded number of threads, and applying a result to a [`KeyState`].
 //! Out of scope: when to probe (the server's checker and `ollama-gateway check`), printing
 //! results, and saving states (`statefile`).
 //!
 //! Why not `GET /api/tags`: ollama.com answers it without a key, so it proves nothing.
 
 use crate::config::{Config, Probe, ProbeKind};
-use crate::keys::KeyEntry;
+use crate::keys::{self, KeyEntry};
 use crate::keystate::{classify, Failure, KeyState, Policy};
+use crate::quota::{self, PlanUsage, Reading};
 use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError};
-use std::io::{self, Read};
+use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Most of a successful answer read (and thrown away) so the connection can be reused.
+/// Most of a successful answer read (the usage one is judged by it; the others are thrown
+/// away, read only so the connection can be reused).
 const MAX_DRAIN: u64 = 64 * 1024;
 
 /// Longest upstream text quoted in a note.
@@ -49,21 +52,46 @@ pub struct ProbeResult {
     /// the upstream is a keyless self-hosted Ollama); `usage` and `show` cost nothing and
     /// answer even when the quota is spent.
     pub proves_quota: bool,
+    /// What `GET /api/usage` said about the plan's windows, when it answered in its shape.
+    pub usage: Option<PlanUsage>,
+    /// Why the usage fractions are unknown when they were expected (Ollama Cloud answered
+    /// `/api/usage` with something else, or not at all); also in the note. Never a failure.
+    pub warning: Option<String>,
+}
+
+/// What one probe found, before it is timed and scrubbed into a [`ProbeResult`].
+struct Found {
+    outcome: Outcome,
+    note: String,
+    usage: Option<PlanUsage>,
+    warning: Option<String>,
+}
+
+impl From<(Outcome, String)> for Found {
+    fn from((outcome, note): (Outcome, String)) -> Found {
+        Found { outcome, note, usage: None, warning: None }
+    }
 }
 
 /// Probes one key. Keyless upstreams get `GET /api/version` whatever `probe.kind` says.
 /// `now` (Unix seconds) and `policy` date an exhausted key's reset.
 pub fn probe(agent: &ureq::Agent, entry: &KeyEntry, probe: &Probe, now: u64, policy: &Policy) -> ProbeResult {
     let start = Instant::now();
-    let ctx = Ctx { agent, entry, now, policy };
-    let (outcome, note) = match (&entry.key, probe.kind) {
-        (None, _) => ctx.version(),
+    let ctx = Ctx { agent, entry, now, policy, cloud: keys::is_ollama_cloud(&entry.base_url) };
+    let found = match (&entry.key, probe.kind) {
+        (None, _) => ctx.version().into(),
         (Some(_), ProbeKind::Usage) => ctx.usage(&probe.model),
-        (Some(_), ProbeKind::Show) => ctx.show(&probe.model),
-        (Some(_), ProbeKind::Generate) => ctx.generate(&probe.model),
+        (Some(_), ProbeKind::Show) => ctx.show(&probe.model).into(),
+        (Some(_), ProbeKind::Generate) => ctx.generate(&probe.model).into(),
     };
-    let proves_quota = entry.key.is_none() || probe.kind == ProbeKind::Generate;
-    ProbeResult { outcome, latency: start.elapsed(), note: upstream::scrub(&note, entry), proves_quota }
+    ProbeResult {
+        outcome: found.outcome,
+        latency: start.elapsed(),
+        note: upstream::scrub(&found.note, entry),
+        proves_quota: entry.key.is_none() || probe.kind == ProbeKind::Generate,
+        usage: found.usage,
+        warning: found.warning.map(|warning| upstream::scrub(&warning, entry)),
+    }
 }
 
 /// Probes every key of `config` as its `[health]` says, in keys.txt order. Keys of
@@ -106,6 +134,8 @@ pub fn not_probed(why: &str) -> ProbeResult {
         latency: Duration::ZERO,
         note: why.to_string(),
         proves_quota: false,
+        usage: None,
+        warning: None,
     }
 }
 
@@ -148,7 +178,7 @@ pub fn probe_all(
 /// Applies a probe result to a key's state: a good key is healthy again whatever held it
 /// back; a failure counts as one (with the note as its error text; `probed_model` is the
 /// model a [`Failure::ModelLocked`] cools down, i.e. the probe's model for `generate`);
-/// an unknown outcome changes nothing.
+/// an unknown outcome changes nothing. Usage fractions read replace the ones known.
 pub fn apply(
     state: &mut KeyState,
     result: &ProbeResult,
@@ -156,6 +186,9 @@ pub fn apply(
     now: u64,
     policy: &Policy,
 ) {
+    if let Some(usage) = &result.usage {
+        state.usage_permille = usage.highest_permille();
+    }
     match &result.outcome {
         Outcome::Good => state.record_probe_ok(now, result.proves_quota),
         Outcome::Failed(failure) => state.record_failure(failure, probed_model, &result.note, now, policy),
@@ -169,12 +202,14 @@ struct Ctx<'a> {
     entry: &'a KeyEntry,
     now: u64,
     policy: &'a Policy,
+    /// The upstream is Ollama Cloud: its `/api/usage` must answer in its shape.
+    cloud: bool,
 }
 
 /// An upstream answer, read down to what the probes judge.
 enum Answer {
-    /// A 2xx status.
-    Ok(u16),
+    /// A 2xx status, with the start of the body (at most [`MAX_DRAIN`] bytes).
+    Ok { status: u16, body: Vec<u8> },
     /// Another status, with the upstream's message and `Retry-After`.
     Status { status: u16, message: String, retry_after: Option<u64> },
     /// No HTTP answer at all.
@@ -193,9 +228,11 @@ impl Ctx<'_> {
             None,
         ) {
             Ok(response) => {
-                // The status is the answer; reading the body only lets the connection be reused.
-                let _ = io::copy(&mut response.body.take(MAX_DRAIN), &mut io::sink());
-                Answer::Ok(response.status)
+                // Reading the body also lets the connection be reused; a read that fails
+                // leaves what came before it, which only `usage` looks at.
+                let mut body = Vec::new();
+                let _ = response.body.take(MAX_DRAIN).read_to_end(&mut body);
+                Answer::Ok { status: response.status, body }
             }
             Err(UpstreamError::Status { status, body, retry_after }) => {
                 Answer::Status { status, message: upstream_message(&body), retry_after }
@@ -215,7 +252,7 @@ impl Ctx<'_> {
     fn version(&self) -> (Outcome, String) {
         const PATH: &str = "/api/version";
         match self.call("GET", PATH, None) {
-            Answer::Ok(status) => (Outcome::Good, format!("{status} via {PATH}")),
+            Answer::Ok { status, .. } => (Outcome::Good, format!("{status} via {PATH}")),
             Answer::Status { status, message, retry_after } => {
                 (self.classify(status, &message, retry_after), status_note(status, PATH, &message))
             }
@@ -223,30 +260,63 @@ impl Ctx<'_> {
         }
     }
 
-    /// `GET /api/usage`: 200 is good, 401 invalid; anything else falls back to `show`,
-    /// except a failed connection, which `show` would only repeat.
-    fn usage(&self, model: &str) -> (Outcome, String) {
+    /// `GET /api/usage`: 200 is good, unless the plan's usage it reports has a window used
+    /// up; 401 invalid; anything else falls back to `show`, except a failed connection,
+    /// which `show` would only repeat.
+    fn usage(&self, model: &str) -> Found {
         const PATH: &str = "/api/usage";
         let first = match self.call("GET", PATH, None) {
-            Answer::Ok(status) => return (Outcome::Good, format!("{status} via {PATH}")),
+            Answer::Ok { status, body } => return self.read_usage(status, &body),
             Answer::Status { status: 401, message, .. } => {
-                return (Outcome::Failed(Failure::Invalid), status_note(401, PATH, &message))
+                return (Outcome::Failed(Failure::Invalid), status_note(401, PATH, &message)).into()
             }
             Answer::Transport(err @ UpstreamError::Connect(_)) => {
-                return (Outcome::Failed(Failure::Trouble), transport_note(PATH, &err))
+                return (Outcome::Failed(Failure::Trouble), transport_note(PATH, &err)).into()
             }
             Answer::Status { status, .. } => format!("{PATH} answered {status}"),
             Answer::Transport(err) => transport_note(PATH, &err),
         };
         let (outcome, note) = self.show(model);
-        (outcome, format!("{note} ({first})"))
+        // Ollama Cloud has the endpoint: without it, the fractions are unknown.
+        let warning = self.cloud.then(|| format!("{first}; usage fractions unknown"));
+        let note = match &warning {
+            Some(warning) => format!("{note} (warning: {warning})"),
+            None => format!("{note} ({first})"),
+        };
+        Found { outcome, note, usage: None, warning }
+    }
+
+    /// A 2xx answer of `/api/usage`: the key works, and its plan's usage says whether it has
+    /// quota left. A body that is not the usage shape is a warning from Ollama Cloud and
+    /// nothing from another upstream.
+    fn read_usage(&self, status: u16, body: &[u8]) -> Found {
+        let ok = format!("{status} via /api/usage");
+        match quota::read(body, self.cloud) {
+            Reading::NotUsage => (Outcome::Good, ok).into(),
+            Reading::Unreadable(why) => {
+                let warning = format!("{why}; usage fractions unknown");
+                let note = format!("{ok} (warning: {warning})");
+                Found { outcome: Outcome::Good, note, usage: None, warning: Some(warning) }
+            }
+            // The fractions themselves go with the result (`check` shows them in a column).
+            Reading::Usage(usage) => {
+                let (outcome, note) = match usage.exhausted_until(self.now) {
+                    Some(until) => (
+                        Outcome::Failed(Failure::Exhausted { until }),
+                        format!("{ok}: {} used up", usage.used_up()),
+                    ),
+                    None => (Outcome::Good, ok),
+                };
+                Found { outcome, note, usage: Some(usage), warning: None }
+            }
+        }
     }
 
     /// `POST /api/show`: any answer but 401 that needed a key to give proves the key.
     fn show(&self, model: &str) -> (Outcome, String) {
         const PATH: &str = "/api/show";
         match self.call("POST", PATH, Some(&serde_json::json!({ "model": model }))) {
-            Answer::Ok(status) => (Outcome::Good, format!("{status} via {PATH}")),
+            Answer::Ok { status, .. } => (Outcome::Good, format!("{status} via {PATH}")),
             Answer::Status { status: 401, message, .. } => {
                 (Outcome::Failed(Failure::Invalid), status_note(401, PATH, &message))
             }
@@ -277,7 +347,7 @@ impl Ctx<'_> {
             "options": { "num_predict": 1 },
         });
         match self.call("POST", PATH, Some(&body)) {
-            Answer::Ok(status) => (Outcome::Good, format!("{status} via {PATH}")),
+            Answer::Ok { status, .. } => (Outcome::Good, format!("{status} via {PATH}")),
             Answer::Status { status, message, retry_after } => {
                 (self.classify(status, &message, retry_after), status_note(status, PATH, &message))
             }
@@ -447,6 +517,72 @@ mod tests {
     }
 
     #[test]
+    fn usage_answers_in_their_shape_give_fractions_and_may_spend_the_key() {
+        let december = crate::keystate::first_of_next_month_utc(NOW);
+        #[rustfmt::skip]
+        let cases: [(&'static str, Outcome, Option<u32>, &str); 4] = [
+            (r#"{"limits":{"session":{"usage":0.42},"weekly":{"usage":0.07}},"activity":{}}"#, Outcome::Good,
+                Some(420), "200 via /api/usage"),
+            (r#"{"limits":{"monthly":{"usage":1.0}}}"#, Outcome::Failed(Failure::Exhausted { until: december }),
+                Some(1000), "200 via /api/usage: monthly used up"),
+            (r#"{"limits":{"session":{"usage":null}}}"#, Outcome::Good, None, "200 via /api/usage"),
+            // Not the shape, from an upstream that is not Ollama Cloud: nothing to read.
+            (r#"{"usage":{}}"#, Outcome::Good, None, "200 via /api/usage"),
+        ];
+        for (body, outcome, permille, note) in cases {
+            let fake = Fake::new(move |_| (200, body.to_string()));
+            let result = probe(&agent(), &fake.entry(Some(KEY)), &Probe::default(), NOW, &Policy::default());
+            assert_eq!((&result.outcome, result.note.as_str()), (&outcome, note), "{body}");
+            assert_eq!(result.usage.as_ref().and_then(PlanUsage::highest_permille), permille, "{body}");
+            assert_eq!(result.usage.is_some(), body.contains("limits"), "{body}");
+            assert_eq!((result.warning, result.proves_quota), (None, false), "{body}");
+            assert_eq!(fake.paths(), ["/api/usage"], "no fallback: {body}");
+        }
+    }
+
+    /// `usage` run as for an Ollama Cloud upstream (the fake is not on ollama.com).
+    fn cloud_usage(fake: &Fake) -> Found {
+        let (agent, entry, policy) = (agent(), fake.entry(Some(KEY)), Policy::default());
+        Ctx { agent: &agent, entry: &entry, now: NOW, policy: &policy, cloud: true }.usage("gpt-oss:120b")
+    }
+
+    #[test]
+    fn ollama_cloud_answers_out_of_shape_are_warnings_and_the_key_stays_good() {
+        #[rustfmt::skip]
+        let cases: [(Routes, &[&str], &str); 5] = [
+            (&[("/api/usage", 200, "<html>Sign in</html>")], &["/api/usage"], "not a JSON object"),
+            (&[("/api/usage", 200, r#"{"usage":{}}"#)], &["/api/usage"], "no \"limits\""),
+            (&[("/api/usage", 200, r#"{"limits":{"monthly":{"usage":"lots"}}}"#)], &["/api/usage"],
+                "unexpected \"limits\""),
+            (&[("/api/usage", 200, r#"{"limits":{"daily":{"usage":1}}}"#)], &["/api/usage"], "no session, weekly"),
+            (&[("/api/usage", 404, "404 page not found"), ("/api/show", 200, "{}")], &["/api/usage", "/api/show"],
+                "/api/usage answered 404"),
+        ];
+        for (routes, paths, why) in cases {
+            let fake = Fake::routes(routes);
+            let found = cloud_usage(&fake);
+            assert_eq!(found.outcome, Outcome::Good, "{routes:?}: {}", found.note);
+            assert_eq!(fake.paths(), paths, "{routes:?}");
+            let warning =
+                found.warning.unwrap_or_else(|| panic!("{routes:?}: no warning in {:?}", found.note));
+            assert!(
+                warning.contains(why) && warning.contains("usage fractions unknown"),
+                "{routes:?}: {warning}"
+            );
+            assert!(found.note.contains(&format!("warning: {warning}")), "{routes:?}: {}", found.note);
+            assert_eq!(found.usage, None);
+        }
+        // In shape: read as from any upstream.
+        let fake = Fake::routes(&[("/api/usage", 200, r#"{"limits":{"monthly":{"usage":0.91}}}"#)]);
+        let found = cloud_usage(&fake);
+        assert_eq!(
+            (found.outcome, found.note.as_str(), found.warning),
+            (Outcome::Good, "200 via /api/usage", None)
+        );
+        assert_eq!(found.usage.and_then(|usage| usage.monthly.used), Some(0.91));
+    }
+
+    #[test]
     fn the_fake_tells_keys_apart_by_their_authorization() {
         let fake = Fake::new(|seen| match seen.key.as_deref() {
             Some(KEY) => (200, "{}".into()),
@@ -575,5 +711,34 @@ mod tests {
         assert!(state.available(None, NOW).is_ok(), "a generated token ends it early");
         apply(&mut state, &result(Outcome::Failed(Failure::ModelLocked)), Some("m"), NOW, &policy);
         assert!(state.available(Some("m"), NOW).is_err() && state.available(Some("n"), NOW).is_ok());
+    }
+
+    #[test]
+    fn apply_keeps_the_highest_usage_fraction_read_last() {
+        let policy = Policy::default();
+        let read = |body: &str| match quota::read(body.as_bytes(), true) {
+            Reading::Usage(usage) => Some(usage),
+            other => panic!("{other:?}"),
+        };
+        let with = |usage| ProbeResult { outcome: Outcome::Good, usage, ..not_probed("") };
+        let mut state = KeyState::default();
+        apply(
+            &mut state,
+            &with(read(r#"{"limits":{"session":{"usage":0.42},"weekly":{"usage":0.9}}}"#)),
+            None,
+            NOW,
+            &policy,
+        );
+        assert_eq!(state.usage_permille, Some(900));
+        apply(&mut state, &with(None), None, NOW, &policy);
+        assert_eq!(state.usage_permille, Some(900), "a probe that read no usage leaves it");
+        apply(&mut state, &with(read(r#"{"limits":{"monthly":{"usage":null}}}"#)), None, NOW, &policy);
+        assert_eq!(state.usage_permille, None, "a plan without limits has none");
+        let spent = ProbeResult {
+            outcome: Outcome::Failed(Failure::Exhausted { until: NOW + 60 }),
+            ..with(read(r#"{"limits":{"monthly":{"usage":1.2}}}"#))
+        };
+        apply(&mut state, &spent, None, NOW, &policy);
+        assert_eq!((state.usage_permille, state.state), (Some(1200), Health::Exhausted));
     }
 }

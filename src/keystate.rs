@@ -1,7 +1,8 @@
 //! What the gateway knows about each upstream key, and how each answer changes it.
 //!
 //! In scope: reading an upstream failure into a [`Failure`] class (revoked, quota spent,
-//! transient, model not in the plan, upstream trouble, the request's own fault), the
+//! transient, busy, model not in the plan, upstream trouble, the request's own fault) by
+//! one table of statuses and Ollama Cloud's wording, when each usage window resets, the
 //! [`KeyState`] each key carries (health, until-when, counters), and when a key may be
 //! used. Pure: the clock is passed in as Unix seconds (read it with [`now`]). The
 //! [`KeyStore`] holds every key's state by key id, shared by all pools and kept across
@@ -9,6 +10,7 @@
 //! (`relay`), keeping states across restarts (`statefile`), probing keys (`health`).
 
 use crate::secret;
+use crate::utc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +63,9 @@ pub enum Failure {
 }
 
 /// Reads an upstream failure. `status` is `None` for a transport failure (connect, timeout,
-/// garbled answer); `message` is the upstream's error text.
+/// garbled answer); `message` is the upstream's error text. The first row of the table
+/// `WORDING` whose status and phrases fit decides; a status no row names is the request's
+/// fault.
 pub fn classify(
     status: Option<u16>,
     message: &str,
@@ -69,29 +73,159 @@ pub fn classify(
     now: u64,
     cooldown_secs: u64,
 ) -> Failure {
+    let Some(status) = status else { return Failure::Trouble };
     let text = message.to_ascii_lowercase();
-    match status {
-        None => Failure::Trouble,
-        Some(401) => Failure::Invalid,
-        Some(429) if text.contains("usage limit") || text.contains("quota") => {
-            let until = match retry_after {
-                Some(secs) => now + secs,
-                None if text.contains("weekly") => next_monday_utc(now),
-                None if text.contains("hourly") => now + HOURLY_WINDOW_SECS,
-                None if text.contains("session") => now + SESSION_WINDOW_SECS,
-                None => now + cooldown_secs,
+    let row = WORDING.iter().find(|row| row.when.admits(status) && row.all.iter().all(|p| text.contains(p)));
+    match row.map(|row| row.class) {
+        None => Failure::Request,
+        Some(Class::Invalid) => Failure::Invalid,
+        Some(Class::Exhausted(window)) => {
+            let until = match (retry_after, window) {
+                (Some(secs), _) => now.saturating_add(secs),
+                (None, Some(window)) => window.resets_after(now),
+                (None, None) => now.saturating_add(cooldown_secs),
             };
             Failure::Exhausted { until }
         }
-        Some(429) => Failure::Transient { retry_after },
-        Some(503) if text.contains("overload") || text.contains("busy") => Failure::Transient { retry_after },
-        Some(403) if text.contains("subscription") => Failure::ModelLocked,
-        Some(402) => Failure::Exhausted { until: retry_after.map_or(now + cooldown_secs, |secs| now + secs) },
-        Some(403) => Failure::Refused,
-        Some(status) if status >= 500 || status == 408 => Failure::Trouble,
-        Some(_) => Failure::Request,
+        Some(Class::Transient) => Failure::Transient { retry_after },
+        Some(Class::Busy) => Failure::Busy,
+        Some(Class::ModelLocked) => Failure::ModelLocked,
+        Some(Class::Refused) => Failure::Refused,
+        Some(Class::Trouble) => Failure::Trouble,
     }
 }
+
+/// Whether `message` names a spent quota (a usage limit, a monthly credit), as a 429 with
+/// it would be read: for errors that arrive without a status of their own (a stream's
+/// error line).
+pub fn names_a_spent_quota(message: &str) -> bool {
+    matches!(classify(Some(429), message, None, 0, 0), Failure::Exhausted { .. })
+}
+
+/// The statuses a row of [`WORDING`] applies to.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    /// Any status (a stream's error line comes as 502, see `relay`).
+    Any,
+    /// This status only.
+    Is(u16),
+    /// This status and every one above it.
+    AtLeast(u16),
+}
+
+impl When {
+    fn admits(self, status: u16) -> bool {
+        match self {
+            When::Any => true,
+            When::Is(want) => status == want,
+            When::AtLeast(low) => status >= low,
+        }
+    }
+}
+
+/// What a row of [`WORDING`] reads a failure as: a [`Failure`] before the clock and
+/// `Retry-After` are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Invalid,
+    /// Spent until this window resets (`None`: no window named, `cooldown_secs`), unless
+    /// `Retry-After` says otherwise.
+    Exhausted(Option<Window>),
+    Transient,
+    Busy,
+    ModelLocked,
+    Refused,
+    Trouble,
+}
+
+/// A usage window of a plan, by when it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// One hour from now.
+    Hourly,
+    /// [`SESSION_WINDOW_SECS`] from now.
+    Session,
+    /// The next Monday 00:00 UTC.
+    Weekly,
+    /// The first day of the next month, 00:00 UTC.
+    Monthly,
+}
+
+impl Window {
+    /// When a window spent at `now` (Unix seconds) is full again, when the upstream does
+    /// not say.
+    pub fn resets_after(self, now: u64) -> u64 {
+        match self {
+            Window::Hourly => now.saturating_add(HOURLY_WINDOW_SECS),
+            Window::Session => now.saturating_add(SESSION_WINDOW_SECS),
+            Window::Weekly => next_monday_utc(now),
+            Window::Monthly => first_of_next_month_utc(now),
+        }
+    }
+}
+
+/// One row of [`WORDING`]: a failure with a status `when` admits, whose lower-cased text
+/// contains every phrase of `all` (an empty `all`: any text), is of `class`.
+struct Row {
+    when: When,
+    all: &'static [&'static str],
+    class: Class,
+}
+
+const fn row(when: When, all: &'static [&'static str], class: Class) -> Row {
+    Row { when, all, class }
+}
+
+/// How upstream failures read, walked top to bottom; the first row that fits decides.
+///
+/// Ollama Cloud's own words, as reported in public bug reports:
+/// - 429 session: "you (ae2055838) have reached your session usage limit, upgrade for
+///   higher limits: https://ollama.com/upgrade" (continuedev/continue#11444), later with
+///   " or add extra usage: https://ollama.com/settings (ref: …)" (Anantys-oss/koan#1862).
+/// - 429 weekly: "you (seppe) have reached your weekly usage limit, upgrade for higher
+///   limits: …" (NousResearch/hermes-agent#68832); "you've reached your weekly usage
+///   limit, please wait or upgrade to continue" (HomericIntelligence/Scylla#346).
+/// - 429 hourly: "you've reached your hourly usage limit, please wait or upgrade to
+///   continue" (continuedev/continue#9233).
+/// - 429 monthly: no report of the wording yet. Plans since 2026-08-31 have a monthly pool
+///   of usage credits instead of the session and weekly caps (slkiser/opencode-quota#289,
+///   fgrehm/pi-ollama-cloud#53); the rows expect it in the same shape as the others
+///   ("monthly usage limit") or naming the credits ("monthly credit").
+/// - 403: "this model requires a subscription, upgrade for access: https://ollama.com/upgrade
+///   (ref: …)" (xtekky/gpt4free#3436, ollama/ollama#15990).
+/// - 503: "Server overloaded, please retry shortly (ref: …)" (ollama/ollama#15934).
+/// - Any status: `{"error":"timed out waiting for a concurrent request slot"}`
+///   (devops-thiago/ThrillhouseBot#838): more requests than the plan's concurrency.
+///
+/// A text naming several windows rests by the first row it fits (weekly, hourly, session,
+/// then monthly), as before the monthly rows existed.
+#[rustfmt::skip]
+const WORDING: &[Row] = &[
+    // A refused key is refused whatever the text says.
+    row(When::Is(401),     &[],                          Class::Invalid),
+    row(When::Any,         &["concurrent request slot"], Class::Busy),
+    row(When::Is(429),     &["weekly", "usage limit"],   Class::Exhausted(Some(Window::Weekly))),
+    row(When::Is(429),     &["weekly", "quota"],         Class::Exhausted(Some(Window::Weekly))),
+    row(When::Is(429),     &["hourly", "usage limit"],   Class::Exhausted(Some(Window::Hourly))),
+    row(When::Is(429),     &["hourly", "quota"],         Class::Exhausted(Some(Window::Hourly))),
+    row(When::Is(429),     &["session", "usage limit"],  Class::Exhausted(Some(Window::Session))),
+    row(When::Is(429),     &["session", "quota"],        Class::Exhausted(Some(Window::Session))),
+    row(When::Is(429),     &["monthly", "usage limit"],  Class::Exhausted(Some(Window::Monthly))),
+    row(When::Is(429),     &["monthly", "quota"],        Class::Exhausted(Some(Window::Monthly))),
+    row(When::Is(429),     &["monthly", "credit"],       Class::Exhausted(Some(Window::Monthly))),
+    row(When::Is(429),     &["usage limit"],             Class::Exhausted(None)),
+    row(When::Is(429),     &["quota"],                   Class::Exhausted(None)),
+    row(When::Is(429),     &[],                          Class::Transient),
+    row(When::Is(503),     &["overload"],                Class::Transient),
+    row(When::Is(503),     &["busy"],                    Class::Transient),
+    row(When::Is(403),     &["subscription"],            Class::ModelLocked),
+    // Payment required: a spent balance, with no window to read.
+    row(When::Is(402),     &[],                          Class::Exhausted(None)),
+    // A content filter or a policy: another key may be let through.
+    row(When::Is(403),     &[],                          Class::Refused),
+    row(When::Is(408),     &[],                          Class::Trouble),
+    row(When::AtLeast(500), &[],                         Class::Trouble),
+];
 
 /// Unix seconds of the next Monday 00:00 UTC after `now` (when weekly limits reset).
 pub fn next_monday_utc(now: u64) -> u64 {
@@ -99,6 +233,14 @@ pub fn next_monday_utc(now: u64) -> u64 {
     // 1970-01-01 was a Thursday: day 0 is weekday 3 when Monday is 0.
     let weekday = (day + 3) % 7;
     (day + 7 - weekday) * 86_400
+}
+
+/// Unix seconds of the first day of the month after the one `now` falls in, 00:00 UTC
+/// (when monthly limits reset); on the first at midnight itself, the first of the next.
+pub fn first_of_next_month_utc(now: u64) -> u64 {
+    let (year, month, _) = utc::civil_from_days(now / 86_400);
+    let (year, month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    utc::days_from_civil(year, month, 1) * 86_400
 }
 
 /// A key's health.
@@ -252,7 +394,19 @@ impl KeyState {
                     self.set(Health::Backoff, Some(now + wait), now);
                 }
             }
-            Failure::Busy => self.set(Health::Backoff, Some(now + BUSY_REST_SECS), now),
+            // No streak and no doubling: the key is fine, only full. A longer rest already
+            // running (a spent quota another request found, an invalid key) stands.
+            Failure::Busy => {
+                let until = now.saturating_add(BUSY_REST_SECS);
+                let resting = match self.state {
+                    Health::Invalid => true,
+                    Health::Exhausted | Health::Backoff => self.until.is_some_and(|u| u >= until),
+                    Health::Healthy => false,
+                };
+                if !resting {
+                    self.set(Health::Backoff, Some(until), now);
+                }
+            }
             Failure::Request | Failure::Refused => {}
         }
     }
@@ -388,8 +542,9 @@ impl KeyStore {
     }
 
     /// Takes in what another process (`ollama-gateway check`) found about the keys in
-    /// `known`: a key's health when its change is at least as recent as ours, and each model
-    /// lock-out at its later end; counters and failure streaks stay this process's.
+    /// `known`: a key's health when its change is at least as recent as ours, each model
+    /// lock-out at its later end, and the usage fraction it read; counters and failure
+    /// streaks stay this process's.
     pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
         let mut states = self.lock();
         for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
@@ -401,6 +556,12 @@ impl KeyStore {
                 ours.until = theirs.until;
                 ours.last_error = theirs.last_error;
                 ours.changed_at = theirs.changed_at;
+            }
+            // A reading carries no date, but the file changed since this process last saved
+            // it: `check` wrote it, with its own readings (a key it read none for keeps the
+            // one this process saved last, seconds ago).
+            if theirs.usage_permille.is_some() {
+                ours.usage_permille = theirs.usage_permille;
             }
             for (model, until) in theirs.model_cooldowns {
                 let mine = ours.model_cooldowns.entry(model).or_insert(until);
@@ -420,9 +581,12 @@ mod tests {
         state.record_failure(&failure, Some("m"), "boom", NOW, &Policy::default());
     }
 
+    fn class(status: Option<u16>, text: &str, retry: Option<u64>) -> Failure {
+        classify(status, text, retry, NOW, 3600)
+    }
+
     #[test]
     fn failure_classes_of_the_table() {
-        let class = |status, text: &str, retry| classify(status, text, retry, NOW, 3600);
         assert_eq!(class(Some(401), "unauthorized", None), Failure::Invalid);
         assert_eq!(
             class(Some(429), "you (x) have reached your session usage limit, upgrade", None),
@@ -456,6 +620,130 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_the_table_keeps_its_classes() {
+        let cooldown = Failure::Exhausted { until: NOW + 3600 };
+        #[rustfmt::skip]
+        let cases = [
+            (Some(429), "weekly quota exceeded", Failure::Exhausted { until: next_monday_utc(NOW) }),
+            (Some(429), "hourly quota exceeded", Failure::Exhausted { until: NOW + HOURLY_WINDOW_SECS }),
+            (Some(429), "session quota exceeded", Failure::Exhausted { until: NOW + SESSION_WINDOW_SECS }),
+            (Some(429), "QUOTA EXCEEDED", cooldown.clone()),
+            // Several windows named: weekly, hourly, session, in that order.
+            (Some(429), "session usage limit; weekly too", Failure::Exhausted { until: next_monday_utc(NOW) }),
+            (Some(429), "weekly", Failure::Transient { retry_after: None }),
+            (Some(503), "server busy", Failure::Transient { retry_after: None }),
+            (Some(503), "service unavailable", Failure::Trouble),
+            (Some(402), "payment required", cooldown),
+            (Some(408), "request timeout", Failure::Trouble),
+            (Some(599), "", Failure::Trouble),
+            (Some(418), "usage limit", Failure::Request),
+            (Some(401), "timed out waiting for a concurrent request slot", Failure::Invalid),
+            (None, "timed out waiting for a concurrent request slot", Failure::Trouble),
+        ];
+        for (status, text, want) in cases {
+            assert_eq!(class(status, text, None), want, "{status:?} {text:?}");
+        }
+        assert_eq!(class(Some(402), "", Some(60)), Failure::Exhausted { until: NOW + 60 });
+    }
+
+    #[test]
+    fn the_table_is_written_in_lower_case() {
+        for row in WORDING {
+            for phrase in row.all {
+                assert_eq!(*phrase, phrase.to_ascii_lowercase(), "the text is lower-cased before matching");
+            }
+        }
+    }
+
+    #[test]
+    fn a_retry_after_too_large_saturates() {
+        let failure = class(Some(429), "session usage limit", Some(u64::MAX));
+        assert_eq!(failure, Failure::Exhausted { until: u64::MAX });
+    }
+
+    // Ollama Cloud's own messages, one test each; where each comes from is in `WORDING`'s doc.
+
+    #[test]
+    fn ollama_cloud_session_limit_rests_five_hours_or_retry_after() {
+        for text in [
+            "you (ae2055838) have reached your session usage limit, upgrade for higher limits: \
+             https://ollama.com/upgrade",
+            "you (atoomic) have reached your session usage limit, upgrade for higher limits: \
+             https://ollama.com/upgrade or add extra usage: https://ollama.com/settings (ref: \
+             5d0fb402-680e-49fb-a261-4de5249a0bda)",
+        ] {
+            assert_eq!(class(Some(429), text, None), Failure::Exhausted { until: NOW + SESSION_WINDOW_SECS });
+            assert_eq!(class(Some(429), text, Some(90)), Failure::Exhausted { until: NOW + 90 });
+            assert!(names_a_spent_quota(text));
+        }
+    }
+
+    #[test]
+    fn ollama_cloud_weekly_limit_rests_until_monday() {
+        for text in [
+            "you (seppe) have reached your weekly usage limit, upgrade for higher limits: \
+             https://ollama.com/upgrade or add extra usage: https://ollama.com/settings (ref: x)",
+            "you've reached your weekly usage limit, please wait or upgrade to continue",
+        ] {
+            assert_eq!(class(Some(429), text, None), Failure::Exhausted { until: next_monday_utc(NOW) });
+            assert!(names_a_spent_quota(text));
+        }
+    }
+
+    #[test]
+    fn ollama_cloud_hourly_limit_rests_an_hour() {
+        let text = "you've reached your hourly usage limit, please wait or upgrade to continue";
+        assert_eq!(class(Some(429), text, None), Failure::Exhausted { until: NOW + HOURLY_WINDOW_SECS });
+    }
+
+    #[test]
+    fn a_monthly_limit_rests_until_the_first_of_next_month() {
+        let december = first_of_next_month_utc(NOW); // 2023-12-01 00:00 UTC
+        assert_eq!(december, 1_701_388_800);
+        for text in [
+            "you (x) have reached your monthly usage limit, upgrade for higher limits: https://ollama.com/upgrade",
+            "you've used all of your monthly credits; add extra usage: https://ollama.com/settings",
+            "Monthly quota exceeded",
+        ] {
+            assert_eq!(class(Some(429), text, None), Failure::Exhausted { until: december }, "{text}");
+            assert_eq!(class(Some(429), text, Some(60)), Failure::Exhausted { until: NOW + 60 }, "{text}");
+            assert!(names_a_spent_quota(text), "{text}");
+        }
+        assert_eq!(class(Some(403), "monthly credit", None), Failure::Refused, "a 429 only");
+    }
+
+    #[test]
+    fn ollama_cloud_subscription_locks_the_model() {
+        for text in [
+            "this model requires a subscription, upgrade for access: https://ollama.com/upgrade \
+             (ref: b7b9f6f9-5486-478e-8050-857feaa13152)",
+            "this model\n      requires a subscription, upgrade for access:",
+        ] {
+            assert_eq!(class(Some(403), text, None), Failure::ModelLocked);
+            assert!(!names_a_spent_quota(text));
+        }
+    }
+
+    #[test]
+    fn ollama_cloud_overload_is_transient() {
+        let text = "Server overloaded, please retry shortly (ref: aaa65c70-cfa0-446b-86f1-4ab0e2deb9e4)";
+        assert_eq!(class(Some(503), text, None), Failure::Transient { retry_after: None });
+        assert_eq!(class(Some(503), text, Some(3)), Failure::Transient { retry_after: Some(3) });
+        assert!(!names_a_spent_quota(text));
+    }
+
+    #[test]
+    fn ollama_cloud_slot_timeout_is_busy_at_any_status() {
+        let text = "timed out waiting for a concurrent request slot";
+        // 502: how `relay` passes on an error line of a 200 stream.
+        for status in [429, 503, 500, 502, 504, 200] {
+            assert_eq!(class(Some(status), text, None), Failure::Busy, "{status}");
+            assert_eq!(class(Some(status), &text.to_uppercase(), Some(9)), Failure::Busy, "{status}");
+        }
+        assert!(!names_a_spent_quota(text), "a full key has quota left");
+    }
+
+    #[test]
     fn next_monday_is_midnight_utc() {
         assert_eq!(next_monday_utc(NOW), 1_700_438_400); // Monday 2023-11-20 00:00 UTC
         assert_eq!(
@@ -464,6 +752,31 @@ mod tests {
             "on Monday itself: the next one"
         );
         assert_eq!(next_monday_utc(1_700_438_399), 1_700_438_400);
+    }
+
+    #[test]
+    fn first_of_next_month_crosses_month_and_year_ends_and_leap_days() {
+        let day = |y, m, d| utc::days_from_civil(y, m, d) * 86_400;
+        #[rustfmt::skip]
+        let cases = [
+            (day(2023, 11, 14) + 80_000, day(2023, 12, 1)),
+            (day(2023, 12, 31) + 86_399, day(2024, 1, 1)),   // the last second of a year
+            (day(2024, 1, 1),            day(2024, 2, 1)),   // on the first itself: the next one
+            (day(2024, 1, 31) + 86_399,  day(2024, 2, 1)),
+            (day(2024, 2, 28),           day(2024, 3, 1)),
+            (day(2024, 2, 29) + 43_200,  day(2024, 3, 1)),   // a leap day
+            (day(2023, 2, 28) + 86_399,  day(2023, 3, 1)),
+            (day(2100, 2, 28),           day(2100, 3, 1)),   // 2100 has no 29 February
+            (day(2000, 2, 29),           day(2000, 3, 1)),   // 2000 has one
+            (day(2024, 4, 30) + 86_399,  day(2024, 5, 1)),
+            (0,                          day(1970, 2, 1)),
+        ];
+        for (now, want) in cases {
+            assert_eq!(first_of_next_month_utc(now), want, "{}", utc::short(now));
+            assert_eq!(utc::civil_from_days(want / 86_400).2, 1, "a first of the month");
+        }
+        assert_eq!(day(2024, 3, 1) - day(2024, 2, 1), 29 * 86_400);
+        assert_eq!(first_of_next_month_utc(1_704_067_199), 1_704_067_200); // 2024-01-01 00:00 UTC
     }
 
     #[test]
@@ -539,6 +852,70 @@ mod tests {
             fail(&mut state, Failure::Request);
         }
         assert_eq!(state, KeyState::default());
+    }
+
+    #[test]
+    fn busy_rests_a_moment_without_a_failure_streak_or_doubling() {
+        let mut state = KeyState::default();
+        for _ in 0..10 {
+            fail(&mut state, Failure::Busy);
+        }
+        assert_eq!((state.consecutive_failures, state.backoff_level), (0, 0), "{state:?}");
+        assert_eq!((state.state, state.until), (Health::Backoff, Some(NOW + BUSY_REST_SECS)));
+        assert_eq!(state.available(None, NOW + BUSY_REST_SECS - 1).unwrap_err().reason, "backing off");
+        assert!(state.available(None, NOW + BUSY_REST_SECS).is_ok());
+        assert_eq!(state.failures, 10, "each counts as a failed request");
+        // Trouble after busy answers counts from zero; a transient 429 starts at 30 s.
+        fail(&mut state, Failure::Trouble);
+        assert_eq!(state.consecutive_failures, 1);
+        fail(&mut state, Failure::Transient { retry_after: None });
+        assert_eq!(state.until, Some(NOW + BACKOFF_START_SECS));
+    }
+
+    #[test]
+    fn busy_keeps_a_streak_and_a_doubling_already_there() {
+        let mut state = KeyState::default();
+        fail(&mut state, Failure::Trouble);
+        fail(&mut state, Failure::Trouble);
+        fail(&mut state, Failure::Busy);
+        assert_eq!(state.consecutive_failures, 2, "not reset either: busy proves nothing");
+        let mut doubled = KeyState::default();
+        fail(&mut doubled, Failure::Transient { retry_after: Some(1) });
+        fail(&mut doubled, Failure::Busy);
+        assert_eq!(doubled.backoff_level, 1);
+    }
+
+    #[test]
+    fn busy_never_shortens_a_longer_rest() {
+        for (before, until) in [
+            (Failure::Exhausted { until: NOW + 3600 }, Some(NOW + 3600)),
+            (Failure::Transient { retry_after: Some(60) }, Some(NOW + 60)),
+            (Failure::Invalid, None),
+        ] {
+            let mut state = KeyState::default();
+            fail(&mut state, before.clone());
+            let health = state.state;
+            fail(&mut state, Failure::Busy);
+            assert_eq!((state.state, state.until), (health, until), "{before:?}");
+        }
+        // A rest shorter than a busy one is lengthened to it.
+        let mut state = KeyState::default();
+        fail(&mut state, Failure::Transient { retry_after: Some(1) });
+        fail(&mut state, Failure::Busy);
+        assert_eq!(state.until, Some(NOW + BUSY_REST_SECS));
+    }
+
+    #[test]
+    fn merging_takes_the_usage_fraction_check_read() {
+        let store = KeyStore::default();
+        let known = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        store.update("a", |s| s.usage_permille = Some(400));
+        store.update("b", |s| s.usage_permille = Some(700));
+        let read = KeyState { usage_permille: Some(910), ..KeyState::default() };
+        let file = BTreeMap::from([("a".to_string(), read), ("b".to_string(), KeyState::default())]);
+        store.merge_newer(file, &known);
+        assert_eq!(store.get("a").usage_permille, Some(910));
+        assert_eq!(store.get("b").usage_permille, Some(700), "no reading: ours stays");
     }
 
     #[test]

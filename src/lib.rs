@@ -15,12 +15,13 @@
 //!    the one model-access check, `api::cors`), over the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (attempt order), [`health`] (probes),
-//!    [`keystate`] (what each key's answers mean, the store of key states), [`statefile`].
+//!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
+//!    answers mean, the store of key states), [`statefile`].
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
-//!    [`auth`] (tokens, scopes), [`secret`].
+//!    [`auth`] (tokens, scopes), [`secret`], [`utc`] (calendar arithmetic).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod keystate;
 pub mod live;
 pub mod pool;
+pub mod quota;
 pub mod relay;
 pub mod secret;
 pub mod server;
@@ -47,4 +49,5 @@ pub mod slots;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;
+pub mod utc;
 pub mod watch;

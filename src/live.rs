@@ -334,7 +334,12 @@ fn recheck_invalid(gateway: &Gateway) {
     }
 }
 
-/// Probes `entries` and records the results in the key store.
+/// Whether a probe of this process has logged that it could not read usage fractions.
+static USAGE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Probes `entries` and records the results in the key store (usage fractions included,
+/// as `check` does). The first usage warning of the process is logged; the same warning
+/// would come again on every probe of every key.
 fn record_probes<'e>(
     gateway: &Gateway,
     entries: &'e [KeyEntry],
@@ -346,6 +351,11 @@ fn record_probes<'e>(
     for (entry, result) in entries.iter().zip(&results) {
         let id = key_id(&entry.base_url, entry.key.as_ref());
         gateway.store.update(&id, |state| health::apply(state, result, Some(&model), now, &policy));
+        if let Some(warning) = &result.warning {
+            if !USAGE_WARNED.swap(true, Ordering::Relaxed) {
+                log::warn!("health check: {}: {warning} (said once per run)", entry.label());
+            }
+        }
     }
     entries.iter().zip(results).collect()
 }

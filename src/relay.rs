@@ -443,9 +443,9 @@ fn first_line_checked(response: UpstreamResponse) -> Result<UpstreamResponse, Up
         (object, serde_json::from_slice::<ErrorProbe>(json))
     {
         // Kept as a body, so it reads like any upstream error; a quota message in the
-        // stream still counts as a spent quota.
+        // stream still counts as a spent quota (read by the same table as a 429's).
         let body = format!("{{\"error\":{}}}", error.get()).into_bytes();
-        let spent = upstream_message(&body).to_ascii_lowercase().contains("usage limit");
+        let spent = keystate::names_a_spent_quota(&upstream_message(&body));
         return Err(UpstreamError::Status { status: if spent { 429 } else { 502 }, body, retry_after: None });
     }
     line.push(b'\n');
@@ -549,8 +549,26 @@ mod tests {
                 other => panic!("{line}: {:?}", other.map(|_| ())),
             }
         }
-        let spent = first(r#"{"error":"you've reached your weekly usage limit"}"#);
-        assert!(matches!(spent, Err(UpstreamError::Status { status: 429, .. })));
+        for spent in
+            [r#"{"error":"you've reached your weekly usage limit"}"#, r#"{"error":"monthly credits spent"}"#]
+        {
+            assert!(matches!(first(spent), Err(UpstreamError::Status { status: 429, .. })), "{spent}");
+        }
+        // A full key is not a spent one: 502, which the table reads as busy.
+        let busy = first(r#"{"error":"timed out waiting for a concurrent request slot"}"#);
+        match busy {
+            Err(UpstreamError::Status { status: 502, body, .. }) => {
+                assert_eq!(
+                    failure_of(
+                        &UpstreamError::Status { status: 502, body, retry_after: None },
+                        0,
+                        &Policy::default()
+                    ),
+                    Failure::Busy
+                )
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
         // Not an error: passed on whole, first line included, for the translator to judge.
         for line in [r#"{"error":null,"done":false}"#, r#"["boom"]"#, "not json", r#"{"message":{}}"#] {
             let mut passed = String::new();

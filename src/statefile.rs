@@ -214,6 +214,7 @@ mod tests {
         healthy.record_success(1_700_000_100);
         healthy.record_usage(12, 34);
         healthy.model_cooldowns.insert("big-model".into(), 1_700_003_600);
+        healthy.usage_permille = Some(910);
         States::from([("b0b0".to_string(), exhausted), ("a1a1".to_string(), healthy)])
     }
 
@@ -230,6 +231,7 @@ mod tests {
         assert_eq!(value["version"], 1);
         assert!(value["saved_at"].as_u64().is_some_and(|t| t > 1_700_000_000), "{text}");
         assert_eq!(value["keys"]["b0b0"]["state"], "exhausted");
+        assert_eq!(value["keys"]["a1a1"]["usage_permille"], 910);
         assert!(text.find("\"a1a1\"") < text.find("\"b0b0\""), "ids sorted:\n{text}");
         assert!(text.contains("\n  \"keys\": {\n"), "pretty-printed:\n{text}");
         // Saving again replaces the file.
@@ -282,6 +284,21 @@ mod tests {
         let Loaded::Read(states) = load(&path) else { panic!("not read") };
         assert_eq!(states["x"].state, Health::Invalid);
         assert_eq!(states["x"].requests, 0);
+    }
+
+    #[test]
+    fn a_file_from_before_usage_fractions_loads_without_them() {
+        let dir = TempDir::new("state-before-usage");
+        let path = dir.0.join("state.json");
+        // As 0.1.0 wrote it, every field but `usage_permille`.
+        let text = r#"{"version": 1, "saved_at": 1700000000, "keys": {"x": {"state": "exhausted",
+            "until": 1700018000, "last_error": "429", "consecutive_failures": 0, "backoff_level": 0,
+            "model_cooldowns": {}, "requests": 3, "successes": 2, "failures": 1, "prompt_tokens": 5,
+            "completion_tokens": 7, "last_used": 1700000000, "changed_at": 1700000000}}}"#;
+        fs::write(&path, text).expect("write test file");
+        let Loaded::Read(states) = load(&path) else { panic!("not read") };
+        assert_eq!((states["x"].state, states["x"].requests), (Health::Exhausted, 3));
+        assert_eq!(states["x"].usage_permille, None);
     }
 
     #[cfg(unix)]

@@ -564,3 +564,20 @@ pub fn ollama(recorded: &Recorded) -> FakeReply {
         _ => FakeReply::Text { status: 404, body: "404 page not found".to_string() },
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Ollama Cloud's account endpoints
+// ---------------------------------------------------------------------------------------
+
+/// An Ollama Cloud `GET /api/usage` answer with `limits` (such as
+/// `{"monthly": {"usage": 1.0}}`), around it the fields a live answer also carries.
+pub fn plan_usage(limits: Value) -> FakeReply {
+    FakeReply::ok(serde_json::json!({
+        "activity": {
+            "cost": "1.68054",
+            "period": {"type": "last_4_weeks", "starting_at": "2023-10-17T00:00:00Z", "ending_at": MODIFIED_AT},
+            "models": [{"name": "kimi-k3", "request_count": 47, "cost": "1.68054"}],
+        },
+        "limits": limits,
+    }))
+}

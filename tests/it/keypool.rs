@@ -10,7 +10,9 @@
 //! at every ~2 s) are bounded polls; tests that need several such waits run their cases on
 //! threads side by side.
 
-use crate::fake::{chat_answer, content_line, dead_url, done_line, Fake, FakeReply, Ndjson, Recorded};
+use crate::fake::{
+    chat_answer, content_line, dead_url, done_line, plan_usage, Fake, FakeReply, Ndjson, Recorded,
+};
 use crate::util::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -31,6 +33,12 @@ const SESSION_LIMIT: &str =
     "you (x) have reached your session usage limit, please wait or upgrade to continue";
 /// The same for the weekly quota.
 const WEEKLY_LIMIT: &str = "you (x) have reached your weekly usage limit, please wait or upgrade to continue";
+/// The same for a plan's monthly credits, in the shape of the others (no public report
+/// of this one's wording yet).
+const MONTHLY_LIMIT: &str =
+    "you (x) have reached your monthly usage limit, upgrade for higher limits: https://ollama.com/upgrade";
+/// What Ollama Cloud answers when a key has as many requests in flight as its plan allows.
+const NO_SLOT: &str = "timed out waiting for a concurrent request slot";
 /// How long "within a few seconds" may take: the gateway looks at files every 2 s.
 const FEW_SECONDS: Duration = Duration::from_secs(6);
 
@@ -41,6 +49,26 @@ const FEW_SECONDS: Duration = Duration::from_secs(6);
 /// Unix seconds now.
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
+}
+
+/// Unix seconds of the first day of the month after `t`'s, 00:00 UTC, counted month by
+/// month from 1970.
+fn first_of_next_month(t: u64) -> u64 {
+    let (mut start, mut year, mut month) = (0, 1970, 1);
+    loop {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        start += days * 86_400;
+        if start > t {
+            return start;
+        }
+        (year, month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    }
 }
 
 /// Unix seconds of the first Monday 00:00 UTC after `t` (1970-01-05 was a Monday).
@@ -228,9 +256,10 @@ fn key_a_rests(row: &str, reply: fn() -> FakeReply, state: &str, expected: fn(u6
 #[test]
 fn a_spent_quota_rests_until_its_window_resets() {
     type Row = (&'static str, fn() -> FakeReply, fn(u64) -> u64, u64);
-    let rows: [Row; 3] = [
+    let rows: [Row; 4] = [
         ("session limit", || FakeReply::error(429, SESSION_LIMIT), |t| t + 5 * 3600, 60),
         ("weekly limit", || FakeReply::error(429, WEEKLY_LIMIT), next_monday, 0),
+        ("monthly limit", || FakeReply::error(429, MONTHLY_LIMIT), first_of_next_month, 0),
         (
             "session limit with Retry-After: 120",
             || FakeReply::error_with(429, SESSION_LIMIT, &[("Retry-After", "120")]),
@@ -255,6 +284,51 @@ fn a_transient_429_or_an_overloaded_503_backs_off_for_thirty_seconds() {
     thread::scope(|scope| {
         for (row, reply) in rows {
             scope.spawn(move || key_a_rests(row, reply, "backoff", |t| t + 30, 2));
+        }
+    });
+}
+
+#[test]
+fn a_busy_key_rests_two_seconds_then_serves_again_without_a_back_off() {
+    // Key A has no free slot for its first request only; as a 429, a 503 or a 200 stream's
+    // error line, the same.
+    type Busy = fn() -> FakeReply;
+    let answers: [(&str, Busy, bool); 3] = [
+        ("429", || FakeReply::error(429, NO_SLOT), false),
+        ("503", || FakeReply::error(503, NO_SLOT), false),
+        ("a stream's error line", || FakeReply::ndjson(&[json!({ "error": NO_SLOT })]), true),
+    ];
+    thread::scope(|scope| {
+        for (how, busy, stream) in answers {
+            scope.spawn(move || {
+                let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                let fake = Fake::start(move |recorded| match key_of(recorded) {
+                    KEY_A if first.swap(false, Ordering::SeqCst) => busy(),
+                    _ if recorded.wants_stream() => {
+                        FakeReply::ndjson(&[content_line("ok"), done_line("stop", 1, 1)])
+                    }
+                    _ => FakeReply::ok(chat_answer("ok")),
+                });
+                let gateway = Gateway::start(&config(""), &keys_on(&fake.url, &[KEY_A, KEY_B]));
+                let ask = || {
+                    let reply = gateway.chat(&chat_body("m", stream));
+                    eqnice!(
+                        200,
+                        reply.status,
+                        "{how}: the client never sees the busy answer: {}",
+                        reply.text
+                    );
+                };
+                let start = Instant::now();
+                ask();
+                eqnice!((1, 1), (chats_with(&fake, KEY_A), chats_with(&fake, KEY_B)), "{how}: failed over");
+                let took = poll(&format!("{how}: key A serves again"), || {
+                    ask();
+                    chats_with(&fake, KEY_A) > 1
+                });
+                assert!(start.elapsed() >= Duration::from_secs(1), "{how}: A rested before serving again");
+                assert!(took < Duration::from_secs(15), "{how}: took {took:?}; a back-off would be 30 s");
+            });
         }
     });
 }
@@ -861,6 +935,106 @@ fn check_probes_with_usage_show_generate_or_version() {
     let keyless = probed("[health]\nprobe = \"show\"\n", "URL\n", ok);
     eqnice!(vec!["/api/version"], paths(&keyless), "a keyless upstream is asked for its version");
     eqnice!(("GET", None), (keyless[0].method.as_str(), keyless[0].authorization()));
+}
+
+/// A fake whose `/api/usage` says [`KEY_A`]'s monthly credits are used up and
+/// [`KEY_B`]'s session and weekly windows are at 42% and 7%, and which answers every chat.
+fn plan_fake() -> Fake {
+    Fake::start(|recorded| match recorded.path.as_str() {
+        "/api/usage" if key_of(recorded) == KEY_A => {
+            plan_usage(json!({"monthly": {"usage": 1.0, "models": []}}))
+        }
+        "/api/usage" => plan_usage(json!({"session": {"usage": 0.42}, "weekly": {"usage": 0.07}})),
+        _ => FakeReply::ok(chat_answer("ok")),
+    })
+}
+
+// The fake is not on ollama.com and nothing makes a test upstream count as Ollama Cloud:
+// an answer in the usage shape (`limits`) is read from any upstream.
+#[test]
+fn check_reports_a_key_whose_monthly_credits_are_used_up_as_exhausted_with_its_fractions() {
+    let fake = plan_fake();
+    let url = &fake.url;
+    let dir = folder(&config(""), &format!("{url}|{KEY_A}\n[team]\n{url}|{KEY_B}\n"));
+    let t0 = now();
+    let out = check(dir.path(), false);
+    let t1 = now();
+    eqnice!(1, out.code, "the default pool has no usable key: {out:#?}");
+    let line_of = |mask: &str| {
+        out.stdout
+            .lines()
+            .find(|line| line.contains(mask))
+            .unwrap_or_else(|| panic!("no {mask}:\n{}", out.stdout))
+    };
+    let (a, b) = (line_of("ka-0…AAAA"), line_of("kb-9…BBBB"));
+    for needle in ["exhausted until ", "00:00Z", "monthly 100%", "monthly used up"] {
+        assert!(a.contains(needle), "key A's row lacks {needle:?}:\n{}", out.stdout);
+    }
+    for needle in [" ok ", "session 42%, weekly 7%"] {
+        assert!(b.contains(needle), "key B's row lacks {needle:?}:\n{}", out.stdout);
+    }
+    assert!(out.stdout.lines().next().is_some_and(|head| head.contains("USAGE")), "{}", out.stdout);
+    assert!(out.stdout.contains("pool 'default': 0 of 1 keys usable: NO USABLE KEY"), "{}", out.stdout);
+    assert!(out.stdout.contains("pool 'team': 1 of 1 keys usable: ok"), "{}", out.stdout);
+    for key in [KEY_A, KEY_B] {
+        assert!(!out.stdout.contains(key) && !out.stderr.contains(key), "a key is printed:\n{out:#?}");
+    }
+
+    let (code, report) = check_json(dir.path());
+    eqnice!(1, code);
+    let keys = report["keys"].as_array().expect("keys");
+    eqjson!(json!({"session": null, "weekly": null, "monthly": 1.0}), keys[0]["usage"].clone());
+    eqjson!(json!({"session": 0.42, "weekly": 0.07, "monthly": null}), keys[1]["usage"].clone());
+    eqnice!(("exhausted", false), (keys[0]["state"].as_str().unwrap_or_default(), keys[0]["usable"] == true));
+    let until = keys[0]["until"].as_u64().unwrap_or_else(|| panic!("no until: {report:#}"));
+    let months = [first_of_next_month(t0), first_of_next_month(now())];
+    assert!(months.contains(&until), "until {until}, not the first of next month {months:?}");
+    eqnice!((Value::Null, Value::Null), (keys[0]["warning"].clone(), keys[1]["warning"].clone()));
+
+    let states = read_states(&dir.path().join("state.json")).expect("check writes the state file");
+    let (a, b) = (&states[key_id(url, KEY_A).as_str()], &states[key_id(url, KEY_B).as_str()]);
+    eqnice!(
+        (json!("exhausted"), json!(1000)),
+        (a["state"].clone(), a["usage_permille"].clone()),
+        "{states:#}"
+    );
+    eqnice!((json!("healthy"), json!(420)), (b["state"].clone(), b["usage_permille"].clone()), "{states:#}");
+    assert!(first_of_next_month(t1) >= until, "{until}");
+}
+
+#[test]
+fn check_warns_of_an_unreadable_usage_answer_without_failing_the_key() {
+    let fake = Fake::start(|recorded| match recorded.path.as_str() {
+        "/api/usage" => FakeReply::ok(json!({"limits": {"monthly": {"usage": "most of it"}}})),
+        _ => FakeReply::ok(chat_answer("ok")),
+    });
+    let dir = folder(&config(""), &keys_on(&fake.url, &[KEY_A]));
+    let (code, report) = check_json(dir.path());
+    eqnice!(0, code, "{report:#}");
+    let key = &report["keys"][0];
+    eqnice!((true, Value::Null), (key["usable"] == true, key["usage"].clone()), "{report:#}");
+    let warning = key["warning"].as_str().unwrap_or_else(|| panic!("no warning: {report:#}"));
+    assert!(warning.contains("usage fractions unknown"), "{warning}");
+    assert!(key["note"].as_str().is_some_and(|note| note.contains("warning:")), "{report:#}");
+}
+
+#[test]
+fn the_background_checker_sets_aside_a_key_whose_monthly_credits_are_used_up() {
+    let fake = plan_fake();
+    let gateway =
+        Gateway::start(&config("[health]\ninterval_secs = 1\n"), &keys_on(&fake.url, &[KEY_A, KEY_B]));
+    gateway.wait_for_log(&["health check: 2 keys probed"]);
+    for _ in 0..4 {
+        completion(&gateway.chat(&chat_body("m", false)));
+    }
+    eqnice!((0, 4), (chats_with(&fake, KEY_A), chats_with(&fake, KEY_B)), "the probe set key A aside");
+    let (a, b) = (key_id(&fake.url, KEY_A), key_id(&fake.url, KEY_B));
+    let states = wait_for_state(&gateway.state_path(), "both keys' usage fractions", |keys| {
+        keys[a.as_str()]["usage_permille"] == 1000 && keys[b.as_str()]["usage_permille"] == 420
+    });
+    eqnice!(json!("exhausted"), states[a.as_str()]["state"], "{states:#}");
+    let until = states[a.as_str()]["until"].as_u64().unwrap_or_default();
+    assert!([first_of_next_month(now()), first_of_next_month(now() - 60)].contains(&until), "{states:#}");
 }
 
 #[test]
