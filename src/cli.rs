@@ -218,11 +218,19 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
     let pools = parsed.pools();
     let mut out =
         format!("{}: {} upstreams in {} pools\n", keys_path.display(), parsed.entries.len(), pools.len());
+    let url_width = parsed.entries.iter().map(|e| e.base_url.len()).max().unwrap_or(0);
     for pool in &pools {
         out.push_str(&format!("[{pool}]\n"));
         for entry in parsed.entries.iter().filter(|e| e.pool == *pool) {
             let key = entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string());
-            out.push_str(&format!("  line {:<4} {key:<12} {}\n", entry.line, entry.base_url));
+            let row = format!(
+                "  line {:<4} {key:<12} {:<url_width$}  {}",
+                entry.line,
+                entry.base_url,
+                show_options(&entry.options)
+            );
+            out.push_str(row.trim_end());
+            out.push('\n');
         }
     }
     for duplicate in &parsed.duplicates {
@@ -239,6 +247,18 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
                 .collect(),
         )),
     }
+}
+
+/// A key's options as `keys` prints them, every one shown (the defaults too), so the
+/// columns line up: `weight=2  max_concurrent=3             name=paid-1`.
+fn show_options(options: &keys::KeyOptions) -> String {
+    let max_concurrent = match options.max_concurrent {
+        None => "(pool's)".to_string(),
+        Some(0) => "0 (no limit)".to_string(),
+        Some(n) => n.to_string(),
+    };
+    let name = options.name.as_deref().map(|name| format!("name={name}")).unwrap_or_default();
+    format!("weight={:<3} max_concurrent={max_concurrent:<12} {name}", options.weight)
 }
 
 /// Serves until a signal stops the process; returns only when it cannot start.
@@ -322,6 +342,20 @@ mod tests {
             parse(&args("--config x.toml"), env),
             Ok(Command::Serve { config: PathBuf::from("x.toml") })
         );
+    }
+
+    #[test]
+    fn keys_shows_every_option_defaults_included() {
+        let named = keys::KeyOptions { weight: 2, max_concurrent: Some(3), name: Some("paid-1".into()) };
+        let unlimited = keys::KeyOptions { max_concurrent: Some(0), ..Default::default() };
+        let cases = [
+            (keys::KeyOptions::default(), "weight=1   max_concurrent=(pool's)"),
+            (named, "weight=2   max_concurrent=3            name=paid-1"),
+            (unlimited, "weight=1   max_concurrent=0 (no limit)"),
+        ];
+        for (options, want) in cases {
+            assert_eq!(show_options(&options).trim_end(), want);
+        }
     }
 
     #[test]
