@@ -20,7 +20,7 @@
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
-//!    [`auth`] (tokens, scopes), [`secret`].
+//!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,6 +36,7 @@ pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod json_cost;
+pub mod keyfile;
 pub mod keys;
 pub mod keystate;
 pub mod live;
