@@ -8,9 +8,9 @@
 //! other, directly or around a loop.
 //!
 //! 1. Process and sockets: [`cli`] (commands, exit codes), [`check`] (`ollama-gateway
-//!    check`), [`server`] (accept loop, a thread per connection, limits, live writing),
-//!    [`live`] (generations, reloads, signals, the housekeeper), [`watch`] (clients that
-//!    leave), [`chunked`] (the live chunked writer).
+//!    check`), [`import`] (`ollama-gateway keys import`), [`server`] (accept loop, a thread
+//!    per connection, limits, live writing), [`live`] (generations, reloads, signals, the
+//!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`), over the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
@@ -35,6 +35,7 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod json_cost;
 pub mod keyfile;
 pub mod keys;
