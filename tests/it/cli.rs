@@ -11,7 +11,7 @@ fn help_lists_the_subcommands() {
     for flag in ["--help", "-h"] {
         let out = run_cli(&[flag], dir.path());
         eqnice!(0, out.code, "{flag}: {out:?}");
-        for word in ["serve", "keys", "token new", "token hash", "--config"] {
+        for word in ["serve", "keys", "keys import", "--validate", "token new", "token hash", "--config"] {
             assert!(out.stdout.contains(word), "{flag} does not mention {word}:\n{}", out.stdout);
         }
     }
