@@ -2,9 +2,11 @@
 //!
 //! Exit codes: 0 on success, 2 on a usage or config error (a bad flag, a bad line in
 //! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
+//! `check` and `keys import` also exit 1 when a key they probed did not work.
 
 use crate::check;
 use crate::config::{Config, ConfigError, Files, DEFAULT_CONFIG_PATH};
+use crate::import::{self, Source};
 use crate::keys;
 use crate::live::{spawn_housekeeper, Live, Signals};
 use crate::secret::{self, sha256};
@@ -23,6 +25,17 @@ ollama-gateway: an OpenAI-compatible gateway in front of Ollama and Ollama Cloud
 Usage:
   ollama-gateway [serve] [--config PATH]     serve the API (the default command)
   ollama-gateway keys [--config PATH]        show how keys.txt was read, keys masked
+  ollama-gateway keys import FILE|- [--pool NAME] [--validate] [--config PATH]
+                                             add the keys listed in FILE (- reads stdin;
+                                             any keys.txt form, options too) to the [NAME]
+                                             section of keys.txt (default: default), except
+                                             those already there or repeated. --validate
+                                             probes each first and adds the good ones and
+                                             the exhausted ones (a spent quota comes back
+                                             by itself); invalid or unreachable keys are
+                                             left out. Exit 0 when every line went in or was
+                                             a duplicate, 1 when a line was bad or a key
+                                             failed, 2 on a usage, config or file error
   ollama-gateway check [--config PATH] [--json]
                                              probe every key, update the state file; exit 0
                                              when every pool has a usable key, 1 when one
@@ -48,6 +61,17 @@ pub enum Command {
     Keys {
         /// Config file path.
         config: PathBuf,
+    },
+    /// Add a list of keys to keys.txt.
+    KeysImport {
+        /// Config file path.
+        config: PathBuf,
+        /// The list to read.
+        source: Source,
+        /// The keys.txt section to add them to.
+        pool: String,
+        /// Probe each key first.
+        validate: bool,
     },
     /// Probe every key and update the state file.
     Check {
@@ -112,6 +136,7 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
             }
             Ok(Command::Check { config: config.unwrap_or_else(default_config), json })
         }
+        "keys" if rest.contains(&"import") => parse_import(&rest, default_config),
         "serve" | "keys" => {
             let config = match rest.as_slice() {
                 [] => default_config(),
@@ -133,6 +158,52 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
         },
         other => Err(format!("unknown command '{other}' (expected serve, keys, check or token)")),
     }
+}
+
+/// `keys import FILE|- [--pool NAME] [--validate] [--config PATH]`, flags in any order;
+/// `rest` is every word after `keys`, `import` included.
+fn parse_import(rest: &[&str], default_config: impl Fn() -> PathBuf) -> Result<Command, String> {
+    let (mut config, mut pool, mut validate, mut source) = (None, None, false, None);
+    let mut words = rest.iter().copied();
+    let mut seen_import = false;
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (word, None),
+        };
+        match flag {
+            "import" if !seen_import => seen_import = true,
+            "--validate" if inline.is_none() => validate = true,
+            "--validate" => return Err("--validate takes no value".to_string()),
+            "--config" | "--pool" => {
+                let Some(value) = inline.or_else(|| words.next()) else {
+                    return Err(format!("{flag} needs a value"));
+                };
+                match flag {
+                    "--config" => config = Some(PathBuf::from(value)),
+                    _ => pool = Some(value.to_string()),
+                }
+            }
+            other if other.starts_with('-') && other != "-" => {
+                return Err(format!("unknown argument '{other}' for 'keys import'"))
+            }
+            list if source.is_some() => {
+                return Err(format!("keys import reads one list; '{list}' would be a second one"))
+            }
+            "-" => source = Some(Source::Stdin),
+            file => source = Some(Source::File(PathBuf::from(file))),
+        }
+    }
+    let Some(source) = source else {
+        return Err("keys import needs the list to read: a FILE, or - for stdin".to_string());
+    };
+    let pool = pool.unwrap_or_else(|| keys::DEFAULT_POOL.to_string());
+    if !keys::is_pool_name(&pool) {
+        return Err(format!(
+            "--pool '{pool}' is not a pool name: use letters, digits, '.', '_' or '-', as in a [section] header"
+        ));
+    }
+    Ok(Command::KeysImport { config: config.unwrap_or_else(default_config), source, pool, validate })
 }
 
 /// Why a command could not do its work: what `main` prints (each line as `error: …`) and
@@ -181,6 +252,9 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::TokenNew { name } => token_new(&name)?,
         Command::Keys { config } => show_keys(&config)?,
         Command::Check { config, json } => return Ok(check::run(&config, json)?),
+        Command::KeysImport { config, source, pool, validate } => {
+            return Ok(import::run(&import::Request { config, source, pool, validate })?)
+        }
         Command::Serve { config } => serve(&config)?,
     }
     Ok(ExitCode::SUCCESS)
@@ -218,11 +292,19 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
     let pools = parsed.pools();
     let mut out =
         format!("{}: {} upstreams in {} pools\n", keys_path.display(), parsed.entries.len(), pools.len());
+    let url_width = parsed.entries.iter().map(|e| e.base_url.len()).max().unwrap_or(0);
     for pool in &pools {
         out.push_str(&format!("[{pool}]\n"));
         for entry in parsed.entries.iter().filter(|e| e.pool == *pool) {
             let key = entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string());
-            out.push_str(&format!("  line {:<4} {key:<12} {}\n", entry.line, entry.base_url));
+            let row = format!(
+                "  line {:<4} {key:<12} {:<url_width$}  {}",
+                entry.line,
+                entry.base_url,
+                show_options(&entry.options)
+            );
+            out.push_str(row.trim_end());
+            out.push('\n');
         }
     }
     for duplicate in &parsed.duplicates {
@@ -239,6 +321,18 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
                 .collect(),
         )),
     }
+}
+
+/// A key's options as `keys` prints them, every one shown (the defaults too), so the
+/// columns line up: `weight=2  max_concurrent=3             name=paid-1`.
+fn show_options(options: &keys::KeyOptions) -> String {
+    let max_concurrent = match options.max_concurrent {
+        None => "(pool's)".to_string(),
+        Some(0) => "0 (no limit)".to_string(),
+        Some(n) => n.to_string(),
+    };
+    let name = options.name.as_deref().map(|name| format!("name={name}")).unwrap_or_default();
+    format!("weight={:<3} max_concurrent={max_concurrent:<12} {name}", options.weight)
 }
 
 /// Serves until a signal stops the process; returns only when it cannot start.
@@ -291,6 +385,14 @@ mod tests {
         text.split_whitespace().map(str::to_string).collect()
     }
 
+    fn import(config: PathBuf, source: Source, pool: &str, validate: bool) -> Command {
+        Command::KeysImport { config, source, pool: pool.into(), validate }
+    }
+
+    fn file(path: &str) -> Source {
+        Source::File(PathBuf::from(path))
+    }
+
     #[test]
     fn commands_and_defaults() {
         let config = |p: &str| PathBuf::from(p);
@@ -303,6 +405,17 @@ mod tests {
             ("check", Command::Check { config: config("config.toml"), json: false }),
             ("check --json --config c.toml", Command::Check { config: config("c.toml"), json: true }),
             ("token new", Command::TokenNew { name: "client".into() }),
+            ("keys import list.txt", import(config("config.toml"), file("list.txt"), "default", false)),
+            (
+                "keys import - --pool cloud --validate --config c.toml",
+                import(config("c.toml"), Source::Stdin, "cloud", true),
+            ),
+            (
+                "keys --config c.toml import --pool=team-b --config=d.toml list.txt",
+                import(config("d.toml"), file("list.txt"), "team-b", false),
+            ),
+            ("keys import --validate import", import(config("config.toml"), file("import"), "default", true)),
+            ("keys import -h", Command::Help),
             ("token new --name laptop", Command::TokenNew { name: "laptop".into() }),
             ("token hash sk-abc", Command::TokenHash { token: "sk-abc".into() }),
             ("--help", Command::Help),
@@ -325,10 +438,44 @@ mod tests {
     }
 
     #[test]
+    fn keys_shows_every_option_defaults_included() {
+        let named = keys::KeyOptions { weight: 2, max_concurrent: Some(3), name: Some("paid-1".into()) };
+        let unlimited = keys::KeyOptions { max_concurrent: Some(0), ..Default::default() };
+        let cases = [
+            (keys::KeyOptions::default(), "weight=1   max_concurrent=(pool's)"),
+            (named, "weight=2   max_concurrent=3            name=paid-1"),
+            (unlimited, "weight=1   max_concurrent=0 (no limit)"),
+        ];
+        for (options, want) in cases {
+            assert_eq!(show_options(&options).trim_end(), want);
+        }
+    }
+
+    #[test]
     fn unknown_words_are_one_line_errors() {
         for line in ["frobnicate", "--verbose", "serve --port 1", "token", "token mint", "keys --config"] {
             let err = parse(&args(line), None).expect_err(line);
             assert!(!err.contains('\n') && !err.is_empty(), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_import_arguments_that_cannot_work_say_why() {
+        let cases = [
+            ("keys import", "needs the list to read: a FILE, or - for stdin"),
+            ("keys import --validate", "needs the list to read"),
+            ("keys import a.txt b.txt", "'b.txt' would be a second one"),
+            ("keys import - -", "'-' would be a second one"),
+            ("keys import a.txt --pool", "--pool needs a value"),
+            ("keys import a.txt --config", "--config needs a value"),
+            ("keys import a.txt --pool team/b", "--pool 'team/b' is not a pool name"),
+            ("keys import a.txt --pool=", "--pool '' is not a pool name"),
+            ("keys import a.txt --force", "unknown argument '--force' for 'keys import'"),
+            ("keys import a.txt --validate=yes", "--validate takes no value"),
+        ];
+        for (line, want) in cases {
+            let err = parse(&args(line), None).expect_err(line);
+            assert!(err.contains(want) && !err.contains('\n'), "{line}: {err}");
         }
     }
 }

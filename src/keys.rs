@@ -11,7 +11,10 @@
 //! Accepted forms: `KEY`, `URL`, `URL|KEY`, `KEY|URL`, `URL#KEY`, `KEY#URL`, `URL/KEY` (when
 //! the last path segment looks like a key) and the account export
 //! `EMAIL----PASSWORD----SESSION----KEY`. A bare key or an account export uses the default
-//! base URL; a bare URL is a keyless upstream such as a self-hosted Ollama.
+//! base URL; a bare URL is a keyless upstream such as a self-hosted Ollama. Options follow
+//! the entry after whitespace, as `NAME=VALUE` words ([`KeyOptions`]): `weight=2`,
+//! `max_concurrent=3`, `name=paid-1`. An entry never holds whitespace, so the first word
+//! of a line is always the entry and every later word an option.
 
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -31,6 +34,17 @@ const MIN_PATH_KEY_LEN: usize = 20;
 /// The accepted forms, quoted in errors for lines that fit none of them.
 const FORMS: &str = "accepted forms: KEY, URL, URL|KEY, KEY|URL, URL#KEY, KEY#URL, URL/KEY, \
                      EMAIL----PASSWORD----SESSION----KEY, or a [pool] header";
+
+/// The options a line may carry after its entry, quoted in errors about options.
+const OPTIONS: &str = "accepted options, each at most once, after the key and a space: weight=N (a whole \
+                       number, 1 or more), max_concurrent=N (a whole number; 0 for no limit), \
+                       name=LABEL (1 to 64 letters, digits, `-`, `_`, `.`, `:` or `@`)";
+
+/// The longest `name=` label.
+const MAX_NAME_LEN: usize = 64;
+
+/// A `name=` label may not share a run this long with its key: it is printed in logs.
+const NAME_KEY_OVERLAP: usize = MIN_KEY_LEN;
 
 /// One upstream from the keys file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +82,13 @@ impl Default for KeyOptions {
 
 impl KeyEntry {
     /// A masked description for logs and the CLI, like `abcd…wxyz @ https://ollama.com`
-    /// or `(no key) @ http://127.0.0.1:11434`.
+    /// or `(no key) @ http://127.0.0.1:11434`; the line's `name=` instead of the key when
+    /// it has one, like `paid-1 @ https://ollama.com`.
     pub fn label(&self) -> String {
-        match &self.key {
-            Some(key) => format!("{} @ {}", key.mask(), self.base_url),
-            None => format!("(no key) @ {}", self.base_url),
+        match (&self.options.name, &self.key) {
+            (Some(name), _) => format!("{name} @ {}", self.base_url),
+            (None, Some(key)) => format!("{} @ {}", key.mask(), self.base_url),
+            (None, None) => format!("(no key) @ {}", self.base_url),
         }
     }
 }
@@ -157,7 +173,14 @@ enum Form {
 enum Line {
     Blank,
     Header(String),
-    Entry { base_url: String, key: Option<Secret>, form: Form },
+    Entry { base_url: String, key: Option<Secret>, form: Form, options: KeyOptions },
+}
+
+impl Line {
+    /// An entry without options; [`parse_line`] reads them afterwards.
+    fn entry(base_url: String, key: Option<Secret>, form: Form) -> Line {
+        Line::Entry { base_url, key, form, options: KeyOptions::default() }
+    }
 }
 
 /// Reads a keys file from `reader`, reporting every bad line instead of stopping at one.
@@ -204,7 +227,7 @@ pub fn parse(mut reader: impl BufRead, default_base_url: &str) -> ParsedKeys {
         match parse_line(text, &default) {
             Ok(Line::Blank) => {}
             Ok(Line::Header(name)) => pool = Some(name),
-            Ok(Line::Entry { base_url, key, .. }) => {
+            Ok(Line::Entry { base_url, key, options, .. }) => {
                 // Entries under a bad header are dropped: guessing their pool could hand one
                 // user's keys to another. The header's own error says so.
                 let Some(pool) = &pool else { continue };
@@ -214,13 +237,7 @@ pub fn parse(mut reader: impl BufRead, default_base_url: &str) -> ParsedKeys {
                     continue;
                 }
                 seen.insert(id, number);
-                parsed.entries.push(KeyEntry {
-                    pool: pool.clone(),
-                    base_url,
-                    key,
-                    line: number,
-                    options: KeyOptions::default(),
-                });
+                parsed.entries.push(KeyEntry { pool: pool.clone(), base_url, key, line: number, options });
             }
             Err(message) => {
                 if text.trim_start().starts_with('[') {
@@ -315,12 +332,33 @@ fn parse_line(text: &str, default: &Result<String, String>) -> Result<Line, Stri
     if let Some(rest) = text.strip_prefix('[') {
         return parse_header(rest).map(Line::Header);
     }
-    if text.chars().any(char::is_whitespace) {
+    let mut words = text.split_whitespace();
+    let entry = words.next().unwrap_or_default();
+    let options: Vec<&str> = words.collect();
+    // A later word without `=` is not an option: most likely a key or URL split by a space.
+    if let Some(word) = options.iter().find(|word| !word.contains('=')) {
+        if let Some(option) = option_named(word) {
+            return Err(format!("option {option} needs a value, like {option}=2; {OPTIONS}"));
+        }
+        // Next to options, the word is more likely a broken option than a broken key.
+        let accepted = match options.iter().any(|word| word.contains('=')) {
+            true => OPTIONS,
+            false => FORMS,
+        };
         return Err(format!(
             "whitespace inside the entry; a key or URL never contains spaces (to add a comment, \
-             put it after a space and `#`); {FORMS}"
+             put it after a space and `#`; options are NAME=VALUE words after the key); {accepted}"
         ));
     }
+    let mut line = parse_entry(entry, default)?;
+    if let Line::Entry { key, options: slot, .. } = &mut line {
+        *slot = parse_options(&options, key.as_ref())?;
+    }
+    Ok(line)
+}
+
+/// Parses the entry word of a line: a key, a URL, or both.
+fn parse_entry(text: &str, default: &Result<String, String>) -> Result<Line, String> {
     if text.contains("----") && !is_url(text) {
         return parse_account_export(text, default);
     }
@@ -333,7 +371,85 @@ fn parse_line(text: &str, default: &Result<String, String>) -> Result<Line, Stri
         return parse_url(text);
     }
     let key = check_key(text).map_err(|why| format!("{why}; {FORMS}"))?;
-    Ok(Line::Entry { base_url: default.clone()?, key: Some(key), form: Form::Key })
+    Ok(Line::entry(default.clone()?, Some(key), Form::Key))
+}
+
+/// The option a word names, when it is one of ours (`weight`, `max_concurrent`, `name`).
+fn option_named(word: &str) -> Option<&'static str> {
+    ["weight", "max_concurrent", "name"].into_iter().find(|name| *name == word)
+}
+
+/// Reads the `NAME=VALUE` words after an entry. Values are never quoted in errors: a word
+/// that is not an option may well be a second key.
+fn parse_options(words: &[&str], key: Option<&Secret>) -> Result<KeyOptions, String> {
+    let mut options = KeyOptions::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for word in words {
+        let (name, value) = word.split_once('=').unwrap_or((word, ""));
+        let Some(option) = option_named(name) else {
+            // An option-like name is shown, to point at the typo; anything else may be a key.
+            let shown = match name.len() <= 20 && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                true if !name.is_empty() => format!(" `{name}`"),
+                _ => String::new(),
+            };
+            return Err(format!("unknown option{shown}; {OPTIONS}"));
+        };
+        if seen.contains(&option) {
+            return Err(format!("option {option} is given twice; give each option once; {OPTIONS}"));
+        }
+        seen.push(option);
+        match option {
+            "weight" => options.weight = whole_number(option, value, 1)?,
+            "max_concurrent" => options.max_concurrent = Some(whole_number(option, value, 0)?),
+            _ => options.name = Some(check_name(value, key)?),
+        }
+    }
+    Ok(options)
+}
+
+/// A `weight=` or `max_concurrent=` value: ASCII digits, at least `min`.
+fn whole_number(option: &str, value: &str, min: u32) -> Result<u32, String> {
+    let expected = match min {
+        0 => format!("{option} must be a whole number, 0 for no limit, like {option}=4"),
+        _ => format!("{option} must be a whole number of at least {min}, like {option}=2"),
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{expected}; {OPTIONS}"));
+    }
+    match value.parse::<u32>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(format!("{expected}; {OPTIONS}")),
+        Err(_) => Err(format!("{option} is too large (at most {}); {OPTIONS}", u32::MAX)),
+    }
+}
+
+/// A `name=` label: short, plain, and not a copy of (part of) the key it stands for,
+/// since logs print it in place of the masked key.
+fn check_name(value: &str, key: Option<&Secret>) -> Result<String, String> {
+    if value.is_empty() {
+        return Err(format!("name is empty; write a label such as name=paid-1; {OPTIONS}"));
+    }
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@')) {
+        return Err(format!(
+            "name holds a character other than letters, digits, `-`, `_`, `.`, `:` or `@`; {OPTIONS}"
+        ));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(format!("name is {} characters long, more than {MAX_NAME_LEN}; {OPTIONS}", value.len()));
+    }
+    if let Some(key) = key {
+        let key = key.expose();
+        // Only ASCII reaches here, so byte windows are character windows.
+        let repeats = value.len() >= NAME_KEY_OVERLAP
+            && (0..=value.len() - NAME_KEY_OVERLAP).any(|i| key.contains(&value[i..i + NAME_KEY_OVERLAP]));
+        if repeats {
+            return Err(format!(
+                "name repeats {NAME_KEY_OVERLAP} or more characters of the key, and names are printed in \
+                 logs in place of the masked key; pick a label such as name=paid-1; {OPTIONS}"
+            ));
+        }
+    }
+    Ok(value.to_string())
 }
 
 /// Parses what follows the `[` of a section header.
@@ -348,7 +464,7 @@ fn parse_header(rest: &str) -> Result<String, String> {
              own; {IGNORED}"
         ));
     }
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !is_pool_name(name) {
         return Err(format!(
             "invalid pool name in section header; names are one or more letters, digits, `.`, \
              `_` or `-`, like [team-b]; {IGNORED}"
@@ -357,13 +473,47 @@ fn parse_header(rest: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// Whether `name` may name a pool: one or more ASCII letters, digits, `.`, `_` or `-`.
+pub fn is_pool_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The pool a line starts, when it is a valid `[name]` header (a comment may follow it).
+pub fn header_name(text: &str) -> Option<String> {
+    parse_header(strip_comment(text).strip_prefix('[')?).ok()
+}
+
+/// A line holding an entry as `ollama-gateway keys import` writes it into keys.txt: the
+/// entry as written, its options, its comment, single-spaced; an account export is
+/// reduced to its key, since the gateway never uses the email, password or session and
+/// keys.txt need not hold them (both forms use the default base URL). `None` for a line
+/// without an entry.
+pub fn import_form(text: &str) -> Option<String> {
+    let text = text.trim_start_matches('\u{feff}').trim();
+    let body = strip_comment(text);
+    let comment = text[body.len()..].trim();
+    let mut words = body.split_whitespace();
+    let entry = words.next().filter(|word| !word.starts_with('['))?;
+    // A key starting with `[` would read as a header on a line of its own: keep the export.
+    let key = entry.rsplit("----").next().filter(|key| !key.starts_with('['));
+    let entry = match key {
+        Some(key) if entry.contains("----") && !is_url(entry) => key,
+        _ => entry,
+    };
+    let mut line: Vec<&str> = std::iter::once(entry).chain(words).collect();
+    if !comment.is_empty() {
+        line.push(comment);
+    }
+    Some(line.join(" "))
+}
+
 /// `EMAIL----PASSWORD----SESSION----KEY` with any number of fields: the key is the last.
 fn parse_account_export(text: &str, default: &Result<String, String>) -> Result<Line, String> {
     let last = text.rsplit("----").next().unwrap_or("");
     let key = check_key(last).map_err(|why| {
         format!("account export (EMAIL----PASSWORD----SESSION----KEY): the last field is the key, but {why}")
     })?;
-    Ok(Line::Entry { base_url: default.clone()?, key: Some(key), form: Form::AccountExport })
+    Ok(Line::entry(default.clone()?, Some(key), Form::AccountExport))
 }
 
 /// `URL|KEY`, `KEY|URL`, `URL#KEY` or `KEY#URL`.
@@ -392,7 +542,7 @@ fn parse_pair(text: &str, separator: char) -> Result<Line, String> {
         format!("the URL side of `{separator}` is not a valid http(s) URL with a host; {expected}")
     })?;
     let key = check_key(key).map_err(|why| format!("{why}; {expected}"))?;
-    Ok(Line::Entry { base_url, key: Some(key), form })
+    Ok(Line::entry(base_url, Some(key), form))
 }
 
 /// A bare URL: `URL/KEY` when the last path segment looks like a key, otherwise keyless.
@@ -404,11 +554,11 @@ fn parse_url(text: &str) -> Result<Line, String> {
         if looks_like_path_key(segment) && is_url(base) {
             let base_url = normalise_base_url(base).ok_or_else(invalid)?;
             let key = check_key(segment)?;
-            return Ok(Line::Entry { base_url, key: Some(key), form: Form::UrlSlashKey });
+            return Ok(Line::entry(base_url, Some(key), Form::UrlSlashKey));
         }
     }
     let base_url = normalise_base_url(text).ok_or_else(invalid)?;
-    Ok(Line::Entry { base_url, key: None, form: Form::Url })
+    Ok(Line::entry(base_url, None, Form::Url))
 }
 
 /// Whether a last URL path segment is a key rather than part of the base URL.
@@ -462,7 +612,7 @@ mod tests {
     }
 
     fn entry(url: &str, key: Option<&str>, form: Form) -> Result<Line, String> {
-        Ok(Line::Entry { base_url: url.to_string(), key: key.map(Secret::new), form })
+        Ok(Line::entry(url.to_string(), key.map(Secret::new), form))
     }
 
     #[test]
@@ -719,6 +869,201 @@ mod tests {
         assert_eq!(labels, ["0123…fake @ https://ollama.com", "(no key) @ http://127.0.0.1:11434"]);
     }
 
+    /// An entry with options.
+    fn with(url: &str, key: Option<&str>, form: Form, options: KeyOptions) -> Result<Line, String> {
+        Ok(Line::Entry { base_url: url.to_string(), key: key.map(Secret::new), form, options })
+    }
+
+    fn opts(weight: u32, max_concurrent: Option<u32>, name: Option<&str>) -> KeyOptions {
+        KeyOptions { weight, max_concurrent, name: name.map(str::to_string) }
+    }
+
+    #[test]
+    fn options_follow_the_entry_in_every_form() {
+        let k = KEY;
+        let cases: Vec<(String, Result<Line, String>)> = vec![
+            (format!("{k} weight=2"), with(CLOUD, Some(k), Form::Key, opts(2, None, None))),
+            (
+                format!("https://ollama.com|{k} max_concurrent=3 name=paid-1"),
+                with(CLOUD, Some(k), Form::UrlPipeKey, opts(1, Some(3), Some("paid-1"))),
+            ),
+            (
+                "http://10.0.0.5:11434 name=nas".into(),
+                with("http://10.0.0.5:11434", None, Form::Url, opts(1, None, Some("nas"))),
+            ),
+            (
+                format!("me@x.com----pw----sess----{k} name=x"),
+                with(CLOUD, Some(k), Form::AccountExport, opts(1, None, Some("x"))),
+            ),
+            (format!("{k} max_concurrent=0"), with(CLOUD, Some(k), Form::Key, opts(1, Some(0), None))),
+            // Any whitespace separates; the order of options is free; a comment still ends the line.
+            (
+                format!("  {k}\tname=a.b:c@d_E-9   weight=10 # paid, shared"),
+                with(CLOUD, Some(k), Form::Key, opts(10, None, Some("a.b:c@d_E-9"))),
+            ),
+            (
+                format!("{k}#https://ollama.com weight=1"),
+                with(CLOUD, Some(k), Form::KeyHashUrl, opts(1, None, None)),
+            ),
+            (format!("{k} weight=4294967295"), with(CLOUD, Some(k), Form::Key, opts(u32::MAX, None, None))),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(line(&text), expected, "line: {text:?}");
+        }
+    }
+
+    #[test]
+    fn parse_hands_the_options_to_the_entries() {
+        let text = format!("{KEY} weight=2 name=main\n[local]\nhttp://h:1 max_concurrent=0\n");
+        let parsed = parse_str(&text, CLOUD);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let options: Vec<&KeyOptions> = parsed.entries.iter().map(|e| &e.options).collect();
+        assert_eq!(options, [&opts(2, None, Some("main")), &opts(1, Some(0), None)]);
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong_and_list_the_accepted_ones() {
+        let k = KEY;
+        let long = "n".repeat(65);
+        let cases = [
+            (format!("{k} weight=0"), "weight must be a whole number of at least 1"),
+            (format!("{k} weight=-1"), "weight must be a whole number of at least 1"),
+            (format!("{k} weight=+2"), "weight must be a whole number"),
+            (format!("{k} weight=1.5"), "weight must be a whole number"),
+            (format!("{k} weight="), "weight must be a whole number"),
+            (format!("{k} weight=4294967296"), "weight is too large"),
+            (format!("{k} max_concurrent=-1"), "max_concurrent must be a whole number, 0 for no limit"),
+            (format!("{k} max_concurrent=lots"), "max_concurrent must be a whole number"),
+            (format!("{k} name="), "name is empty"),
+            (format!("{k} name=paid/1"), "name holds a character other than"),
+            (format!("{k} name=é"), "name holds a character other than"),
+            (format!("{k} name={long}"), "name is 65 characters long, more than 64"),
+            (format!("{k} name=x-0123456789abcdef"), "name repeats 8 or more characters of the key"),
+            (format!("{k} name={k}"), "name repeats 8 or more characters of the key"),
+            (format!("{k} weigth=2"), "unknown option `weigth`"),
+            (format!("{k} label=paid"), "unknown option `label`"),
+            (format!("{k} =2"), "unknown option;"),
+            (format!("{k} weight=1 weight=2"), "option weight is given twice"),
+            (format!("{k} name=a max_concurrent=1 name=b"), "option name is given twice"),
+            (format!("{k} weight"), "option weight needs a value, like weight=2"),
+            (format!("{k} max_concurrent"), "option max_concurrent needs a value"),
+            (format!("{k} weight=2 extra"), "whitespace inside the entry"),
+            // A `#` inside a word is no comment: it is part of the value.
+            (format!("https://ollama.com#{k} weight=3#x"), "weight must be a whole number"),
+        ];
+        for (text, expected) in cases {
+            match line(&text) {
+                Err(message) => {
+                    assert!(message.contains(expected), "line {text:?}: got {message:?}");
+                    assert!(message.contains("accepted options"), "line {text:?}: got {message:?}");
+                }
+                Ok(got) => panic!("line {text:?} parsed as {got:?}, expected an error"),
+            }
+        }
+        // A keyless upstream has no key for its name to repeat.
+        assert!(line("http://h:1 name=0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn option_errors_never_contain_the_raw_key() {
+        let k = "sk0123456789abcdefSECRETPART";
+        let lines = [
+            format!("{k} name={k}"),
+            format!("{k} {k}=x"),
+            format!("{k} x={k}"),
+            format!("{k} weight={k}"),
+            format!("{k} max_concurrent={k}"),
+            format!("https://ollama.com|{k} name=SECRETPART-0123456789"),
+            format!("{k} {k}"),
+        ];
+        let parsed = parse_str(&lines.join("\n"), CLOUD);
+        assert_eq!(parsed.errors.len(), lines.len(), "{:?}", parsed.errors);
+        for error in &parsed.errors {
+            let shown = error.to_string();
+            assert!(!shown.contains("SECRETPART") && !shown.contains("0123456789"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn duplicates_ignore_options() {
+        let text = format!("{KEY} weight=2\n{KEY} name=again\nhttp://h:1 name=a\nhttp://h:1/api name=b\n");
+        let parsed = parse_str(&text, CLOUD);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let dropped: Vec<(usize, usize)> = parsed.duplicates.iter().map(|d| (d.line, d.first_line)).collect();
+        assert_eq!(dropped, [(2, 1), (4, 3)]);
+        assert_eq!(parsed.entries[0].options, opts(2, None, None), "the first line's options win");
+    }
+
+    #[test]
+    fn a_name_replaces_the_masked_key_in_labels() {
+        let text = format!(
+            "https://ollama.com|{KEY} max_concurrent=3 name=paid-1\nhttp://10.0.0.5:11434 name=nas\n{KEY}x"
+        );
+        let parsed = parse_str(&text, CLOUD);
+        let labels: Vec<String> = parsed.entries.iter().map(KeyEntry::label).collect();
+        assert_eq!(
+            labels,
+            ["paid-1 @ https://ollama.com", "nas @ http://10.0.0.5:11434", "0123…akex @ https://ollama.com"]
+        );
+    }
+
+    #[test]
+    fn import_form_keeps_the_entry_options_and_comment_and_drops_account_fields() {
+        let k = KEY;
+        let cases = [
+            (format!("  {k}  "), Some(k.to_string())),
+            (
+                format!("\u{feff}{k}\tweight=2   name=a # main  account\r\n"),
+                Some(format!("{k} weight=2 name=a # main  account")),
+            ),
+            (
+                format!("https://ollama.com|{k} max_concurrent=3"),
+                Some(format!("https://ollama.com|{k} max_concurrent=3")),
+            ),
+            (format!("https://ollama.com#{k} # c"), Some(format!("https://ollama.com#{k} # c"))),
+            (format!("me@x.com----p#w|x----sess----{k} name=x"), Some(format!("{k} name=x"))),
+            (
+                "me@x.com----pw----s----[abcdefghij".to_string(),
+                Some("me@x.com----pw----s----[abcdefghij".into()),
+            ),
+            ("http://h:11434/api/ name=nas".to_string(), Some("http://h:11434/api/ name=nas".into())),
+            ("# comment".to_string(), None),
+            ("   ".to_string(), None),
+            ("[cloud]".to_string(), None),
+        ];
+        for (text, expected) in cases {
+            let got = import_form(&text);
+            assert_eq!(got, expected, "{text:?}");
+            // What import writes means what was read: same URL, key and options.
+            if let Some(written) = got {
+                let read = line(text.trim_start_matches('\u{feff}')).map(strip_form);
+                assert_eq!(line(&written).map(strip_form), read, "{text:?}");
+            }
+        }
+    }
+
+    /// A parsed line without its form, to compare lines written in different forms.
+    fn strip_form(line: Line) -> Line {
+        match line {
+            Line::Entry { base_url, key, options, .. } => {
+                Line::Entry { base_url, key, form: Form::Key, options }
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn headers_and_pool_names() {
+        assert_eq!(header_name("[cloud]").as_deref(), Some("cloud"));
+        assert_eq!(header_name("  [team-b.1] # the second team").as_deref(), Some("team-b.1"));
+        for text in ["[a b]", "[]", "[x", "cloud", "# [cloud]", "[x]y"] {
+            assert_eq!(header_name(text), None, "{text:?}");
+        }
+        for (name, ok) in [("default", true), ("a.b_c-9", true), ("", false), ("a b", false), ("ü", false)] {
+            assert_eq!(is_pool_name(name), ok, "{name:?}");
+        }
+    }
+
     #[test]
     fn load_reads_a_file_and_passes_open_errors_through() {
         let path = std::env::temp_dir().join(format!("ollama-gateway-keys-{}.txt", std::process::id()));
@@ -751,6 +1096,9 @@ mod tests {
         for form in [Key, Url, UrlPipeKey, KeyPipeUrl, UrlHashKey, KeyHashUrl, UrlSlashKey, AccountExport] {
             assert!(forms.contains(&form), "keys.example.txt has no {form:?} line");
         }
+        let options = |e: &&KeyEntry| e.options.weight > 1 && e.options.max_concurrent.is_some();
+        let shown = parsed.entries.iter().find(options).and_then(|e| e.options.name.as_deref());
+        assert_eq!(shown, Some("paid-1"), "keys.example.txt shows every option on one line");
     }
 
     #[test]

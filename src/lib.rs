@@ -8,20 +8,22 @@
 //! other, directly or around a loop.
 //!
 //! 1. Process and sockets: [`cli`] (commands, exit codes), [`check`] (`ollama-gateway
-//!    check`), [`server`] (accept loop, a thread per connection, limits, live writing),
-//!    [`live`] (generations, reloads, signals, the housekeeper), [`watch`] (clients that
-//!    leave), [`chunked`] (the live chunked writer).
+//!    check`), [`import`] (`ollama-gateway keys import`), [`server`] (accept loop, a thread
+//!    per connection, limits, live writing), [`live`] (generations, reloads, signals, the
+//!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`), over the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
-//!    (trying keys until one answers), [`pool`] (attempt order), [`health`] (probes),
+//!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
+//!    per key, the line of waiters), [`health`] (probes),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
 //!    answers mean, the store of key states), [`statefile`].
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
-//!    [`auth`] (tokens, scopes), [`secret`], [`utc`] (calendar arithmetic).
+//!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`],
+//!    [`utc`] (calendar arithmetic).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -36,7 +38,9 @@ pub mod error;
 pub mod gateway;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod json_cost;
+pub mod keyfile;
 pub mod keys;
 pub mod keystate;
 pub mod live;

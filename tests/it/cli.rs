@@ -1,6 +1,6 @@
 //! The command line: `--help`, `--version`, bad arguments (exit 2, one line), `token new`
-//! and `token hash`, `keys` (masked keys, line numbers, bad lines), and `serve` refusing a
-//! bad config with the file, line and key named.
+//! and `token hash`, `keys` (masked keys, line numbers, options, bad lines), and `serve`
+//! refusing a bad config with the file, line and key named.
 
 use crate::fake::{healthy, Fake};
 use crate::util::*;
@@ -11,7 +11,7 @@ fn help_lists_the_subcommands() {
     for flag in ["--help", "-h"] {
         let out = run_cli(&[flag], dir.path());
         eqnice!(0, out.code, "{flag}: {out:?}");
-        for word in ["serve", "keys", "token new", "token hash", "--config"] {
+        for word in ["serve", "keys", "keys import", "--validate", "token new", "token hash", "--config"] {
             assert!(out.stdout.contains(word), "{flag} does not mention {word}:\n{}", out.stdout);
         }
     }
@@ -117,6 +117,43 @@ fn keys_shows_pools_with_masked_keys_and_line_numbers() {
     ] {
         let shown = line_of(mask);
         assert!(shown.contains(line) && shown.contains(url), "{mask}: {shown:?}");
+    }
+    for key in [KEY_A, KEY_B] {
+        assert!(!out.stdout.contains(key) && !out.stderr.contains(key), "a whole key is printed:\n{out:?}");
+    }
+}
+
+#[test]
+fn keys_shows_each_keys_options_and_names_bad_ones() {
+    let dir = TempDir::new();
+    let config = dir.write("config.toml", "");
+    dir.write(
+        "keys.txt",
+        &format!(
+            "http://127.0.0.1:9|{KEY_A} weight=2 max_concurrent=3 name=paid-1\n\
+             http://127.0.0.1:10 max_concurrent=0 # the NAS\n\
+             http://127.0.0.1:9|{KEY_B}\n"
+        ),
+    );
+    let out = run_cli(&["keys", "--config", config.to_str().unwrap()], dir.path());
+    eqnice!(0, out.code, "{out:?}");
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.trim_start().starts_with("line ")).collect();
+    eqnice!(3, rows.len(), "{}", out.stdout);
+    for (row, want) in rows.iter().zip([
+        ["ka-0…AAAA", "weight=2", "max_concurrent=3", "name=paid-1"],
+        ["(no key)", "weight=1", "max_concurrent=0 (no limit)", ""],
+        ["kb-9…BBBB", "weight=1", "max_concurrent=(pool's)", ""],
+    ]) {
+        assert!(want.iter().all(|w| row.contains(w)), "{want:?} in {row:?}");
+    }
+
+    dir.write("keys.txt", &format!("{KEY_A} weight=0\n{KEY_B} name={KEY_B}\n{KEY_A} colour=red\n"));
+    let out = run_cli(&["keys", "--config", config.to_str().unwrap()], dir.path());
+    eqnice!(2, out.code, "{out:?}");
+    for (line, what) in [(1, "weight must be"), (2, "name repeats"), (3, "unknown option `colour`")] {
+        let shown = out.stderr.lines().find(|l| l.contains(&format!("keys.txt:{line}:")));
+        let shown = shown.unwrap_or_else(|| panic!("no keys.txt:{line}: in\n{}", out.stderr));
+        assert!(shown.contains(what) && shown.contains("accepted options"), "{shown}");
     }
     for key in [KEY_A, KEY_B] {
         assert!(!out.stdout.contains(key) && !out.stderr.contains(key), "a whole key is printed:\n{out:?}");

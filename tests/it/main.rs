@@ -25,6 +25,8 @@ mod failover;
 mod validation;
 // The command line: help, version, token, keys, and config errors at start-up.
 mod cli;
+// `keys import`: lists from a file or stdin, duplicates, section placement, --validate.
+mod import;
 // Concurrency and capacity: many streams at once, a full queue, request logs.
 mod serving;
 // Completions, embeddings, models, probes, path aliases, 404/405, CORS, model aliases, allowlists.
