@@ -116,9 +116,20 @@ pub struct RawUpstream {
     /// byte of the answer (streams included), across failover.
     #[serde(default = "default_request_timeout", deserialize_with = "seconds")]
     pub request_timeout_secs: u64,
-    /// Different keys tried for one request.
-    #[serde(default = "default_max_attempts", deserialize_with = "max_attempts")]
-    pub max_attempts: u32,
+    /// A cap on the keys tried for one request (none: every usable key, within
+    /// `failover_deadline_secs`).
+    #[serde(default, deserialize_with = "max_attempts")]
+    pub max_attempts: Option<u32>,
+    /// No new attempt on another key starts later than this after the request came in.
+    #[serde(default = "default_failover_deadline", deserialize_with = "seconds")]
+    pub failover_deadline_secs: u64,
+    /// Requests one key may have in flight at once (0: no limit); a pool's table and a key's
+    /// line may say otherwise.
+    #[serde(default, deserialize_with = "max_concurrent")]
+    pub max_concurrent_per_key: u32,
+    /// How long a request waits for a free slot when every key is at its limit.
+    #[serde(default = "default_slot_wait", deserialize_with = "wait_seconds")]
+    pub slot_wait_secs: u64,
     /// How a pool spreads requests over its keys.
     #[serde(default)]
     pub strategy: Strategy,
@@ -168,6 +179,13 @@ fn default_health_model() -> String {
 pub struct RawPool {
     /// This pool's strategy, instead of `[upstream] strategy`.
     pub strategy: Option<Strategy>,
+    /// Requests each of its keys may have in flight, instead of `[upstream]
+    /// max_concurrent_per_key`.
+    #[serde(default, deserialize_with = "optional_max_concurrent")]
+    pub max_concurrent_per_key: Option<u32>,
+    /// The pool a request goes on in when no key of this one can serve it (all unusable,
+    /// or busy past `slot_wait_secs`).
+    pub fallback: Option<String>,
     /// What its upstreams speak: Ollama's API (translated) or OpenAI's (passed through).
     #[serde(default)]
     pub provider: Provider,
@@ -208,7 +226,10 @@ impl Default for RawUpstream {
             connect_timeout_secs: default_connect_timeout(),
             idle_timeout_secs: default_idle_timeout(),
             request_timeout_secs: default_request_timeout(),
-            max_attempts: default_max_attempts(),
+            max_attempts: None,
+            failover_deadline_secs: default_failover_deadline(),
+            max_concurrent_per_key: 0,
+            slot_wait_secs: default_slot_wait(),
             strategy: Strategy::default(),
             cooldown_secs: default_cooldown(),
             failure_threshold: default_failure_threshold(),
@@ -298,6 +319,9 @@ pub enum Strategy {
     RoundRobin,
     /// Each request starts at a random key.
     Random,
+    /// The usable key with the fewest requests in flight, then the lowest known usage of
+    /// its plan.
+    LeastBusy,
 }
 
 fn default_listen() -> SocketAddr {
@@ -342,8 +366,11 @@ fn default_connect_timeout() -> u64 {
 fn default_idle_timeout() -> u64 {
     300
 }
-fn default_max_attempts() -> u32 {
-    3
+fn default_failover_deadline() -> u64 {
+    60
+}
+fn default_slot_wait() -> u64 {
+    30
 }
 fn default_cooldown() -> u64 {
     3600
@@ -371,8 +398,18 @@ fn queue_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 fn max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     in_range(d, 0, 1_000_000).map(|v| v as usize)
 }
-fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    in_range(d, 1, 100).map(|v| v as u32)
+fn max_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    in_range(d, 1, 1000).map(|v| Some(v as u32))
+}
+fn max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    in_range(d, 0, 100_000).map(|v| v as u32)
+}
+fn optional_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    max_concurrent(d).map(Some)
+}
+/// A wait in seconds: 0 (none) to an hour.
+fn wait_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    in_range(d, 0, 3600)
 }
 /// A duration in seconds: at least 1, at most a day.
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -556,6 +593,34 @@ fn utf8<'b>(bytes: &'b [u8], file: &Path) -> Result<&'b str, ConfigError> {
     })
 }
 
+/// Follows `[pools.NAME] fallback` from `start`: each pool on the way must have keys and
+/// speak the same API, and the chain must end.
+fn fallback_chain(tables: &BTreeMap<String, RawPool>, start: &str, with_keys: &[&str]) -> Result<(), String> {
+    let provider = |name: &str| tables.get(name).map_or(Provider::Ollama, |p| p.provider);
+    let mut chain = vec![start];
+    while let Some(next) = tables.get(chain[chain.len() - 1]).and_then(|p| p.fallback.as_deref()) {
+        let from = chain[chain.len() - 1];
+        if !with_keys.contains(&next) {
+            return Err(format!(
+                "pool '{from}' falls back to pool '{next}', which has no keys in keys.txt (pools: {})",
+                if with_keys.is_empty() { "none".to_string() } else { with_keys.join(", ") }
+            ));
+        }
+        if provider(next) != provider(from) {
+            return Err(format!(
+                "pool '{from}' falls back to pool '{next}', which speaks another API (provider); \
+                 a fallback must take the same requests"
+            ));
+        }
+        if chain.contains(&next) {
+            chain.push(next);
+            return Err(format!("the fallbacks {} form a loop; end the chain", chain.join(" → ")));
+        }
+        chain.push(next);
+    }
+    Ok(())
+}
+
 /// The resolved configuration: paths made absolute, keys read, cross-file checks done.
 #[derive(Debug)]
 pub struct Config {
@@ -677,6 +742,16 @@ impl Config {
                 message: problem.into(),
             });
         }
+        for name in raw.pools.keys() {
+            if let Err(problem) = fallback_chain(&raw.pools, name, &pools) {
+                return Err(ConfigError {
+                    file: path.to_path_buf(),
+                    line: None,
+                    key: Some(format!("pools.{name}.fallback")),
+                    message: problem,
+                });
+            }
+        }
         if tokens.is_empty() && !raw.allow_anonymous {
             return Err(ConfigError::new(
                 path,
@@ -736,7 +811,9 @@ mod tests {
         assert_eq!(raw.workers, 256);
         assert_eq!(raw.keys_file, PathBuf::from("keys.txt"));
         assert_eq!(raw.upstream.base_url, "https://ollama.com");
-        assert_eq!(raw.upstream.max_attempts, 3);
+        assert_eq!(raw.upstream.max_attempts, None);
+        assert_eq!((raw.upstream.failover_deadline_secs, raw.upstream.max_concurrent_per_key), (60, 0));
+        assert_eq!(raw.upstream.slot_wait_secs, 30);
         assert_eq!(raw.upstream.strategy, Strategy::RoundRobin);
         assert_eq!(raw.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(raw.reasoning_field, ReasoningField::ReasoningContent);

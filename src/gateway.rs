@@ -10,6 +10,7 @@ use crate::keystate::KeyStore;
 use crate::keystate::Policy;
 use crate::pool::Pool;
 use crate::relay::Relay;
+use crate::slots::Slots;
 use crate::upstream;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,13 +26,15 @@ pub struct Gateway {
     pub pools: HashMap<String, Pool>,
     /// Every key's state, shared across reloads.
     pub store: Arc<KeyStore>,
+    /// Every key's requests in flight, shared across reloads.
+    pub slots: Arc<Slots>,
     /// When the gateway started.
     pub started: Instant,
 }
 
 impl Gateway {
-    /// Builds pools and the agent from a loaded config, over the shared key states.
-    pub fn new(config: Config, store: Arc<KeyStore>, started: Instant) -> Gateway {
+    /// Builds pools and the agent from a loaded config, over the shared key states and slots.
+    pub fn new(config: Config, store: Arc<KeyStore>, slots: Arc<Slots>, started: Instant) -> Gateway {
         let upstream = &config.raw.upstream;
         let agent = upstream::agent(
             Duration::from_secs(upstream.connect_timeout_secs),
@@ -43,15 +46,16 @@ impl Gateway {
             pools.entry(entry.pool.clone()).or_insert_with(|| {
                 let settings = config.raw.pools.get(&entry.pool);
                 let strategy = settings.and_then(|p| p.strategy).unwrap_or(upstream.strategy);
-                let keys = config.pool_keys(&entry.pool);
+                let limit = settings
+                    .and_then(|p| p.max_concurrent_per_key)
+                    .unwrap_or(upstream.max_concurrent_per_key);
                 // An OpenAI pool's keys already point at its API base (`config` set it).
-                match config.is_openai_pool(&entry.pool) {
-                    true => Pool::openai(&entry.pool, keys, strategy),
-                    false => Pool::new(&entry.pool, keys, strategy),
-                }
+                Pool::new(&entry.pool, config.pool_keys(&entry.pool), strategy, limit)
+                    .speaking(settings.map(|p| p.provider).unwrap_or_default())
+                    .falling_back_to(settings.and_then(|p| p.fallback.clone()))
             });
         }
-        Gateway { config, agent, pools, store, started }
+        Gateway { config, agent, pools, store, slots, started }
     }
 
     /// The pool of keys.txt section `name`, or the 503 saying it has no keys.
@@ -69,14 +73,18 @@ impl Gateway {
 
     /// The relay settings for one request, whose upstream exchange starts now.
     pub fn relay(&self) -> Relay<'_> {
+        let upstream = &self.config.raw.upstream;
+        let now = Instant::now();
         Relay {
             agent: &self.agent,
             store: &self.store,
+            slots: &self.slots,
+            pools: &self.pools,
             policy: self.policy(),
-            max_attempts: self.config.raw.upstream.max_attempts,
-            deadline: Some(
-                Instant::now() + Duration::from_secs(self.config.raw.upstream.request_timeout_secs),
-            ),
+            max_attempts: upstream.max_attempts,
+            failover_deadline: now + Duration::from_secs(upstream.failover_deadline_secs),
+            slot_wait: Duration::from_secs(upstream.slot_wait_secs),
+            deadline: Some(now + Duration::from_secs(upstream.request_timeout_secs)),
         }
     }
 }

@@ -160,11 +160,27 @@ pub struct Unavailable {
     pub reason: &'static str,
 }
 
+impl Unavailable {
+    /// Whether the key frees up with time alone (a spent quota, a back-off), so a client
+    /// that waits may be served.
+    pub fn waiting_helps(&self) -> bool {
+        self.reason != REASON_INVALID && self.reason != REASON_NO_MODEL_ACCESS
+    }
+
+    /// Whether the key is locked out of the model asked for (its plan lacks it).
+    pub fn model_locked(&self) -> bool {
+        self.reason == REASON_NO_MODEL_ACCESS
+    }
+}
+
+const REASON_INVALID: &str = "invalid";
+const REASON_NO_MODEL_ACCESS: &str = "no access to the model";
+
 impl KeyState {
     /// Whether the key may serve `model` at `now`.
     pub fn available(&self, model: Option<&str>, now: u64) -> Result<(), Unavailable> {
         match self.state {
-            Health::Invalid => return Err(Unavailable { until: None, reason: "invalid" }),
+            Health::Invalid => return Err(Unavailable { until: None, reason: REASON_INVALID }),
             Health::Exhausted | Health::Backoff if self.until.is_some_and(|until| until > now) => {
                 let reason = if self.state == Health::Exhausted { "quota spent" } else { "backing off" };
                 return Err(Unavailable { until: self.until, reason });
@@ -172,7 +188,7 @@ impl KeyState {
             _ => {}
         }
         if let Some(until) = model.and_then(|m| self.model_cooldowns.get(m)).filter(|until| **until > now) {
-            return Err(Unavailable { until: Some(*until), reason: "no access to the model" });
+            return Err(Unavailable { until: Some(*until), reason: REASON_NO_MODEL_ACCESS });
         }
         Ok(())
     }
@@ -340,6 +356,12 @@ impl KeyStore {
     ) -> Vec<Result<(), Unavailable>> {
         let states = self.lock();
         ids.iter().map(|id| states.get(id).map_or(Ok(()), |state| state.available(model, now))).collect()
+    }
+
+    /// The last known usage of each key's plan, in thousandths (see [`KeyState`]).
+    pub fn usage_permille(&self, ids: &[&str]) -> Vec<Option<u32>> {
+        let states = self.lock();
+        ids.iter().map(|id| states.get(*id).and_then(|state| state.usage_permille)).collect()
     }
 
     /// A copy of every state, for saving (waits that are over are saved as over).

@@ -43,6 +43,7 @@ pub mod pool;
 pub mod relay;
 pub mod secret;
 pub mod server;
+pub mod slots;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;

@@ -19,6 +19,7 @@ use crate::health::{self, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{key_id, Health};
+use crate::slots::Slots;
 use crate::statefile::{self, Loaded};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub struct Live {
     current: RwLock<Arc<Gateway>>,
     store: Arc<KeyStore>,
+    slots: Arc<Slots>,
     config_path: PathBuf,
     started: Instant,
     /// Requests taken by the server and not finished.
@@ -66,11 +68,13 @@ impl Live {
         };
         let store = Arc::new(KeyStore::new(states));
         let started = Instant::now();
-        let gateway = Gateway::new(config, Arc::clone(&store), started);
+        let slots = Arc::new(Slots::default());
+        let gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started);
         forget_removed_keys(&gateway);
         Arc::new(Live {
             current: RwLock::new(Arc::new(gateway)),
             store,
+            slots,
             config_path: config_path.to_path_buf(),
             started,
             in_flight: AtomicUsize::new(0),
@@ -86,7 +90,7 @@ impl Live {
     /// Serves new requests with the config in `files`, when it is good.
     pub fn apply(&self, files: &Files) -> Result<(), ConfigError> {
         let config = Config::from_files(files)?;
-        let gateway = Gateway::new(config, Arc::clone(&self.store), self.started);
+        let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started);
         forget_removed_keys(&gateway);
         log::info!(
             "reloaded {}: {} upstreams in {} pools, {} tokens",

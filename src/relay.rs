@@ -1,12 +1,18 @@
-//! Failover: one request tried on the usable keys of a pool until one answers.
+//! Failover: one request tried on the usable keys of a pool, then of its fallbacks, until
+//! one answers.
 //!
-//! [`send`] walks the pool's attempt order, which holds only keys usable now. Each answer
-//! is read into a [`Failure`] class and recorded in the key's state: a revoked key is set
-//! aside, a spent quota rests until its window ends, transient trouble backs off. An
-//! attempt that fails before anything was sent to the client moves on to the next key, up
-//! to `max_attempts` upstream requests in all (no retries hide underneath); a 400 or 404
-//! goes straight back, because the request is wrong, not the key. When no key is usable the
-//! client gets a 429 saying why and when the first key frees up.
+//! [`send`] takes, attempt by attempt, a usable key the request has not tried yet, with a
+//! free concurrency slot ([`Slots`]; when every usable key is at its limit it waits, in
+//! arrival order, up to `slot_wait_secs`). Each answer is read into a [`Failure`] class and
+//! recorded in the key's state: a revoked key is set aside, a spent quota rests until its
+//! window ends, a busy key rests a moment, transient trouble backs off. An attempt that
+//! fails before anything was sent to the client moves on to the next key while untried
+//! usable keys remain, until `failover_deadline_secs` after the request came in (and at
+//! most `max_attempts` upstream requests when that is set; no retries hide underneath); a
+//! 400 or 404 goes straight back, because the request is wrong, not the key. When no key
+//! of a pool can serve, the request goes on in the pool's `fallback`. When none can at
+//! all, the client is told why: 429 with when the first key frees up, or 403 when the
+//! model is in no key's plan.
 
 use crate::cancel;
 use crate::error::ApiError;
@@ -14,33 +20,47 @@ use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{self, Failure, Policy};
 use crate::pool::{Pool, PoolUnavailable};
+use crate::slots::{Acquired, Slot, Slots};
 use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
-use std::io::{Cursor, Read};
-use std::time::Instant;
+use std::collections::HashMap;
+use std::io::{self, BufRead, Cursor, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What the relay did, for the request log and token accounting.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
     /// Upstream requests made.
     pub attempts: u32,
+    /// The pool of the key that answered last.
+    pub pool: Option<String>,
     /// The masked label of the key that answered last.
     pub key: Option<String>,
     /// The store id of the key that answered.
     pub key_id: Option<String>,
 }
 
-/// Where and how to relay: the agent, the key states, and the failover settings.
+/// Where and how to relay: the agent, the key states and slots, the pools (for fallbacks)
+/// and the failover settings.
 #[derive(Clone, Copy)]
 pub struct Relay<'a> {
     /// The shared upstream agent.
     pub agent: &'a ureq::Agent,
     /// Every key's state.
     pub store: &'a KeyStore,
+    /// Every key's requests in flight.
+    pub slots: &'a Arc<Slots>,
+    /// The pools by name, where fallbacks are found.
+    pub pools: &'a HashMap<String, Pool>,
     /// How failures are judged.
     pub policy: Policy,
-    /// Upstream requests allowed for one client request.
-    pub max_attempts: u32,
+    /// Upstream requests allowed for one client request, if capped.
+    pub max_attempts: Option<u32>,
+    /// No attempt starts after this.
+    pub failover_deadline: Instant,
+    /// Longest wait for a free slot, in each pool.
+    pub slot_wait: Duration,
     /// When the whole upstream exchange of this request must be over (`request_timeout_secs`).
     pub deadline: Option<Instant>,
 }
@@ -61,7 +81,8 @@ pub fn failure_of(error: &UpstreamError, now: u64, policy: &Policy) -> Failure {
     }
 }
 
-/// Why a request could not be relayed; `error` turns each into the client's answer.
+/// Why a request could not be relayed; `From<RelayError> for ApiError` turns each into the
+/// client's answer.
 #[derive(Debug)]
 pub enum RelayError {
     /// No key of the pool is usable now: `reasons` says what holds them back, `wait`
@@ -73,6 +94,22 @@ pub enum RelayError {
         reasons: String,
         /// Seconds until the first key frees up.
         wait: Option<u64>,
+    },
+    /// No usable key of the pool may use the model: waiting will not help.
+    ModelLocked {
+        /// The pool.
+        pool: String,
+        /// The model asked for.
+        model: String,
+    },
+    /// Every usable key stayed at its limit of requests at once for the whole wait.
+    Busy {
+        /// The pool.
+        pool: String,
+        /// Keys that were busy.
+        keys: usize,
+        /// How long the request waited.
+        waited: Duration,
     },
     /// The pool has no keys at all.
     NoKeys {
@@ -94,6 +131,20 @@ pub enum RelayError {
     },
     /// The client left while the request waited on upstream.
     ClientGone,
+}
+
+impl RelayError {
+    /// Which of two tiers' failures the client hears of: an upstream's own answer first,
+    /// then a wait that ends, then a lasting refusal.
+    fn weight(&self) -> u8 {
+        match self {
+            RelayError::Failed { .. } => 4,
+            RelayError::Unavailable { wait: Some(_), .. } | RelayError::Busy { .. } => 3,
+            RelayError::ModelLocked { .. } => 2,
+            RelayError::Unavailable { .. } => 1,
+            RelayError::NoKeys { .. } | RelayError::Refused(_) | RelayError::ClientGone => 0,
+        }
+    }
 }
 
 /// What an answer must show before its attempt counts as a success. Nothing has reached
@@ -153,26 +204,89 @@ impl<'a> Outgoing<'a> {
     }
 }
 
-/// Sends `request` on the pool's usable keys in turn until one gives a 2xx answer.
+/// Sends `request` on the usable keys of `pool`, then of its fallback pools, in turn until
+/// one gives a 2xx answer. The answer's body holds the key's slot until it is dropped.
 pub fn send(
     relay: Relay<'_>,
     pool: &Pool,
     request: Outgoing<'_>,
     trace: &mut Trace,
 ) -> Result<UpstreamResponse, RelayError> {
-    let now = keystate::now();
-    let order =
-        pool.attempt_order(relay.max_attempts as usize, request.model, relay.store, now).map_err(|why| {
-            RelayError::Unavailable {
-                pool: pool.name.clone(),
-                reasons: why.reasons.to_string(),
-                wait: why.soonest.map(|until| until.saturating_sub(now).max(1)),
+    let mut tier = pool;
+    let mut worst: Option<RelayError> = None;
+    // Config refuses fallback loops; the count only bounds the walk whatever happens.
+    for _ in 0..relay.pools.len().max(1) {
+        let error = match send_in_pool(relay, tier, request, trace) {
+            Ok(response) => return Ok(response),
+            Err(error @ (RelayError::Refused(_) | RelayError::ClientGone)) => return Err(error),
+            Err(error) => error,
+        };
+        let next = tier.fallback.as_deref().and_then(|name| relay.pools.get(name));
+        let capped = relay.max_attempts.is_some_and(|cap| trace.attempts >= cap);
+        worst = match worst {
+            Some(earlier) if earlier.weight() > error.weight() => Some(earlier),
+            _ => Some(error),
+        };
+        match next {
+            Some(next) if !capped && Instant::now() < relay.failover_deadline => {
+                log::info!("pool '{}' cannot serve the request; going on in pool '{}'", tier.name, next.name);
+                tier = next;
             }
-        })?;
+            _ => break,
+        }
+    }
+    Err(worst.unwrap_or(RelayError::NoKeys { pool: pool.name.clone() }))
+}
+
+/// [`send`] within one pool.
+fn send_in_pool(
+    relay: Relay<'_>,
+    pool: &Pool,
+    request: Outgoing<'_>,
+    trace: &mut Trace,
+) -> Result<UpstreamResponse, RelayError> {
+    if pool.keys.is_empty() {
+        return Err(RelayError::NoKeys { pool: pool.name.clone() });
+    }
+    let wait_started = Instant::now();
+    let wait_until = [Some(wait_started + relay.slot_wait), Some(relay.failover_deadline), relay.deadline]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(wait_started);
+    let mut tried = vec![false; pool.keys.len()];
+    let turn = pool.turn();
     let mut last_error = None;
-    for index in order {
+    let mut busy_keys = 0;
+    loop {
+        let capped = relay.max_attempts.is_some_and(|cap| trace.attempts >= cap);
+        if capped || (last_error.is_some() && Instant::now() >= relay.failover_deadline) {
+            break;
+        }
+        let acquired = relay.slots.acquire(
+            &pool.name,
+            || {
+                let listed = pool.candidates(request.model, relay.store, keystate::now(), &tried);
+                busy_keys = listed.as_ref().map_or(0, Vec::len);
+                listed
+            },
+            |free| pool.choose(free, turn, relay.store),
+            wait_until,
+        );
+        let (index, slot) = match acquired {
+            Acquired::Slot(index, slot) => (index, slot),
+            _ if last_error.is_some() => break,
+            Acquired::NoKey(why) => return Err(unavailable(pool, request.model, why)),
+            Acquired::Busy => {
+                let waited = wait_started.elapsed();
+                return Err(RelayError::Busy { pool: pool.name.clone(), keys: busy_keys, waited });
+            }
+        };
+        tried[index] = true;
+        let now = keystate::now();
         let (entry, id): (&KeyEntry, &str) = (&pool.keys[index], &pool.ids[index]);
         trace.attempts += 1;
+        trace.pool = Some(pool.name.clone());
         trace.key = Some(entry.label());
         trace.key_id = Some(id.to_string());
         let body = request.body_for(entry).map(|body| (body, request.content_type));
@@ -193,9 +307,10 @@ pub fn send(
                     state.record_attempt(now);
                     state.record_success(now);
                 });
-                return Ok(response);
+                return Ok(holding(response, slot));
             }
             Err(error) => {
+                drop(slot);
                 let failure = failure_of(&error, now, &relay.policy);
                 let text = error.to_string();
                 relay.store.update(id, |state| {
@@ -218,6 +333,7 @@ pub fn send(
     };
     // When this request spent the pool, say when it will serve again, as the next
     // request's 429 would; else pass on the upstream's own Retry-After.
+    let now = keystate::now();
     let retry_after = match pool.unavailable(request.model, relay.store, now) {
         Some(PoolUnavailable { soonest: Some(until), .. }) => Some(until.saturating_sub(now).max(1)),
         _ => match error {
@@ -226,6 +342,49 @@ pub fn send(
         },
     };
     Err(RelayError::Failed { error, attempts: trace.attempts, pool: pool.name.clone(), retry_after })
+}
+
+/// The error of a pool with no usable key.
+fn unavailable(pool: &Pool, model: Option<&str>, why: PoolUnavailable) -> RelayError {
+    match (why.model_locked, model) {
+        (true, Some(model)) => RelayError::ModelLocked { pool: pool.name.clone(), model: model.to_string() },
+        _ => {
+            let now = keystate::now();
+            RelayError::Unavailable {
+                pool: pool.name.clone(),
+                reasons: why.reasons,
+                wait: why.soonest.map(|until| until.saturating_sub(now).max(1)),
+            }
+        }
+    }
+}
+
+/// An answer whose body keeps its key's slot taken until it is dropped (a stream, until it
+/// ends or the client leaves).
+fn holding(response: UpstreamResponse, slot: Slot) -> UpstreamResponse {
+    let UpstreamResponse { status, content_type, body } = response;
+    UpstreamResponse { status, content_type, body: Box::new(Held { body, _slot: slot }) }
+}
+
+/// A body and the slot it holds.
+struct Held {
+    body: Box<dyn BufRead + Send>,
+    _slot: Slot,
+}
+
+impl Read for Held {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(buf)
+    }
+}
+
+impl BufRead for Held {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.body.fill_buf()
+    }
+    fn consume(&mut self, amount: usize) {
+        self.body.consume(amount)
+    }
 }
 
 /// Reads a whole answer and checks it is JSON (without building it): a body cut off, a
@@ -324,6 +483,29 @@ impl From<RelayError> for ApiError {
                 param: None,
                 code: Some("rate_limit_exceeded"),
                 retry_after: None,
+            },
+            RelayError::ModelLocked { pool, model } => ApiError {
+                status: 403,
+                kind: "permission_error",
+                message: format!(
+                    "no upstream key of pool '{pool}' may use model '{model}' (their plans lack it): \
+                     ask for another model, or the gateway operator may add a key whose plan includes it"
+                ),
+                param: Some("model".into()),
+                code: Some("model_not_available"),
+                retry_after: None,
+            },
+            RelayError::Busy { pool, keys, waited } => ApiError {
+                status: 429,
+                kind: "rate_limit_error",
+                message: format!(
+                    "all {keys} usable upstream keys of pool '{pool}' stayed at their limit of requests at \
+                     once for {:.0} s; try again shortly",
+                    waited.as_secs_f64()
+                ),
+                param: None,
+                code: Some("rate_limit_exceeded"),
+                retry_after: Some(1),
             },
             RelayError::NoKeys { pool } => {
                 ApiError::server(503, format!("pool '{pool}' has no upstream keys: add some to keys.txt"))

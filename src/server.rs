@@ -352,10 +352,11 @@ impl Shared {
             None => String::new(),
         };
         log::info!(
-            "{id} {} {} token={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
+            "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
             req.method,
             req.path(),
             log.token.as_deref().unwrap_or("-"),
+            log.trace.pool.as_deref().unwrap_or("-"),
             log.trace.key.as_deref().unwrap_or("-"),
             log.model.as_deref().unwrap_or("-"),
             log.trace.attempts,

@@ -466,7 +466,7 @@ mod tests {
             keys: Some(("keys.txt".into(), Ok(b"http://127.0.0.1:9\n".to_vec()))),
         };
         let config = Config::from_files(&files).expect("the test config");
-        Gateway::new(config, Arc::new(KeyStore::default()), std::time::Instant::now())
+        Gateway::new(config, Arc::new(KeyStore::default()), Default::default(), std::time::Instant::now())
     }
 
     /// A request through the router, as `server` sends it: screened from its head, then
