@@ -36,6 +36,8 @@ mod surface;
 mod sdk;
 // Key pools: failure classes, cooldowns, the state file, reloads, tenants, `check`, spreading.
 mod keypool;
+// Pools at their limits: spreading, failover deadline, slots, busy keys, fallbacks, weights.
+mod quota;
 // Ollama's native API (`/api/*`): routes, scopes, the query token, and OpenAI-compatible pools.
 mod native;
 // The gateway as a service: idle gaps, connection and body limits, descriptors running out,
