@@ -56,7 +56,8 @@
 //!
 //! Profiling: `BENCH_PROFILE_ROUNDS=N make bench` starts one glibc gateway, prints its pid
 //! to stderr and runs only N sequential rounds (for `perf record -p`);
-//! `BENCH_PROFILE_LOAD=1` as well adds the throughput runs on the same gateway.
+//! `BENCH_PROFILE_LOAD=1` as well adds the throughput runs on the same gateway;
+//! `BENCH_PROFILE_MANY=1` runs only the many streams (5), on the glibc build.
 
 use sha2::{Digest, Sha256};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -145,6 +146,13 @@ fn run() -> Result<(), String> {
         if std::env::var("BENCH_PROFILE_LOAD").is_ok() {
             phase_load(direct, &gateway, &mut failed);
         }
+        return Ok(());
+    }
+    if std::env::var("BENCH_PROFILE_MANY").is_ok() {
+        let gateway = Gateway::start(&builds[0], direct.addr, "warn", MANY_WORKERS)?;
+        eprintln!("gateway pid {}", gateway.child.id());
+        shape.set(MANY_LINES, MANY_GAP);
+        phase_many_streams(&gateway, &mut failed);
         return Ok(());
     }
     let mut results = Vec::new();
