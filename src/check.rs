@@ -97,6 +97,14 @@ fn pool_summary(rows: &[Row<'_>]) -> BTreeMap<String, (usize, usize)> {
     pools
 }
 
+/// The key as `check` shows it: its `name=` when it has one, else masked.
+fn shown(entry: &KeyEntry) -> String {
+    match &entry.options.name {
+        Some(name) => name.clone(),
+        None => masked(entry),
+    }
+}
+
 fn masked(entry: &KeyEntry) -> String {
     entry.key.as_ref().map(|k| k.mask()).unwrap_or_else(|| "(no key)".to_string())
 }
@@ -135,7 +143,7 @@ fn to_table(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Strin
         out.push_str(&format!(
             "{:<12} {:<12} {:<32} {:<34} {:<width$} {:>6}ms  {}\n",
             row.entry.pool,
-            masked(row.entry),
+            shown(row.entry),
             row.entry.base_url,
             state_word(row),
             usage,
@@ -157,6 +165,7 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
             json!({
                 "pool": row.entry.pool,
                 "key": masked(row.entry),
+                "name": row.entry.options.name,
                 "line": row.entry.line,
                 "upstream": row.entry.base_url,
                 "state": row.state.state,

@@ -244,6 +244,9 @@ impl Ctx<'_> {
     fn classify(&self, status: u16, message: &str, retry_after: Option<u64>) -> Outcome {
         match classify(Some(status), message, retry_after, self.now, self.policy.cooldown_secs) {
             Failure::Request | Failure::Refused => Outcome::Unknown,
+            // Every slot of the key was taken: it authenticates and has quota, so it works
+            // (a cron `check` must not report a pool dead because its key was busy).
+            Failure::Busy => Outcome::Good,
             failure => Outcome::Failed(failure),
         }
     }
@@ -484,7 +487,7 @@ mod tests {
         use ProbeKind::*;
         let session = Failure::Exhausted { until: NOW + SESSION_WINDOW_SECS };
         #[rustfmt::skip]
-        let cases: [(ProbeKind, Routes, Outcome, &[&str], &str); 10] = [
+        let cases: [(ProbeKind, Routes, Outcome, &[&str], &str); 11] = [
             (Usage, &[("/api/usage", 200, "{}")], Outcome::Good, &["/api/usage"], "200 via /api/usage"),
             (Usage, &[("/api/usage", 401, r#"{"error":"unauthorized"}"#)],
                 Outcome::Failed(Failure::Invalid), &["/api/usage"], "401 via /api/usage: unauthorized"),
@@ -503,6 +506,9 @@ mod tests {
                 Outcome::Good, &["/api/generate"], "200 via /api/generate"),
             (Generate, &[("/api/generate", 503, r#"{"error":"server overloaded"}"#)],
                 Outcome::Failed(Failure::Transient { retry_after: None }), &["/api/generate"], "503 via"),
+            // A key whose slots were all taken works: check must not call its pool dead.
+            (Generate, &[("/api/generate", 429, r#"{"error":"timed out waiting for a concurrent request slot"}"#)],
+                Outcome::Good, &["/api/generate"], "429 via /api/generate: timed out"),
         ];
         for (kind, routes, expected, paths, note) in cases {
             let fake = Fake::routes(routes);
