@@ -272,9 +272,11 @@ fn send_in_pool(
             },
             |free| pool.choose(free, turn, relay.store),
             wait_until,
+            cancel::cancelled,
         );
         let (index, slot) = match acquired {
             Acquired::Slot(index, slot) => (index, slot),
+            Acquired::Abandoned => return Err(RelayError::ClientGone),
             _ if last_error.is_some() => break,
             Acquired::NoKey(why) => return Err(unavailable(pool, request.model, why)),
             Acquired::Busy => {

@@ -14,7 +14,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a waiting request looks whether its client is still there.
+const ABANDON_POLL: Duration = Duration::from_millis(200);
 
 /// Every key's requests in flight, and the requests waiting for one.
 #[derive(Debug, Default)]
@@ -69,6 +72,8 @@ pub enum Acquired<E> {
     NoKey(E),
     /// Every usable key stayed at its limit until the deadline.
     Busy,
+    /// The request was given up while it waited (its client left).
+    Abandoned,
 }
 
 /// One request in flight on one key; dropping it frees the slot.
@@ -107,13 +112,15 @@ impl Slots {
     /// Takes a slot for one request of `pool`. `candidates` lists the keys the request may
     /// use now (it is asked again after each wait, under this module's lock, so it must not
     /// take a slot itself); `choose` picks one of those with a free slot. When none is free
-    /// the request waits, behind earlier waiters of the same pool, until `until`.
+    /// the request waits, behind earlier waiters of the same pool, until `until`, or until
+    /// `abandoned` says it was given up (asked every [`ABANDON_POLL`] while it waits).
     pub fn acquire<'c, E>(
         self: &Arc<Self>,
         pool: &str,
         mut candidates: impl FnMut() -> Result<Vec<Candidate<'c>>, E>,
         mut choose: impl FnMut(&[Free]) -> usize,
         until: Instant,
+        abandoned: impl Fn() -> bool,
     ) -> Acquired<E> {
         let mut inner = self.lock();
         let mut ticket = None;
@@ -146,6 +153,10 @@ impl Slots {
                 self.leave(&mut inner, pool, ticket);
                 return Acquired::Busy;
             }
+            if abandoned() {
+                self.leave(&mut inner, pool, ticket);
+                return Acquired::Abandoned;
+            }
             let line = inner.waiting.entry(pool.to_string()).or_default();
             match ticket.and_then(|mine| line.iter_mut().find(|w| w.ticket == mine)) {
                 // It looked and cannot go: those behind it, who let it look first, may.
@@ -162,7 +173,7 @@ impl Slots {
                     ticket = Some(mine);
                 }
             }
-            inner = match self.freed.wait_timeout(inner, until - now) {
+            inner = match self.freed.wait_timeout(inner, (until - now).min(ABANDON_POLL)) {
                 Ok((inner, _)) => inner,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -214,10 +225,10 @@ mod tests {
     }
 
     fn take(slots: &Arc<Slots>, limit: u32, until: Instant) -> Option<(usize, Slot)> {
-        match slots.acquire("p", keys(limit), first, until) {
+        match slots.acquire("p", keys(limit), first, until, || false) {
             Acquired::Slot(index, slot) => Some((index, slot)),
             Acquired::Busy => None,
-            Acquired::NoKey(()) => panic!("the candidates never fail here"),
+            other => panic!("the candidates never fail and nobody gives up here: {other:?}"),
         }
     }
 
@@ -292,6 +303,17 @@ mod tests {
     }
 
     #[test]
+    fn a_request_given_up_while_it_waits_leaves_the_line_within_a_poll() {
+        let slots = Arc::new(Slots::default());
+        let _held = [take(&slots, 1, soon()).expect("a"), take(&slots, 1, soon()).expect("b")];
+        let started = Instant::now();
+        let gone = || started.elapsed() > Duration::from_millis(50);
+        assert!(matches!(slots.acquire("p", keys(1), first, soon(), gone), Acquired::Abandoned));
+        assert!(started.elapsed() < Duration::from_secs(5), "noticed within a poll, not at the deadline");
+        assert!(slots.lock().waiting.is_empty());
+    }
+
+    #[test]
     fn a_key_lost_while_waiting_ends_the_wait_with_the_callers_error() {
         let slots = Arc::new(Slots::default());
         let held = take(&slots, 1, soon()).expect("a");
@@ -310,7 +332,7 @@ mod tests {
                 slots.freed.notify_all();
             })
         };
-        match slots.acquire("p", only_a, first, soon()) {
+        match slots.acquire("p", only_a, first, soon(), || false) {
             Acquired::NoKey(why) => assert_eq!(why, "a was revoked"),
             other => panic!("{other:?}"),
         }

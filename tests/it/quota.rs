@@ -676,6 +676,54 @@ fn a_stream_holds_its_slot_until_its_client_leaves() {
 }
 
 #[test]
+fn a_client_that_leaves_while_waiting_for_a_slot_gives_up_its_place_and_sends_nothing() {
+    let gate = Gate::new();
+    let _release = OpenOnDrop(Arc::clone(&gate));
+    let held = Arc::clone(&gate);
+    let upstream = Upstream::start(move |call| match call.stream {
+        true => Act::Hold(Arc::clone(&held)),
+        false => Act::quick(),
+    });
+    let gateway = Gateway::start(
+        &config("[upstream]\nmax_concurrent_per_key = 1\n"),
+        &keys_on(&upstream.url, &[KEY_A]),
+    );
+    let stream = HeldStream::open(&gateway);
+    // A client sends a request that must wait for the only slot, then hangs up.
+    let body = chat_body("leaver", false).to_string();
+    let mut leaver = std::net::TcpStream::connect(&gateway.addr).expect("connect to the gateway");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    leaver.write_all(request.as_bytes()).expect("send the request that will wait");
+    thread::sleep(Duration::from_secs(1));
+    drop(leaver);
+    // Within seconds, not at the end of slot_wait_secs (30 s).
+    wait_until(FEW_SECONDS, "the gateway logs the waiting client that left (499)", || {
+        gateway.logs().lines().any(|line| line.contains("status=499"))
+    });
+    thread::scope(|scope| {
+        let next = scope.spawn(|| chat(&gateway, "stayer"));
+        thread::sleep(Duration::from_secs(1));
+        gate.open();
+        eqnice!(
+            Ok(text(2)),
+            next.join().expect("the next request's thread"),
+            "the client that stayed is served"
+        );
+    });
+    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+    let models: Vec<String> = upstream.calls().iter().map(|c| c.model.clone()).collect();
+    eqnice!(
+        vec!["m".to_string(), "stayer".to_string()],
+        models,
+        "the request of the client that left never went upstream"
+    );
+}
+
+#[test]
 fn requests_waiting_for_a_slot_get_it_in_the_order_they_came() {
     let gate = Gate::new();
     let _release = OpenOnDrop(Arc::clone(&gate));
