@@ -948,6 +948,34 @@ fn a_pool_with_no_usable_key_goes_on_in_its_fallback_pool() {
 }
 
 #[test]
+fn a_pool_whose_keys_stay_busy_past_the_wait_goes_on_in_its_fallback_pool() {
+    let gate = Gate::new();
+    let _release = OpenOnDrop(Arc::clone(&gate));
+    let held = Arc::clone(&gate);
+    let upstream = Upstream::start(move |call| match call.stream {
+        true => Act::Hold(Arc::clone(&held)),
+        false => Act::quick(),
+    });
+    let url = &upstream.url;
+    let keys = format!("[free]\n{url}|{KEY_A} max_concurrent=1\n[paid]\n{url}|{KEY_C}\n");
+    let config_text = format!(
+        "[upstream]\nslot_wait_secs = 1\n[pools.free]\nfallback = \"paid\"\n{}",
+        token_entry("alice", TOKEN, "free")
+    );
+    let gateway = Gateway::start(&config_text, &keys);
+    let stream = HeldStream::open(&gateway);
+    let started = Instant::now();
+    eqnice!(Ok(text(2)), chat(&gateway, "m"), "served although free's only key is busy");
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited slot_wait_secs for free's key first");
+    eqnice!(1, upstream.served_by(KEY_C), "the paid key served it: {:?}", upstream.calls());
+    gate.open();
+    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+    let pools: Vec<Option<String>> =
+        wait_for_chat_lines(&gateway, 2).iter().map(|l| field(l, "pool").map(str::to_string)).collect();
+    assert!(pools.contains(&Some("paid".to_string())), "a log line names pool paid: {pools:?}");
+}
+
+#[test]
 fn a_fallback_loop_stops_the_gateway_at_start_naming_its_pools() {
     let dir = TempDir::new();
     dir.write_config(
