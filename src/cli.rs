@@ -188,7 +188,8 @@ fn parse_import(rest: &[&str], default_config: impl Fn() -> PathBuf) -> Result<C
                 return Err(format!("unknown argument '{other}' for 'keys import'"))
             }
             list if source.is_some() => {
-                return Err(format!("keys import reads one list; '{list}' would be a second one"))
+                let list = keys::mask_if_key(list);
+                return Err(format!("keys import reads one list; '{list}' would be a second one"));
             }
             "-" => source = Some(Source::Stdin),
             file => source = Some(Source::File(PathBuf::from(file))),

@@ -186,6 +186,10 @@ pub struct RawPool {
     /// The pool a request goes on in when no key of this one can serve it (all unusable,
     /// or busy past `slot_wait_secs`).
     pub fallback: Option<String>,
+    /// How long a request waits for a free slot of this pool, instead of `[upstream]
+    /// slot_wait_secs` (0: it goes on to the fallback at once).
+    #[serde(default, deserialize_with = "optional_wait_seconds")]
+    pub slot_wait_secs: Option<u64>,
     /// What its upstreams speak: Ollama's API (translated) or OpenAI's (passed through).
     #[serde(default)]
     pub provider: Provider,
@@ -410,6 +414,9 @@ fn optional_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32
 /// A wait in seconds: 0 (none) to an hour.
 fn wait_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     in_range(d, 0, 3600)
+}
+fn optional_wait_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    wait_seconds(d).map(Some)
 }
 /// A duration in seconds: at least 1, at most a day.
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -52,7 +52,10 @@ impl Gateway {
                 // An OpenAI pool's keys already point at its API base (`config` set it).
                 Pool::new(&entry.pool, config.pool_keys(&entry.pool), strategy, limit)
                     .speaking(settings.map(|p| p.provider).unwrap_or_default())
-                    .falling_back_to(settings.and_then(|p| p.fallback.clone()))
+                    .falling_back_to(
+                        settings.and_then(|p| p.fallback.clone()),
+                        settings.and_then(|p| p.slot_wait_secs).map(Duration::from_secs),
+                    )
             });
         }
         Gateway { config, agent, pools, store, slots, started }
@@ -84,6 +87,9 @@ impl Gateway {
             max_attempts: upstream.max_attempts,
             failover_deadline: now + Duration::from_secs(upstream.failover_deadline_secs),
             slot_wait: Duration::from_secs(upstream.slot_wait_secs),
+            // Requests waiting for a busy pool hold workers: half of them at most, so one
+            // small pool cannot take every worker from the others.
+            max_waiting: (self.config.raw.workers / 2).max(1),
             deadline: Some(now + Duration::from_secs(upstream.request_timeout_secs)),
         }
     }

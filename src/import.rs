@@ -278,7 +278,8 @@ fn read_list(source: &Source) -> Result<(String, Vec<u8>), ConfigError> {
     let (name, read) = match source {
         Source::Stdin => ("(stdin)".to_string(), io::stdin().lock().read_to_end(&mut bytes)),
         Source::File(path) => {
-            (path.display().to_string(), fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)))
+            let name = crate::keys::mask_if_key(&path.display().to_string());
+            (name, fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)))
         }
     };
     read.map_err(|err| ConfigError {

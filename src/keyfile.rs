@@ -167,6 +167,13 @@ fn write_new(temp: &Path, like: &Path, bytes: &[u8]) -> io::Result<()> {
     };
     if let Ok(meta) = fs::metadata(like) {
         file.set_permissions(meta.permissions())?;
+        // The gateway may run as another user (`sudo ollama-gateway keys import`): the
+        // file stays its owner's. Only root may give a file away; others keep theirs.
+        use std::os::unix::fs::MetadataExt;
+        match std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())) {
+            Err(err) if err.kind() != io::ErrorKind::PermissionDenied => return Err(err),
+            _ => {}
+        }
     }
     file.write_all(bytes)?;
     file.sync_all()

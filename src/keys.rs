@@ -561,6 +561,16 @@ fn parse_url(text: &str) -> Result<Line, String> {
     Ok(Line::entry(base_url, None, Form::Url))
 }
 
+/// `text` as it may be shown: masked when it looks like a key (a command-line argument
+/// that was a key pasted in the wrong place: 32 or more key characters; Ollama's keys are
+/// longer, file names rarely are), else as it is.
+pub fn mask_if_key(text: &str) -> String {
+    match text.len() >= 32 && looks_like_path_key(text) {
+        true => Secret::new(text).mask(),
+        false => text.to_string(),
+    }
+}
+
 /// Whether a last URL path segment is a key rather than part of the base URL.
 fn looks_like_path_key(segment: &str) -> bool {
     segment.len() >= MIN_PATH_KEY_LEN
@@ -992,6 +1002,15 @@ mod tests {
         let dropped: Vec<(usize, usize)> = parsed.duplicates.iter().map(|d| (d.line, d.first_line)).collect();
         assert_eq!(dropped, [(2, 1), (4, 3)]);
         assert_eq!(parsed.entries[0].options, opts(2, None, None), "the first line's options win");
+    }
+
+    #[test]
+    fn arguments_that_look_like_keys_are_masked() {
+        let key = "0123456789abcdef0123456789abcdef.SECRETsecretSECRET";
+        assert!(!mask_if_key(key).contains("SECRET"), "{}", mask_if_key(key));
+        for shown in ["keys.txt", "exported-keys.txt", "/tmp/0123456789abcdef0123456789abcdef.txt"] {
+            assert_eq!(mask_if_key(shown), shown);
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Pool {
     pub provider: Provider,
     /// The pool a request goes on in when no key of this one can serve it.
     pub fallback: Option<String>,
+    /// How long a request waits for a free slot here, when the pool says.
+    pub slot_wait: Option<std::time::Duration>,
     strategy: Strategy,
     /// Each key's limit of requests at once (0: none).
     limits: Vec<u32>,
@@ -58,6 +60,7 @@ impl Pool {
             ids,
             provider: Provider::Ollama,
             fallback: None,
+            slot_wait: None,
             strategy,
             limits,
             next: AtomicUsize::new(0),
@@ -69,9 +72,10 @@ impl Pool {
         Pool { provider, ..self }
     }
 
-    /// This pool handing what it cannot serve to pool `fallback`.
-    pub fn falling_back_to(self, fallback: Option<String>) -> Pool {
-        Pool { fallback, ..self }
+    /// This pool handing what it cannot serve to pool `fallback`, after waiting up to
+    /// `slot_wait` (when it says) for a busy key.
+    pub fn falling_back_to(self, fallback: Option<String>, slot_wait: Option<std::time::Duration>) -> Pool {
+        Pool { fallback, slot_wait, ..self }
     }
 
     /// The keys usable for `model` at `now` that are not marked in `tried`, in keys.txt

@@ -149,14 +149,18 @@ impl PlanUsage {
     }
 
     /// When the key may be used again, if a window is used up at `now`: the latest reset
-    /// of the used-up windows (its own reset time when the answer gave one still ahead,
-    /// else the window's rule).
+    /// of the used-up windows (its own reset time when the answer gave one still ahead and
+    /// at most a day past the window's rule, else the window's rule).
     pub fn exhausted_until(&self, now: u64) -> Option<u64> {
         self.windows()
             .into_iter()
             .filter(|(_, _, usage)| usage.used.is_some_and(|used| used >= 1.0))
             .map(|(_, window, usage)| {
-                usage.resets_at.filter(|at| *at > now).unwrap_or_else(|| window.resets_after(now))
+                // A reset later than a day past the window's own rule is not believed: a
+                // bogus date would keep the key out for good.
+                let rule = window.resets_after(now);
+                let believable = |at: &u64| *at > now && *at <= rule.saturating_add(86_400);
+                usage.resets_at.filter(believable).unwrap_or(rule)
             })
             .max()
     }
@@ -264,6 +268,15 @@ mod tests {
             assert_eq!(usage.exhausted_until(NOW), Some(until), "{body}");
             assert_eq!(usage.used_up(), names, "{body}");
         }
+    }
+
+    #[test]
+    fn a_reset_time_far_past_the_windows_rule_is_not_believed() {
+        let bogus = usage(r#"{"limits":{"session":{"usage":1,"resets_at":"4000-01-01T00:00:00Z"}}}"#);
+        assert_eq!(bogus.exhausted_until(NOW), Some(NOW + SESSION_WINDOW_SECS));
+        let sooner = NOW + 600;
+        let given = usage(&format!(r#"{{"limits":{{"session":{{"usage":1,"resets_at":{sooner}}}}}}}"#));
+        assert_eq!(given.exhausted_until(NOW), Some(sooner), "a believable reset time wins");
     }
 
     #[test]

@@ -59,8 +59,10 @@ pub struct Relay<'a> {
     pub max_attempts: Option<u32>,
     /// No attempt starts after this.
     pub failover_deadline: Instant,
-    /// Longest wait for a free slot, in each pool.
+    /// Longest wait for a free slot, in each pool (a pool may say otherwise).
     pub slot_wait: Duration,
+    /// Most requests waiting for a slot in one pool; more are answered at once.
+    pub max_waiting: usize,
     /// When the whole upstream exchange of this request must be over (`request_timeout_secs`).
     pub deadline: Option<Instant>,
 }
@@ -180,6 +182,9 @@ pub struct Outgoing<'a> {
     pub model: Option<&'a str>,
     /// The body's media type.
     pub content_type: &'a str,
+    /// Whether it runs a model (chat, generate, embeddings), and so takes one of the key's
+    /// concurrency slots; listing or describing models does not.
+    pub takes_slot: bool,
 }
 
 impl<'a> Outgoing<'a> {
@@ -193,6 +198,7 @@ impl<'a> Outgoing<'a> {
             answer: Answer::Json,
             model: None,
             content_type: "application/json",
+            takes_slot: false,
         }
     }
 
@@ -249,7 +255,8 @@ fn send_in_pool(
         return Err(RelayError::NoKeys { pool: pool.name.clone() });
     }
     let wait_started = Instant::now();
-    let wait_until = [Some(wait_started + relay.slot_wait), Some(relay.failover_deadline), relay.deadline]
+    let slot_wait = pool.slot_wait.unwrap_or(relay.slot_wait);
+    let wait_until = [Some(wait_started + slot_wait), Some(relay.failover_deadline), relay.deadline]
         .into_iter()
         .flatten()
         .min()
@@ -258,20 +265,31 @@ fn send_in_pool(
     let turn = pool.turn();
     let mut last_error = None;
     let mut busy_keys = 0;
+    let out_of_time = || relay.deadline.is_some_and(|deadline| Instant::now() >= deadline);
     loop {
         let capped = relay.max_attempts.is_some_and(|cap| trace.attempts >= cap);
-        if capped || (last_error.is_some() && Instant::now() >= relay.failover_deadline) {
+        let late = Instant::now() >= relay.failover_deadline || out_of_time();
+        if capped || (last_error.is_some() && late) {
             break;
         }
         let acquired = relay.slots.acquire(
             &pool.name,
             || {
-                let listed = pool.candidates(request.model, relay.store, keystate::now(), &tried);
-                busy_keys = listed.as_ref().map_or(0, Vec::len);
-                listed
+                let now = keystate::now();
+                let mut listed = pool.candidates(request.model, relay.store, now, &tried);
+                if let Ok(keys) = &mut listed {
+                    busy_keys = keys.len();
+                    // Listing or describing models is not what a key's slots limit.
+                    keys.iter_mut().filter(|_| !request.takes_slot).for_each(|key| key.limit = 0);
+                }
+                match listed {
+                    // A key resting a few seconds (busy) frees up within the wait: wait.
+                    Err(why) if frees_up_soon(&why, now, wait_until) => Ok(Vec::new()),
+                    listed => listed,
+                }
             },
             |free| pool.choose(free, turn, relay.store),
-            wait_until,
+            (wait_until, relay.max_waiting),
             cancel::cancelled,
         );
         let (index, slot) = match acquired {
@@ -279,12 +297,20 @@ fn send_in_pool(
             Acquired::Abandoned => return Err(RelayError::ClientGone),
             _ if last_error.is_some() => break,
             Acquired::NoKey(why) => return Err(unavailable(pool, request.model, why)),
-            Acquired::Busy => {
+            Acquired::Busy | Acquired::LineFull => {
                 let waited = wait_started.elapsed();
                 return Err(RelayError::Busy { pool: pool.name.clone(), keys: busy_keys, waited });
             }
         };
         tried[index] = true;
+        if out_of_time() {
+            // The time ran out while this request waited: no key is to blame for that.
+            drop(slot);
+            let error =
+                UpstreamError::Timeout("request_timeout_secs ran out before an upstream answered".into());
+            last_error = last_error.or(Some(error));
+            break;
+        }
         let now = keystate::now();
         let (entry, id): (&KeyEntry, &str) = (&pool.keys[index], &pool.ids[index]);
         trace.attempts += 1;
@@ -309,7 +335,11 @@ fn send_in_pool(
                     state.record_attempt(now);
                     state.record_success(now);
                 });
-                return Ok(holding(response, slot));
+                // A whole answer is in memory: the key is free before the client reads it.
+                return Ok(match request.answer {
+                    Answer::Json => response,
+                    Answer::Stream | Answer::Raw => holding(response, slot),
+                });
             }
             Err(error) => {
                 drop(slot);
@@ -344,6 +374,16 @@ fn send_in_pool(
         },
     };
     Err(RelayError::Failed { error, attempts: trace.attempts, pool: pool.name.clone(), retry_after })
+}
+
+/// Longest rest of every key that a request waits out instead of failing (a busy key's).
+const SHORT_REST_SECS: u64 = 5;
+
+/// Whether the first key of a pool with none usable frees up on its own within a few
+/// seconds and before `until`.
+fn frees_up_soon(why: &PoolUnavailable, now: u64, until: Instant) -> bool {
+    let left = until.saturating_duration_since(Instant::now()).as_secs();
+    why.soonest.is_some_and(|soonest| soonest.saturating_sub(now) <= SHORT_REST_SECS.min(left))
 }
 
 /// The error of a pool with no usable key.

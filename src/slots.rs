@@ -74,6 +74,8 @@ pub enum Acquired<E> {
     Busy,
     /// The request was given up while it waited (its client left).
     Abandoned,
+    /// Every usable key was at its limit and the pool's line was full.
+    LineFull,
 }
 
 /// One request in flight on one key; dropping it frees the slot.
@@ -113,22 +115,25 @@ impl Slots {
     /// use now (it is asked again after each wait, under this module's lock, so it must not
     /// take a slot itself); `choose` picks one of those with a free slot. When none is free
     /// the request waits, behind earlier waiters of the same pool, until `until`, or until
-    /// `abandoned` says it was given up (asked every [`ABANDON_POLL`] while it waits).
+    /// `abandoned` says it was given up (asked every [`ABANDON_POLL`] while it waits); when
+    /// `max_waiting` requests of the pool wait already, it does not wait at all.
     pub fn acquire<'c, E>(
         self: &Arc<Self>,
         pool: &str,
         mut candidates: impl FnMut() -> Result<Vec<Candidate<'c>>, E>,
         mut choose: impl FnMut(&[Free]) -> usize,
-        until: Instant,
+        (until, max_waiting): (Instant, usize),
         abandoned: impl Fn() -> bool,
     ) -> Acquired<E> {
+        // Declared before the lock, so that even a panic below leaves the line after the
+        // lock is let go.
+        let mut place = Place { slots: self, pool, ticket: None };
         let mut inner = self.lock();
-        let mut ticket = None;
         loop {
             let listed = match candidates() {
                 Ok(listed) => listed,
                 Err(error) => {
-                    self.leave(&mut inner, pool, ticket);
+                    place.leave(&mut inner);
                     return Acquired::NoKey(error);
                 }
             };
@@ -139,10 +144,10 @@ impl Slots {
                 })
                 .filter(|(c, view)| c.limit == 0 || view.in_flight < c.limit)
                 .unzip();
-            if !free.is_empty() && inner.first_in_line(pool, ticket) {
+            if !free.is_empty() && inner.first_in_line(pool, place.ticket) {
                 let candidate = free[choose(&view).min(free.len() - 1)];
                 *inner.in_flight.entry(candidate.id.to_string()).or_default() += 1;
-                self.leave(&mut inner, pool, ticket);
+                place.leave(&mut inner);
                 return Acquired::Slot(
                     candidate.index,
                     Slot { slots: Arc::clone(self), id: candidate.id.to_string() },
@@ -150,27 +155,34 @@ impl Slots {
             }
             let now = Instant::now();
             if now >= until {
-                self.leave(&mut inner, pool, ticket);
+                place.leave(&mut inner);
                 return Acquired::Busy;
             }
             if abandoned() {
-                self.leave(&mut inner, pool, ticket);
+                place.leave(&mut inner);
                 return Acquired::Abandoned;
             }
             let line = inner.waiting.entry(pool.to_string()).or_default();
-            match ticket.and_then(|mine| line.iter_mut().find(|w| w.ticket == mine)) {
+            let waiting = line.len();
+            match place.ticket.and_then(|mine| line.iter_mut().find(|w| w.ticket == mine)) {
                 // It looked and cannot go: those behind it, who let it look first, may.
                 Some(me) if me.can_go && free.is_empty() => {
                     me.can_go = false;
                     self.freed.notify_all();
                 }
                 Some(me) => me.can_go = !free.is_empty(),
+                None if waiting >= max_waiting => {
+                    if waiting == 0 {
+                        inner.waiting.remove(pool);
+                    }
+                    return Acquired::LineFull;
+                }
                 None => {
                     let mine = inner.next_ticket;
                     inner.next_ticket += 1;
                     let line = inner.waiting.entry(pool.to_string()).or_default();
                     line.push_back(Waiter { ticket: mine, can_go: false });
-                    ticket = Some(mine);
+                    place.ticket = Some(mine);
                 }
             }
             inner = match self.freed.wait_timeout(inner, (until - now).min(ABANDON_POLL)) {
@@ -179,17 +191,35 @@ impl Slots {
             };
         }
     }
+}
 
-    /// Takes waiter `ticket` (if it waited) out of `pool`'s line; the next may go.
-    fn leave(&self, inner: &mut Inner, pool: &str, ticket: Option<u64>) {
-        let Some(ticket) = ticket else { return };
-        if let Some(line) = inner.waiting.get_mut(pool) {
+/// A request's place in its pool's line, if it took one; dropping it leaves the line.
+struct Place<'a> {
+    slots: &'a Slots,
+    pool: &'a str,
+    ticket: Option<u64>,
+}
+
+impl Place<'_> {
+    /// Leaves the line (under the lock the caller holds); the next in line may go.
+    fn leave(&mut self, inner: &mut Inner) {
+        let Some(ticket) = self.ticket.take() else { return };
+        if let Some(line) = inner.waiting.get_mut(self.pool) {
             line.retain(|w| w.ticket != ticket);
             if line.is_empty() {
-                inner.waiting.remove(pool);
+                inner.waiting.remove(self.pool);
             }
         }
-        self.freed.notify_all();
+        self.slots.freed.notify_all();
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let mut inner = self.slots.lock();
+            self.leave(&mut inner);
+        }
     }
 }
 
@@ -225,7 +255,7 @@ mod tests {
     }
 
     fn take(slots: &Arc<Slots>, limit: u32, until: Instant) -> Option<(usize, Slot)> {
-        match slots.acquire("p", keys(limit), first, until, || false) {
+        match slots.acquire("p", keys(limit), first, (until, 64), || false) {
             Acquired::Slot(index, slot) => Some((index, slot)),
             Acquired::Busy => None,
             other => panic!("the candidates never fail and nobody gives up here: {other:?}"),
@@ -308,9 +338,33 @@ mod tests {
         let _held = [take(&slots, 1, soon()).expect("a"), take(&slots, 1, soon()).expect("b")];
         let started = Instant::now();
         let gone = || started.elapsed() > Duration::from_millis(50);
-        assert!(matches!(slots.acquire("p", keys(1), first, soon(), gone), Acquired::Abandoned));
+        assert!(matches!(slots.acquire("p", keys(1), first, (soon(), 64), gone), Acquired::Abandoned));
         assert!(started.elapsed() < Duration::from_secs(5), "noticed within a poll, not at the deadline");
         assert!(slots.lock().waiting.is_empty());
+    }
+
+    #[test]
+    fn a_full_line_is_not_joined() {
+        let slots = Arc::new(Slots::default());
+        let _held = [take(&slots, 1, soon()).expect("a"), take(&slots, 1, soon()).expect("b")];
+        assert!(matches!(slots.acquire("p", keys(1), first, (soon(), 0), || false), Acquired::LineFull));
+    }
+
+    #[test]
+    fn a_panic_while_waiting_leaves_the_line() {
+        let slots = Arc::new(Slots::default());
+        let _held = [take(&slots, 1, soon()).expect("a"), take(&slots, 1, soon()).expect("b")];
+        let mut calls = 0;
+        let panics_on_the_second_look = || {
+            calls += 1;
+            assert!(calls < 2, "a candidates closure that panics");
+            keys(1)()
+        };
+        let waiting = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            slots.acquire("p", panics_on_the_second_look, first, (soon(), 64), || false)
+        }));
+        assert!(waiting.is_err());
+        assert!(slots.lock().waiting.is_empty(), "the line forgot the waiter that panicked");
     }
 
     #[test]
@@ -332,7 +386,7 @@ mod tests {
                 slots.freed.notify_all();
             })
         };
-        match slots.acquire("p", only_a, first, soon(), || false) {
+        match slots.acquire("p", only_a, first, (soon(), 64), || false) {
             Acquired::NoKey(why) => assert_eq!(why, "a was revoked"),
             other => panic!("{other:?}"),
         }

@@ -99,6 +99,7 @@ pub fn handle(
         },
         model: checked.model.as_deref(),
         content_type: if is_json { "application/json" } else { "application/octet-stream" },
+        takes_slot: route.scope == Scope::Inference,
     };
     let pool = gateway.pool(client.pool)?;
     let response = relay::send(gateway.relay(), pool, outgoing, &mut log.trace)?;

@@ -146,6 +146,7 @@ pub fn openai_passthrough(
         answer: if checked.stream { Answer::Stream } else { Answer::Json },
         model: checked.model.as_ref().map(|(_, target)| target.as_str()),
         content_type: "application/json",
+        takes_slot: req.method == "POST",
     };
     let response = relay(gateway, client, outgoing, log)?;
     if path == "/models" && client.models.is_some() {

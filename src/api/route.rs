@@ -42,6 +42,7 @@ impl Routed {
             answer,
             model: Some(&self.target),
             content_type: "application/json",
+            takes_slot: true,
         }
     }
 }

@@ -570,11 +570,12 @@ fn three_bad_keys_in_a_row_cost_no_request_and_the_good_keys_share_the_load_even
     );
     eqnice!((0, 0), (sent(SPENT), sent(REVOKED)), "after the warm-up the spent and revoked keys get nothing");
     // The dead upstream cannot count its requests; the log's attempts say whether any
-    // request tried it (or any other bad key) first. It backs off for 30 s.
+    // request tried it (or any other bad key) first. It backs off for 30 s, then is tried
+    // once more: a slow machine whose phase took longer may see that one attempt.
     let lines = wait_for_chat_lines(&gateway, 2200);
     let retried: Vec<&String> = lines[200..].iter().filter(|l| field(l, "attempts") != Some("1")).collect();
     assert!(
-        retried.is_empty(),
+        retried.len() <= (took.as_secs() / 30) as usize,
         "after the warm-up every request takes one attempt; {} did not (phase took {took:?}), e.g.:\n{}",
         retried.len(),
         retried.iter().take(5).map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
@@ -973,6 +974,118 @@ fn a_pool_whose_keys_stay_busy_past_the_wait_goes_on_in_its_fallback_pool() {
     let pools: Vec<Option<String>> =
         wait_for_chat_lines(&gateway, 2).iter().map(|l| field(l, "pool").map(str::to_string)).collect();
     assert!(pools.contains(&Some("paid".to_string())), "a log line names pool paid: {pools:?}");
+}
+
+#[test]
+fn a_pool_with_slot_wait_secs_0_goes_on_to_its_fallback_at_once() {
+    let gate = Gate::new();
+    let _release = OpenOnDrop(Arc::clone(&gate));
+    let held = Arc::clone(&gate);
+    let upstream = Upstream::start(move |call| match call.stream {
+        true => Act::Hold(Arc::clone(&held)),
+        false => Act::quick(),
+    });
+    let url = &upstream.url;
+    let keys = format!("[free]\n{url}|{KEY_A} max_concurrent=1\n[paid]\n{url}|{KEY_C}\n");
+    let config_text = format!(
+        "[upstream]\nslot_wait_secs = 20\n[pools.free]\nfallback = \"paid\"\nslot_wait_secs = 0\n{}",
+        token_entry("alice", TOKEN, "free")
+    );
+    let gateway = Gateway::start(&config_text, &keys);
+    let stream = HeldStream::open(&gateway);
+    let started = Instant::now();
+    eqnice!(Ok(text(2)), chat(&gateway, "m"), "served by the fallback");
+    assert!(started.elapsed() < FEW_SECONDS, "no wait for free's busy key: {:?}", started.elapsed());
+    eqnice!(1, upstream.served_by(KEY_C), "the paid key served it");
+    gate.open();
+    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+}
+
+#[test]
+fn listing_models_does_not_wait_behind_a_key_at_its_limit() {
+    let gate = Gate::new();
+    let _release = OpenOnDrop(Arc::clone(&gate));
+    let held = Arc::clone(&gate);
+    // Only the chat stream is held; a model list (no body, no model) is answered at once.
+    let upstream = Upstream::start(move |call| match call.model.as_str() {
+        "m" => Act::Hold(Arc::clone(&held)),
+        _ => Act::quick(),
+    });
+    let gateway = Gateway::start(
+        &config("[upstream]\nmax_concurrent_per_key = 1\nslot_wait_secs = 20\n"),
+        &keys_on(&upstream.url, &[KEY_A]),
+    );
+    let stream = HeldStream::open(&gateway);
+    let auth = format!("Bearer {TOKEN}");
+    let started = Instant::now();
+    for path in ["/v1/models", "/api/tags"] {
+        let reply = gateway.raw("GET", path, &[("authorization", auth.as_str())], b"");
+        // This upstream answers every request with a chat, which is no model list: what
+        // matters here is that the list went upstream at once instead of waiting.
+        assert_ne!(429, reply.status, "{path} while the key's only slot is taken: {}", reply.text);
+    }
+    assert!(started.elapsed() < FEW_SECONDS, "the model lists did not wait for the slot");
+    eqnice!(3, upstream.count(), "both lists reached the upstream beside the stream");
+    gate.open();
+    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+}
+
+#[test]
+fn when_a_pools_line_is_full_more_requests_are_answered_at_once() {
+    let gate = Gate::new();
+    let _release = OpenOnDrop(Arc::clone(&gate));
+    let held = Arc::clone(&gate);
+    let upstream = Upstream::start(move |_| Act::Hold(Arc::clone(&held)));
+    // workers = 4: at most 2 requests wait for the pool's slots.
+    let gateway = Gateway::start(
+        &config("workers = 4\n[upstream]\nmax_concurrent_per_key = 1\nslot_wait_secs = 20\n"),
+        &keys_on(&upstream.url, &[KEY_A]),
+    );
+    let stream = HeldStream::open(&gateway);
+    thread::scope(|scope| {
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let waiter = scope.spawn(|| stream_of(&gateway));
+                thread::sleep(Duration::from_millis(500));
+                waiter
+            })
+            .collect();
+        let started = Instant::now();
+        let over = gateway.chat(&chat_body("m", false));
+        eqnice!(429, over.status, "a third waiter is not taken: {}", over.text);
+        assert!(retry_after(&over) >= 1);
+        assert!(started.elapsed() < FEW_SECONDS, "answered at once, not after slot_wait_secs");
+        gate.open();
+        for waiter in waiting {
+            eqnice!(
+                Ok(HELD_TEXT.to_string()),
+                waiter.join().expect("a waiter's thread"),
+                "the waiters are served"
+            );
+        }
+    });
+    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+}
+
+/// A held stream's text, opened and read to its end.
+fn stream_of(gateway: &Gateway) -> Result<String, String> {
+    stream(gateway, "m")
+}
+
+#[test]
+fn a_request_whose_time_ran_out_blames_no_key_it_did_not_try() {
+    let upstream =
+        Upstream::start(|_| Act::Fail { status: 500, message: "slow".into(), after: Duration::from_secs(3) });
+    let gateway = Gateway::start(
+        &config("[upstream]\nrequest_timeout_secs = 1\n"),
+        &keys_on(&upstream.url, &[KEY_A, KEY_B, KEY_C]),
+    );
+    let reply = gateway.chat(&chat_body("m", false));
+    assert!(reply.status >= 500, "the request timed out: {} {}", reply.status, reply.text);
+    thread::sleep(Duration::from_millis(300));
+    eqnice!(1, upstream.count(), "one key was tried before the time ran out");
+    let blamed = gateway.logs().lines().filter(|line| line.contains("failed (")).count();
+    eqnice!(1, blamed, "only the key that was tried is blamed: {}", gateway.logs());
 }
 
 #[test]
