@@ -678,13 +678,7 @@ fn a_stream_holds_its_slot_until_its_client_leaves() {
 
 #[test]
 fn a_client_that_leaves_while_waiting_for_a_slot_gives_up_its_place_and_sends_nothing() {
-    let gate = Gate::new();
-    let _release = OpenOnDrop(Arc::clone(&gate));
-    let held = Arc::clone(&gate);
-    let upstream = Upstream::start(move |call| match call.stream {
-        true => Act::Hold(Arc::clone(&held)),
-        false => Act::quick(),
-    });
+    let (gate, _release, upstream) = holding_streams();
     let gateway = Gateway::start(
         &config("[upstream]\nmax_concurrent_per_key = 1\n"),
         &keys_on(&upstream.url, &[KEY_A]),
@@ -726,13 +720,7 @@ fn a_client_that_leaves_while_waiting_for_a_slot_gives_up_its_place_and_sends_no
 
 #[test]
 fn requests_waiting_for_a_slot_get_it_in_the_order_they_came() {
-    let gate = Gate::new();
-    let _release = OpenOnDrop(Arc::clone(&gate));
-    let held = Arc::clone(&gate);
-    let upstream = Upstream::start(move |call| match call.stream {
-        true => Act::Hold(Arc::clone(&held)),
-        false => Act::quick(),
-    });
+    let (gate, _release, upstream) = holding_streams();
     let gateway = Gateway::start(
         &config("[upstream]\nmax_concurrent_per_key = 1\n"),
         &keys_on(&upstream.url, &[KEY_A]),
@@ -950,55 +938,52 @@ fn a_pool_with_no_usable_key_goes_on_in_its_fallback_pool() {
 
 #[test]
 fn a_pool_whose_keys_stay_busy_past_the_wait_goes_on_in_its_fallback_pool() {
-    let gate = Gate::new();
-    let _release = OpenOnDrop(Arc::clone(&gate));
-    let held = Arc::clone(&gate);
-    let upstream = Upstream::start(move |call| match call.stream {
-        true => Act::Hold(Arc::clone(&held)),
-        false => Act::quick(),
-    });
+    let took = served_by_paid_while_free_is_busy(1, None);
+    assert!(took >= Duration::from_millis(900), "it waited slot_wait_secs for free's key first: {took:?}");
+}
+
+#[test]
+fn a_pool_with_slot_wait_secs_0_goes_on_to_its_fallback_at_once() {
+    let took = served_by_paid_while_free_is_busy(20, Some(0));
+    assert!(took < FEW_SECONDS, "no wait for free's busy key: {took:?}");
+}
+
+/// Pool `free` (one key with one slot, taken by a held stream) falls back to `paid`, with
+/// `[upstream] slot_wait_secs` and free's own when given: a chat of free's token is served
+/// by paid, and the log says so. Returns how long the chat took.
+fn served_by_paid_while_free_is_busy(slot_wait_secs: u64, free_slot_wait_secs: Option<u64>) -> Duration {
+    let (gate, _release, upstream) = holding_streams();
     let url = &upstream.url;
     let keys = format!("[free]\n{url}|{KEY_A} max_concurrent=1\n[paid]\n{url}|{KEY_C}\n");
+    let free_wait = free_slot_wait_secs.map_or(String::new(), |secs| format!("slot_wait_secs = {secs}\n"));
     let config_text = format!(
-        "[upstream]\nslot_wait_secs = 1\n[pools.free]\nfallback = \"paid\"\n{}",
+        "[upstream]\nslot_wait_secs = {slot_wait_secs}\n[pools.free]\nfallback = \"paid\"\n{free_wait}{}",
         token_entry("alice", TOKEN, "free")
     );
     let gateway = Gateway::start(&config_text, &keys);
     let stream = HeldStream::open(&gateway);
     let started = Instant::now();
     eqnice!(Ok(text(2)), chat(&gateway, "m"), "served although free's only key is busy");
-    assert!(started.elapsed() >= Duration::from_millis(900), "it waited slot_wait_secs for free's key first");
+    let took = started.elapsed();
     eqnice!(1, upstream.served_by(KEY_C), "the paid key served it: {:?}", upstream.calls());
     gate.open();
     eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
     let pools: Vec<Option<String>> =
         wait_for_chat_lines(&gateway, 2).iter().map(|l| field(l, "pool").map(str::to_string)).collect();
     assert!(pools.contains(&Some("paid".to_string())), "a log line names pool paid: {pools:?}");
+    took
 }
 
-#[test]
-fn a_pool_with_slot_wait_secs_0_goes_on_to_its_fallback_at_once() {
+/// An upstream that holds every stream until the gate opens (at the latest when the guard
+/// is dropped, so a failing test never hangs) and answers everything else at once.
+fn holding_streams() -> (Arc<Gate>, OpenOnDrop, Upstream) {
     let gate = Gate::new();
-    let _release = OpenOnDrop(Arc::clone(&gate));
     let held = Arc::clone(&gate);
     let upstream = Upstream::start(move |call| match call.stream {
         true => Act::Hold(Arc::clone(&held)),
         false => Act::quick(),
     });
-    let url = &upstream.url;
-    let keys = format!("[free]\n{url}|{KEY_A} max_concurrent=1\n[paid]\n{url}|{KEY_C}\n");
-    let config_text = format!(
-        "[upstream]\nslot_wait_secs = 20\n[pools.free]\nfallback = \"paid\"\nslot_wait_secs = 0\n{}",
-        token_entry("alice", TOKEN, "free")
-    );
-    let gateway = Gateway::start(&config_text, &keys);
-    let stream = HeldStream::open(&gateway);
-    let started = Instant::now();
-    eqnice!(Ok(text(2)), chat(&gateway, "m"), "served by the fallback");
-    assert!(started.elapsed() < FEW_SECONDS, "no wait for free's busy key: {:?}", started.elapsed());
-    eqnice!(1, upstream.served_by(KEY_C), "the paid key served it");
-    gate.open();
-    eqnice!(Ok(HELD_TEXT.to_string()), stream.finish(), "the held stream completes");
+    (Arc::clone(&gate), OpenOnDrop(gate), upstream)
 }
 
 #[test]
@@ -1160,13 +1145,7 @@ fn a_model_every_keys_plan_lacks_gets_403_permission_error_and_other_models_stil
 
 #[test]
 fn least_busy_sends_requests_to_the_key_with_fewest_in_flight() {
-    let gate = Gate::new();
-    let _release = OpenOnDrop(Arc::clone(&gate));
-    let held = Arc::clone(&gate);
-    let upstream = Upstream::start(move |call| match call.stream {
-        true => Act::Hold(Arc::clone(&held)),
-        false => Act::quick(),
-    });
+    let (gate, _release, upstream) = holding_streams();
     let gateway = Gateway::start(
         &config("[upstream]\nstrategy = \"least-busy\"\n"),
         &keys_on(&upstream.url, &[KEY_A, KEY_B]),
