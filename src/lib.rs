@@ -17,7 +17,8 @@
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
-//!    answers mean, the store of key states), [`statefile`].
+//!    answers mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
+//!    concurrency, expiry and addresses), [`lockout`] (addresses that send wrong tokens).
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
@@ -44,7 +45,9 @@ pub mod json_cost;
 pub mod keyfile;
 pub mod keys;
 pub mod keystate;
+pub mod limits;
 pub mod live;
+pub mod lockout;
 pub mod pool;
 pub mod quota;
 pub mod relay;
