@@ -37,6 +37,21 @@ pub struct Token {
     pub models: Option<Vec<String>>,
     /// What it may do.
     pub scopes: Vec<Scope>,
+    /// Its rate, concurrency, expiry and address limits (`crate::limits` enforces them).
+    pub limits: TokenLimits,
+}
+
+/// The limits of one token, as `config.toml` sets them; `None` (or empty): no such limit.
+#[derive(Debug, Clone, Default)]
+pub struct TokenLimits {
+    /// Requests it may start in any 60 seconds.
+    pub rpm: Option<u32>,
+    /// Requests it may have in flight at once (a stream until it ends).
+    pub max_concurrent: Option<u32>,
+    /// Unix seconds from which it is refused.
+    pub expires: Option<u64>,
+    /// The address blocks it may be used from; `None`: anywhere.
+    pub ips: Option<Vec<crate::cidr::Cidr>>,
 }
 
 /// Who a request is from.
@@ -110,6 +125,7 @@ mod tests {
                 pools: vec!["default".into()],
                 models: None,
                 scopes: Vec::new(),
+                limits: TokenLimits::default(),
             })
             .collect()
     }

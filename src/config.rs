@@ -7,7 +7,8 @@
 //! Building agents, pools and threads from a [`Config`] is the server's business, not this
 //! module's.
 
-use crate::auth::{Scope, Token};
+use crate::auth::{Scope, Token, TokenLimits};
+use crate::cidr::Cidr;
 use crate::keys::{self, KeyEntry, ParsedKeys};
 use crate::secret;
 use serde::{Deserialize, Deserializer};
@@ -66,6 +67,10 @@ pub struct RawConfig {
     /// requests get 503 with `Retry-After`.
     #[serde(default = "default_max_inflight_body_bytes", deserialize_with = "positive_u64")]
     pub max_inflight_body_bytes: u64,
+    /// Reverse proxies whose `X-Forwarded-For` names the client's address (CIDR blocks);
+    /// empty: the socket's peer is the client.
+    #[serde(default, deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<Cidr>,
     /// Field name(s) of thinking text in replies.
     #[serde(default)]
     pub reasoning_field: ReasoningField,
@@ -262,6 +267,18 @@ pub struct RawToken {
     /// What this token may do; absent: inference and models.
     #[serde(default = "default_scopes")]
     pub scopes: Vec<Scope>,
+    /// Requests it may start in any 60 seconds; absent: no limit.
+    #[serde(default, deserialize_with = "rpm")]
+    pub rpm: Option<u32>,
+    /// Requests it may have in flight at once; absent: no limit.
+    #[serde(default, deserialize_with = "token_max_concurrent")]
+    pub max_concurrent: Option<u32>,
+    /// When it stops working (an RFC 3339 date-time), as Unix seconds; absent: never.
+    #[serde(default, deserialize_with = "expires")]
+    pub expires: Option<u64>,
+    /// The address blocks it may be used from; absent: anywhere.
+    #[serde(default, deserialize_with = "token_ips")]
+    pub ips: Option<Vec<Cidr>>,
 }
 
 /// Which call tells whether a key works (`[health] probe`).
@@ -452,6 +469,57 @@ fn origins<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         }
     }
     Ok(origins)
+}
+/// A token's limit: a count from 1 to `max`; no limit is written by leaving the key out.
+fn token_limit<'de, D: Deserializer<'de>>(d: D, max: u64, key: &str) -> Result<Option<u32>, D::Error> {
+    let value = u64::deserialize(d)?;
+    if !(1..=max).contains(&value) {
+        return Err(serde::de::Error::custom(format!(
+            "must be between 1 and {max}, got {value} (remove {key} for no limit)"
+        )));
+    }
+    Ok(Some(value as u32))
+}
+/// Up to 100,000 requests a minute: the sliding window keeps each start for a minute.
+fn rpm<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    token_limit(d, 100_000, "rpm")
+}
+fn token_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    token_limit(d, 100_000, "max_concurrent")
+}
+/// An RFC 3339 date-time with its offset, quoted or as a TOML date-time.
+fn expires<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Text(String),
+        Toml(toml::value::Datetime),
+    }
+    const FORM: &str = "an RFC 3339 date-time with its offset, such as \"2026-12-31T23:59:59Z\" or \
+                        \"2026-12-31T12:00:00+02:00\"";
+    let text = match Written::deserialize(d) {
+        Ok(Written::Text(text)) => text,
+        Ok(Written::Toml(datetime)) => datetime.to_string(),
+        Err(_) => return Err(serde::de::Error::custom(format!("must be {FORM}"))),
+    };
+    match crate::utc::parse_rfc3339(&text) {
+        Some(unix) => Ok(Some(unix)),
+        None => Err(serde::de::Error::custom(format!("'{text}' is not {FORM}"))),
+    }
+}
+fn cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|text| Cidr::parse(text).map_err(serde::de::Error::custom)).collect()
+}
+fn token_ips<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let blocks = cidrs(d)?;
+    if blocks.is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty list allows no address at all: list the blocks the token may be used from, \
+             or remove ips to allow any",
+        ));
+    }
+    Ok(Some(blocks))
 }
 fn sha256_digest<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
     let text = String::deserialize(d)?;
@@ -730,6 +798,12 @@ impl Config {
                 pools: token_pools,
                 models: raw_token.models.clone(),
                 scopes: raw_token.scopes.clone(),
+                limits: TokenLimits {
+                    rpm: raw_token.rpm,
+                    max_concurrent: raw_token.max_concurrent,
+                    expires: raw_token.expires,
+                    ips: raw_token.ips.clone(),
+                },
             });
         }
         for (name, pool) in &raw.pools {
@@ -887,6 +961,59 @@ mod tests {
             assert!(err.to_string().contains(needle), "{text}: {err}");
             assert!(err.to_string().starts_with(&format!("config.toml:{line}: ")), "{err}");
         }
+    }
+
+    #[test]
+    fn token_limits_and_trusted_proxies_are_read() {
+        let raw = parse(&format!(
+            "trusted_proxies = [\"127.0.0.1/32\", \"fd00::/8\"]\n\
+             [[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\nrpm = 60\nmax_concurrent = 2\n\
+             expires = \"2026-12-31T23:59:59Z\"\nips = [\"10.0.0.0/8\", \"::1\"]\n\
+             [[tokens]]\nname = \"b\"\nsha256 = \"{HASH}\"\nexpires = 2026-12-31T23:59:59+01:00\n"
+        ))
+        .unwrap();
+        assert_eq!(format!("{:?}", raw.trusted_proxies), "[127.0.0.1/32, fd00::/8]");
+        let a = &raw.tokens[0];
+        assert_eq!((a.rpm, a.max_concurrent, a.expires), (Some(60), Some(2), Some(1_798_761_599)));
+        assert_eq!(format!("{:?}", a.ips), "Some([10.0.0.0/8, ::1/128])");
+        assert_eq!(raw.tokens[1].expires, Some(1_798_761_599 - 3600), "a TOML date-time, unquoted");
+        let example = parse(include_str!("../config.example.toml")).unwrap();
+        assert!(example.trusted_proxies.is_empty() && parse("").unwrap().trusted_proxies.is_empty());
+        assert!(example.tokens.iter().all(|t| (t.rpm, t.max_concurrent, t.expires) == (None, None, None)));
+        let none = parse(&format!("[[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\n")).unwrap();
+        let none = &none.tokens[0];
+        assert_eq!(
+            (none.rpm, none.max_concurrent, none.expires, none.ips.is_none()),
+            (None, None, None, true)
+        );
+    }
+
+    #[test]
+    fn bad_token_limits_name_file_line_and_key() {
+        let token = format!("[[tokens]]\nname = \"a\"\nsha256 = \"{HASH}\"\n");
+        let cases = [
+            ("rpm = 0", "rpm", "between 1 and"),
+            ("rpm = -5", "rpm", "invalid value"),
+            ("rpm = \"fast\"", "rpm", "invalid type"),
+            ("max_concurrent = 0", "max_concurrent", "remove max_concurrent for no limit"),
+            ("expires = \"tomorrow\"", "expires", "'tomorrow' is not an RFC 3339 date-time"),
+            ("expires = \"2026-12-31T23:59:59\"", "expires", "with its offset"),
+            ("expires = 2026-12-31", "expires", "'2026-12-31' is not an RFC 3339"),
+            ("expires = 2026-12-31T23:59:59", "expires", "is not an RFC 3339"),
+            ("expires = 5", "expires", "must be an RFC 3339"),
+            ("ips = [\"10.0.0.0/33\"]", "ips", "from 0 to 32"),
+            ("ips = [\"10.1.0.0/8\"]", "ips", "did you mean \"10.0.0.0/8\""),
+            ("ips = [\"my-laptop\"]", "ips", "not an address block"),
+            ("ips = []", "ips", "remove ips to allow any"),
+        ];
+        for (line, key, needle) in cases {
+            let text = format!("{token}{line}\n");
+            let err = parse(&text).expect_err(line);
+            assert_eq!((err.line, err.key.as_deref()), (Some(4), Some(key)), "{line}: {err}");
+            assert!(err.to_string().contains(needle), "{line}: {err}");
+        }
+        let err = parse("workers = 8\ntrusted_proxies = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(2), Some("trusted_proxies")), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::keystate::KeyStore;
 use crate::keystate::Policy;
+use crate::limits::Limits;
 use crate::pool::Pool;
 use crate::relay::Relay;
 use crate::slots::Slots;
@@ -30,6 +31,8 @@ pub struct Gateway {
     pub slots: Arc<Slots>,
     /// When the gateway started.
     pub started: Instant,
+    /// Per-token counts and the address lock-out, shared across reloads.
+    pub limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -58,7 +61,15 @@ impl Gateway {
                     )
             });
         }
-        Gateway { config, agent, pools, store, slots, started }
+        Gateway { config, agent, pools, store, slots, started, limits: Arc::default() }
+    }
+
+    /// This generation with the limits state of the generations before it, keeping the
+    /// counts of only the tokens this config has.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Gateway {
+        limits.keep_only(self.config.tokens.iter().map(|token| token.name.as_str()));
+        self.limits = limits;
+        self
     }
 
     /// The pool of keys.txt section `name`, or the 503 saying it has no keys.

@@ -23,6 +23,8 @@ pub struct Req {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+    /// The address of the socket's peer (`None` when there is no socket, as in tests).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Headers whose values are secrets: `Debug` shows them masked.
@@ -43,6 +45,7 @@ impl std::fmt::Debug for Req {
             .field("url", &self.path())
             .field("headers", &headers)
             .field("body_bytes", &self.body.len())
+            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -203,4 +206,6 @@ pub struct Client<'g> {
     pub name: &'g str,
     /// What it may do.
     pub scopes: &'g [Scope],
+    /// Its token's limits (`None`: no token, no limits).
+    pub limits: Option<&'g crate::auth::TokenLimits>,
 }

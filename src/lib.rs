@@ -17,13 +17,14 @@
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
-//!    answers mean, the store of key states), [`statefile`].
+//!    answers mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
+//!    concurrency, expiry and addresses), [`lockout`] (addresses that send wrong tokens).
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
 //!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`],
-//!    [`utc`] (calendar arithmetic).
+//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks, the client's address).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod cancel;
 pub mod check;
 pub mod chunked;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -43,7 +45,9 @@ pub mod json_cost;
 pub mod keyfile;
 pub mod keys;
 pub mod keystate;
+pub mod limits;
 pub mod live;
+pub mod lockout;
 pub mod pool;
 pub mod quota;
 pub mod relay;

@@ -19,6 +19,7 @@ use crate::health::{self, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{key_id, Health};
+use crate::limits::Limits;
 use crate::slots::Slots;
 use crate::statefile::{self, Loaded};
 use std::collections::BTreeSet;
@@ -47,6 +48,7 @@ pub struct Live {
     current: RwLock<Arc<Gateway>>,
     store: Arc<KeyStore>,
     slots: Arc<Slots>,
+    limits: Arc<Limits>,
     config_path: PathBuf,
     started: Instant,
     /// Requests taken by the server and not finished.
@@ -69,12 +71,15 @@ impl Live {
         let store = Arc::new(KeyStore::new(states));
         let started = Instant::now();
         let slots = Arc::new(Slots::default());
-        let gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started);
+        let limits = Arc::new(Limits::default());
+        let gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started)
+            .with_limits(Arc::clone(&limits));
         forget_removed_keys(&gateway);
         Arc::new(Live {
             current: RwLock::new(Arc::new(gateway)),
             store,
             slots,
+            limits,
             config_path: config_path.to_path_buf(),
             started,
             in_flight: AtomicUsize::new(0),
@@ -90,7 +95,8 @@ impl Live {
     /// Serves new requests with the config in `files`, when it is good.
     pub fn apply(&self, files: &Files) -> Result<(), ConfigError> {
         let config = Config::from_files(files)?;
-        let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started);
+        let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started)
+            .with_limits(Arc::clone(&self.limits));
         forget_removed_keys(&gateway);
         log::info!(
             "reloaded {}: {} upstreams in {} pools, {} tokens",

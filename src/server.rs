@@ -279,11 +279,14 @@ impl Shared {
         let mut body_read = false;
         let mut body_held = None;
         let mut slot = None;
+        // The request's place in its token's max_concurrent, held until its answer is out.
+        let mut permit = None;
         let reply = catch_unwind(AssertUnwindSafe(|| {
-            let admission = match api::screen(&req, &gateway, &mut log) {
+            let mut admission = match api::screen(&req, &gateway, &mut log) {
                 Ok(admission) => admission,
                 Err(early) => return early,
             };
+            permit = Some(admission.take_permit());
             let limits = BodyLimits {
                 max: gateway.config.raw.max_body_bytes,
                 rate: self.limits.min_body_rate,
@@ -330,14 +333,14 @@ impl Shared {
                 }
                 // Counted out before the client can see the answer and send the next
                 // request, which must find this one's worker free.
-                drop((slot, body_held, admitted));
+                drop((slot, body_held, admitted, permit));
                 let _ = request.respond(json_response(status, body, headers, Some(&id)));
                 (status, "")
             }
             Reply::Stream(stream) => {
                 let status = stream.status;
                 let (note, usage) = write_stream(request, stream, http10, close, &id);
-                drop((slot, body_held, admitted));
+                drop((slot, body_held, admitted, permit));
                 log.usage = usage;
                 (status, note)
             }
@@ -538,6 +541,7 @@ fn head_of(request: &tiny_http::Request) -> Req {
             .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
             .collect(),
         body: Vec::new(),
+        peer: request.remote_addr().map(|addr| addr.ip()),
     }
 }
 

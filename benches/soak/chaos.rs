@@ -47,7 +47,7 @@ impl Files {
         let mut config = format!(
             "listen = \"127.0.0.1:{port}\"\nworkers = {WORKERS}\nmax_connections = {MAX_CONNECTIONS}\n\
              client_timeout_secs = {CLIENT_TIMEOUT}\nheader_timeout_secs = {HEADER_TIMEOUT}\n\
-             max_body_bytes = {MAX_BODY}\n",
+             max_body_bytes = {MAX_BODY}\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
             port = self.port
         );
         let max_attempts = if text == ConfigText::Changed { 4 } else { 3 };

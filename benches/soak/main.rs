@@ -4,7 +4,9 @@
 //! about one upstream request in six (quota and overload 429/503, 500, a connection closed
 //! mid-answer, an answer stalled past the gateway's idle timeout, garbage instead of JSON,
 //! a rare 401), then the real release gateway binary as a child with a temp config: ten keys
-//! on the fake, small timeouts, `max_connections` 200, `workers` 64. [`CLIENTS`] client
+//! on the fake, small timeouts, `max_connections` 200, `workers` 64, and the soak itself as
+//! a trusted proxy (wrong tokens arrive forwarded from many addresses, so none is locked
+//! out). [`CLIENTS`] client
 //! threads then run mixed traffic for `SOAK_SECS` seconds (600 by default): chats streamed
 //! and not, native `/api/chat`, `/v1/models`, `/health`, wrong tokens, malformed JSON,
 //! oversized bodies, clients that hang up mid-stream or before the first token, slow heads

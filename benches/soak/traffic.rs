@@ -36,9 +36,22 @@ fn act(kind: Kind, client: &mut Client, shared: &Shared) -> Judged {
         Kind::Models => exchange(client, get("/v1/models", Some(TOKEN)), None),
         Kind::Health => exchange(client, get("/health", None), None),
         Kind::BadToken => {
-            let token = ["sk-wrong-token", ""][fastrand::usize(0..2)];
-            let token = (!token.is_empty()).then_some(token);
-            exchange(client, post("/v1/chat/completions", token, &chat_body(false, faulty())), None)
+            let body = chat_body(false, faulty());
+            let request = match fastrand::bool() {
+                false => post("/v1/chat/completions", None, &body),
+                // Wrong tokens come through the trusted proxy (see the config) from one of
+                // 256 forwarded addresses: each stays under the lock-out's 20 a minute,
+                // while the table of addresses is kept busy.
+                true => {
+                    let from = format!("X-Forwarded-For: 198.51.100.{}\r\n", fastrand::u8(..));
+                    let head = format!("{from}Content-Length: {}", body.len());
+                    let mut request =
+                        request_head("POST", "/v1/chat/completions", Some("sk-wrong-token"), &head);
+                    request.push_str(&body);
+                    request.into_bytes()
+                }
+            };
+            exchange(client, request, None)
         }
         Kind::BadJson => {
             let body = [r#"{"model":"m","messages":[{"role":"user""#, r#"{"model":7,"messages":"no"}"#]

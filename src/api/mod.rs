@@ -16,7 +16,11 @@ pub mod route;
 
 use crate::auth::Scope;
 use crate::auth::{self, Caller};
+use crate::cidr;
 use crate::config::Provider;
+use crate::limits::{self, Permit};
+use std::net::IpAddr;
+use std::time::Instant;
 
 use crate::error::{ApiError, Family};
 use crate::gateway::Gateway;
@@ -178,7 +182,7 @@ fn percent_decode(text: &str) -> String {
 pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut LogFields) -> Reply {
     let reply = match admission.0 {
         Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, gateway)),
-        Admitted::Client(endpoint, client) => {
+        Admitted::Client(endpoint, client, _) => {
             let family = endpoint.family();
             dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
         }
@@ -186,13 +190,25 @@ pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut 
     with_cors(req, gateway, reply.unwrap_or_else(|error_reply| error_reply))
 }
 
-/// A request checked from its head alone: its route, method, token and scope.
+/// A request checked from its head alone: its route, method, token, scope and limits.
 pub struct Admission<'g>(Admitted<'g>);
 
+impl Admission<'_> {
+    /// The request's place in its token's count of requests in flight, to be dropped when
+    /// its answer has been written (a stream's too), not when its handler returns.
+    pub fn take_permit(&mut self) -> Permit {
+        match &mut self.0 {
+            Admitted::Client(_, _, permit) => std::mem::take(permit),
+            Admitted::Open(_) => Permit::default(),
+        }
+    }
+}
+
 /// Checks a request from its head, or answers it at once when it needs none of its body:
-/// an unknown route, a wrong method, a preflight, a missing or wrong token, a scope it
-/// lacks. `server` asks this before reading a body, so a client without a token cannot make
-/// a worker wait for (or hold) a large upload.
+/// an address locked out after wrong tokens, an unknown route, a wrong method, a preflight,
+/// a missing, wrong or expired token, an address or a scope it lacks, a token over its
+/// `rpm` or `max_concurrent`. `server` asks this before reading a body, so a client without
+/// a token cannot make a worker wait for (or hold) a large upload.
 pub fn screen<'g>(head: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admission<'g>, Reply> {
     admit(head, gateway, log).map(Admission).map_err(|early| with_cors(head, gateway, early))
 }
@@ -225,8 +241,8 @@ pub const MAX_URL_BYTES: usize = 2048;
 enum Admitted<'g> {
     /// An endpoint open to all.
     Open(Endpoint),
-    /// An endpoint for an authenticated client.
-    Client(Endpoint, Client<'g>),
+    /// An endpoint for an authenticated client, counted in its token's limits.
+    Client(Endpoint, Client<'g>, Permit),
 }
 
 /// A leading pool name, as in `/openrouter/v1/chat/completions`, and the path after it.
@@ -243,7 +259,18 @@ pub fn split_pool_prefix(path: &str) -> (Option<&str>, &str) {
     (None, path)
 }
 
+/// The address the request comes from, through `trusted_proxies` (`None` without a socket).
+fn client_addr(req: &Req, gateway: &Gateway) -> Option<IpAddr> {
+    let forwarded = req.headers.iter().filter(|(name, _)| name == "x-forwarded-for").map(|(_, v)| v.as_str());
+    req.peer.map(|peer| cidr::client_addr(peer, forwarded, &gateway.config.raw.trusted_proxies))
+}
+
 fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admitted<'g>, Reply> {
+    let from = client_addr(req, gateway);
+    // Before anything else, on every route: a locked-out address learns nothing more.
+    if let Some(refusal) = from.and_then(|addr| gateway.limits.lockout.refusal(addr, Instant::now())) {
+        return Err(Reply::error_in(family_of(req), &refusal));
+    }
     if req.url.len() > MAX_URL_BYTES {
         let error = ApiError {
             status: 414,
@@ -284,7 +311,7 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     if !endpoint.needs_token() {
         return Ok(Admitted::Open(endpoint));
     }
-    let client = authorize(req, gateway, log).and_then(|client| choose_pool(client, pool_prefix));
+    let client = authorize(req, gateway, from, log).and_then(|client| choose_pool(client, pool_prefix));
     let client = client.and_then(|client| match client.scopes.contains(&endpoint.scope()) {
         true => Ok(client),
         false => Err(ApiError {
@@ -301,8 +328,13 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
             retry_after: None,
         }),
     });
-    match client {
-        Ok(client) => Ok(Admitted::Client(endpoint, client)),
+    // Counted last, so that only a request that may go on takes a place in its limits.
+    let permit = client.and_then(|client| match client.limits {
+        Some(limits) => gateway.limits.admit(client.name, limits, Instant::now()).map(|p| (client, p)),
+        None => Ok((client, Permit::default())),
+    });
+    match permit {
+        Ok((client, permit)) => Ok(Admitted::Client(endpoint, client, permit)),
         Err(error) => Err(Reply::error_in(endpoint.family(), &error)),
     }
 }
@@ -415,21 +447,33 @@ fn choose_pool<'g>(mut client: Client<'g>, prefix: Option<&str>) -> Result<Clien
 /// What requests without a token may do when `allow_anonymous` is on.
 const ANONYMOUS_SCOPES: &[Scope] = &[Scope::Inference, Scope::Models];
 
-/// Checks the caller's token and says what it may use.
-fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Client<'g>, ApiError> {
+/// Checks the caller's token (and that it may be used now, from `from`) and says what it
+/// may use. A wrong token counts towards `from`'s lock-out; a missing one does not: that
+/// is a client not yet given its token, not one guessing.
+fn authorize<'g>(
+    req: &Req,
+    gateway: &'g Gateway,
+    from: Option<IpAddr>,
+    log: &mut LogFields,
+) -> Result<Client<'g>, ApiError> {
     let from_query = match gateway.config.raw.allow_query_token {
         true => query_param(&req.url, "api_key"),
         false => None,
     };
     let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
     let config = &gateway.config;
-    let client = match auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous)? {
+    let caller = auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous);
+    if let (Err(_), Some(_), Some(addr)) = (&caller, presented, from) {
+        gateway.limits.lockout.wrong_token(addr, Instant::now());
+    }
+    let client = match caller? {
         Caller::Token(token) => Client {
             pool: &token.pool,
             pools: &token.pools,
             models: token.models.as_deref(),
             name: &token.name,
             scopes: &token.scopes,
+            limits: Some(&token.limits),
         },
         Caller::Anonymous => Client {
             pool: keys::DEFAULT_POOL,
@@ -437,9 +481,13 @@ fn authorize<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result
             models: None,
             name: "anonymous",
             scopes: ANONYMOUS_SCOPES,
+            limits: None,
         },
     };
     log.token = Some(client.name.to_string());
+    if let Some(limits) = client.limits {
+        limits::check_access(client.name, limits, from, crate::keystate::now())?;
+    }
     Ok(client)
 }
 
@@ -476,7 +524,13 @@ mod tests {
         if let Some(token) = token {
             headers.push(("authorization".to_string(), format!("Bearer {token}")));
         }
-        let req = Req { method: method.into(), url: url.into(), headers, body: body.as_bytes().to_vec() };
+        let req = Req {
+            method: method.into(),
+            url: url.into(),
+            headers,
+            body: body.as_bytes().to_vec(),
+            ..Req::default()
+        };
         let mut log = LogFields::default();
         let reply = match screen(&req, gateway, &mut log) {
             Ok(admission) => handle(&req, gateway, admission, &mut log),
@@ -632,6 +686,7 @@ mod tests {
                 ("x-api-key".into(), "sk-secret-token-0123456789".into()),
             ],
             body: Vec::new(),
+            peer: None,
         };
         let shown = format!("{req:?}");
         assert!(!shown.contains("secret-token"), "{shown}");

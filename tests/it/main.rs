@@ -19,6 +19,9 @@ mod responses;
 mod messages;
 // Client tokens, upstream keys and pools, and keeping secrets out of logs.
 mod auth;
+// Per-token rpm, max_concurrent, expires and ips; the lock-out after wrong tokens, and
+// X-Forwarded-For behind trusted proxies.
+mod limits;
 // Failing over between upstream keys, and what the client sees when all fail.
 mod failover;
 // Bad requests the gateway refuses before calling upstream.
