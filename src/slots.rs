@@ -115,7 +115,7 @@ impl Slots {
     /// use now (it is asked again after each wait, under this module's lock, so it must not
     /// take a slot itself); `choose` picks one of those with a free slot. When none is free
     /// the request waits, behind earlier waiters of the same pool, until `until`, or until
-    /// `abandoned` says it was given up (asked every [`ABANDON_POLL`] while it waits); when
+    /// `abandoned` says it was given up (asked every 200 ms while it waits); when
     /// `max_waiting` requests of the pool wait already, it does not wait at all.
     pub fn acquire<'c, E>(
         self: &Arc<Self>,
