@@ -23,7 +23,7 @@
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
 //!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`],
-//!    [`utc`] (calendar arithmetic).
+//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +32,7 @@ pub mod auth;
 pub mod cancel;
 pub mod check;
 pub mod chunked;
+pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod error;
