@@ -16,8 +16,9 @@
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes),
-//!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
-//!    answers mean, the store of key states), [`statefile`].
+//!    [`quota`] (what Ollama Cloud's usage endpoint says), [`metrics`] (the counters of
+//!    requests and attempts, the Prometheus text), [`keystate`] (what each key's answers
+//!    mean, the store of key states), [`statefile`].
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
@@ -45,6 +46,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod keystate;
 pub mod live;
+pub mod metrics;
 pub mod pool;
 pub mod quota;
 pub mod relay;
