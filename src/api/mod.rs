@@ -312,6 +312,7 @@ fn scope_name(scope: Scope) -> &'static str {
         Scope::Inference => "inference",
         Scope::Models => "models",
         Scope::Manage => "manage",
+        Scope::Admin => "admin",
     }
 }
 
