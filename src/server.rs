@@ -11,8 +11,9 @@
 //! then waits for one of `workers` slots to run [`api::handle`]; a slow client holds its
 //! connection's thread, never a worker. While a handler waits on upstream, the client's
 //! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
-//! Each finished request is counted in [`metrics`] with its log line. Nothing here parses
-//! JSON bodies.
+//! A scrape of `/metrics` is answered without a worker or a queue place, so a gateway at
+//! capacity can still be watched. Each finished request is counted in [`metrics`] with its
+//! log line. Nothing here parses JSON bodies.
 
 use crate::api;
 use crate::cancel::{self, Cancel};
@@ -267,10 +268,19 @@ impl Shared {
             let why = "the gateway is shutting down; retry in a moment";
             return refuse(request, &req, &gateway, why, None, started);
         }
-        let Some(admitted) = self.admit() else {
-            let why = "the gateway is at capacity (every worker busy and the queue full); retry shortly";
-            return refuse(request, &req, &gateway, why, Some(1), started);
+        let scrape = api::metrics::wanted(&req, &gateway);
+        let admitted = match scrape {
+            true => None,
+            false => match self.admit() {
+                Some(admitted) => Some(admitted),
+                None => {
+                    let why =
+                        "the gateway is at capacity (every worker busy and the queue full); retry shortly";
+                    return refuse(request, &req, &gateway, why, Some(1), started);
+                }
+            },
         };
+        let peer = request.remote_addr().map(|addr| addr.ip());
         let mut log = LogFields::default();
         let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
         let close = req.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -278,6 +288,9 @@ impl Shared {
         let mut body_held = None;
         let mut slot = None;
         let reply = catch_unwind(AssertUnwindSafe(|| {
+            if scrape {
+                return api::metrics::answer(&req, peer, &gateway, self.gauges(), &mut log);
+            }
             let admission = match api::screen(&req, &gateway, &mut log) {
                 Ok(admission) => admission,
                 Err(early) => return early,
@@ -352,7 +365,10 @@ impl Shared {
             None => String::new(),
         };
         let elapsed = started.elapsed();
-        log::info!(
+        // A scraper calls every few seconds: its line is kept for debugging, unless refused.
+        let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };
+        log::log!(
+            level,
             "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
             req.method,
             req.path(),
@@ -372,6 +388,14 @@ impl Shared {
             duration: elapsed,
             first_byte: first_byte.map(|at| at.saturating_duration_since(started)),
         });
+    }
+
+    /// What a scrape reports of the requests held: all taken, and those waiting for a worker.
+    fn gauges(&self) -> api::metrics::Gauges {
+        api::metrics::Gauges {
+            in_flight: self.live.in_flight.load(Ordering::Acquire),
+            queued: self.workers.lock().waiting,
+        }
     }
 
     /// Counts a request in (at most `workers` served and `queue_size` waiting), or `None`

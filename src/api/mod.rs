@@ -9,6 +9,7 @@
 pub mod access;
 pub mod anthropic;
 pub mod cors;
+pub mod metrics;
 pub mod native;
 pub mod openai;
 pub mod responses;
