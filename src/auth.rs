@@ -20,6 +20,9 @@ pub enum Scope {
     Models,
     /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
     Manage,
+    /// Operating the gateway: `/metrics` from outside `[metrics] allow_from`. Never among the
+    /// default scopes.
+    Admin,
 }
 
 /// A client token as the gateway checks it.

@@ -7,6 +7,7 @@
 //! each in one write, flushed at once.
 
 use std::io::{self, Write};
+use std::time::Instant;
 
 /// The head of a live response.
 pub struct Head<'a> {
@@ -38,8 +39,8 @@ pub struct LiveWriter {
     chunked: bool,
     /// What the next write sends: the head until it has gone, then each frame in turn.
     frame: Vec<u8>,
-    /// Whether the head has been written.
-    started: bool,
+    /// When the head was written (the time to first byte of the reply).
+    first_byte: Option<Instant>,
 }
 
 impl LiveWriter {
@@ -66,12 +67,17 @@ impl LiveWriter {
             head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        LiveWriter { inner, chunked: !http10, frame: head, started: false }
+        LiveWriter { inner, chunked: !http10, frame: head, first_byte: None }
     }
 
     /// Whether anything (the head at least) has reached the client's connection.
     pub fn started(&self) -> bool {
-        self.started
+        self.first_byte.is_some()
+    }
+
+    /// When the head reached the client's connection, if it has.
+    pub fn first_byte(&self) -> Option<Instant> {
+        self.first_byte
     }
 
     /// Sends `data` as one chunk now (nothing when empty).
@@ -86,7 +92,7 @@ impl LiveWriter {
     /// Sends the head now if it has not gone yet, so that a client sees the answer begin
     /// even when the first upstream line gave it nothing to show.
     pub fn flush(&mut self) -> io::Result<()> {
-        match self.started {
+        match self.started() {
             true => Ok(()),
             false => self.write_frame(),
         }
@@ -120,7 +126,9 @@ impl LiveWriter {
 
     fn write_frame(&mut self) -> io::Result<()> {
         let written = self.inner.write_all(&self.frame).and_then(|()| self.inner.flush());
-        self.started |= written.is_ok();
+        if written.is_ok() && self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
         self.frame.clear();
         // A long stream keeps this buffer: not at the size of its largest event (an
         // upstream line may be 16 MiB).
@@ -181,12 +189,16 @@ mod tests {
         let sink = Sink::default();
         let mut writer = LiveWriter::start(Box::new(sink.clone()), &head(false, &[]));
         assert_eq!(*sink.1.lock().unwrap(), 0, "the head waits for the first frame");
+        assert!(writer.first_byte().is_none());
         writer.send(b"first").unwrap();
         assert!(writer.started());
+        let first_byte = writer.first_byte();
+        assert!(first_byte.is_some(), "the time to first byte is when the head went");
         assert_eq!(*sink.1.lock().unwrap(), 1);
         writer.flush().unwrap();
         writer.send(&[b'x'; 5000]).unwrap();
         assert_eq!(*sink.1.lock().unwrap(), 2, "a large frame is still one write");
+        assert_eq!(writer.first_byte(), first_byte, "later frames leave it alone");
         writer.finish_with(b"last").unwrap();
         assert_eq!(*sink.1.lock().unwrap(), 3);
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();

@@ -7,6 +7,7 @@
 //! `lockout`) and reading headers off a socket (`server`). Addresses are parsed by std;
 //! prefixes and masks by hand, so no crate is needed.
 
+use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -18,6 +19,12 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The block of exactly one address.
+    pub fn host(addr: IpAddr) -> Cidr {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Cidr { network: addr, prefix }
+    }
+
     /// Reads `10.0.0.0/8`, `fd00::/8` or a bare address (`127.0.0.1`, a block of one).
     /// The error says what was wrong and what form is expected.
     pub fn parse(text: &str) -> Result<Cidr, String> {
@@ -76,6 +83,13 @@ fn max_prefix(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let text = String::deserialize(d)?;
+        Cidr::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::secret;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The config path used when neither `--config` nor `OLLAMA_GATEWAY_CONFIG` says otherwise.
@@ -86,6 +86,9 @@ pub struct RawConfig {
     /// Per-pool settings, by keys.txt section name.
     #[serde(default)]
     pub pools: BTreeMap<String, RawPool>,
+    /// `GET /metrics`.
+    #[serde(default)]
+    pub metrics: RawMetrics,
     /// Model names clients may use for other models: `"gpt-4o-mini" = "gpt-oss:20b"`.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
@@ -102,6 +105,33 @@ pub struct RawCors {
     /// allows any. Empty: no CORS headers at all.
     #[serde(default, deserialize_with = "origins")]
     pub allow_origins: Vec<String>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Serve `GET /metrics` (false: it is no route, 404).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Client addresses that may scrape without a token; others need one with the `admin`
+    /// scope. The default is the loopback addresses; a list replaces it.
+    #[serde(default = "default_metrics_allow_from")]
+    pub allow_from: Vec<Cidr>,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics { enabled: true, allow_from: default_metrics_allow_from() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_metrics_allow_from() -> Vec<Cidr> {
+    [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)].map(Cidr::host).to_vec()
 }
 
 /// The `[upstream]` table.
@@ -923,6 +953,21 @@ mod tests {
             )
         };
         assert_eq!(limits(&example), limits(&empty));
+        assert_eq!(format!("{:?}", example.metrics), format!("{:?}", empty.metrics));
+    }
+
+    #[test]
+    fn metrics_are_open_to_loopback_by_default_and_a_list_replaces_it() {
+        let default = parse("").unwrap().metrics;
+        let shown: Vec<String> = default.allow_from.iter().map(ToString::to_string).collect();
+        assert_eq!((default.enabled, shown), (true, vec!["127.0.0.1/32".to_string(), "::1/128".to_string()]));
+        let set = parse("[metrics]\nenabled = false\nallow_from = [\"10.0.0.0/8\", \"fd00::/8\"]\n").unwrap();
+        let shown: Vec<String> = set.metrics.allow_from.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            (set.metrics.enabled, shown),
+            (false, vec!["10.0.0.0/8".to_string(), "fd00::/8".to_string()])
+        );
+        assert!(parse("[metrics]\nallow_from = []\n").unwrap().metrics.allow_from.is_empty());
     }
 
     #[test]
@@ -953,6 +998,10 @@ mod tests {
             ("[upstream]\nbase_url = \"ftp://x\"\n", 2, Some("base_url"), "http://"),
             ("[[tokens]]\nname = \"a\"\nsha256 = \"abc\"\n", 3, Some("sha256"), "64 hex"),
             ("reasoning_field = \"thoughts\"\n", 1, Some("reasoning_field"), "unknown variant"),
+            ("[metrics]\nallow_from = [\"10.0.0.0/33\"]\n", 2, Some("allow_from"), "0 to 32"),
+            ("[metrics]\nallow_from = [\"10.1.2.3/8\"]\n", 2, Some("allow_from"), "10.0.0.0/8"),
+            ("[metrics]\nallow_from = \"10.0.0.0/8\"\n", 2, Some("allow_from"), "invalid type"),
+            ("[metrics]\nenable = true\n", 2, Some("enable"), "unknown field"),
         ];
         for (text, line, key, needle) in cases {
             let err = parse(text).expect_err(text);

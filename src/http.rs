@@ -191,6 +191,9 @@ pub struct LogFields {
     pub trace: Trace,
     /// Tokens of the reply, once known.
     pub usage: Option<crate::translate::Usage>,
+    /// The API family the request counts under in metrics (`None`: the gateway's own
+    /// routes and paths that name no endpoint).
+    pub family: Option<Family>,
 }
 
 /// Who is asking, once authenticated: the pool to draw from and the models allowed.

@@ -12,12 +12,14 @@
 //!    per connection, limits, live writing), [`live`] (generations, reloads, signals, the
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
-//!    the one model-access check, `api::cors`), over the values in [`http`].
+//!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`), over the
+//!    values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes),
-//!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
-//!    answers mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
+//!    [`quota`] (what Ollama Cloud's usage endpoint says), [`metrics`] (the counters of
+//!    requests and attempts, the Prometheus text), [`keystate`] (what each key's answers
+//!    mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
 //!    concurrency, expiry and addresses), [`lockout`] (addresses that send wrong tokens).
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
 //! 5. Upstream, errors and files: [`upstream`] (ureq, its transport wrapper and resolver,
@@ -48,6 +50,7 @@ pub mod keystate;
 pub mod limits;
 pub mod live;
 pub mod lockout;
+pub mod metrics;
 pub mod pool;
 pub mod quota;
 pub mod relay;

@@ -13,12 +13,16 @@
 //! of a pool can serve, the request goes on in the pool's `fallback`. When none can at
 //! all, the client is told why: 429 with when the first key frees up, or 403 when the
 //! model is in no key's plan.
+//!
+//! Each attempt that comes back (not one cut short by a client that left) is counted in
+//! [`crate::metrics`] under its key and outcome.
 
 use crate::cancel;
 use crate::error::ApiError;
 use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{self, Failure, Policy};
+use crate::metrics;
 use crate::pool::{Pool, PoolUnavailable};
 use crate::slots::{Acquired, Slot, Slots};
 use crate::upstream::upstream_message;
@@ -329,6 +333,11 @@ fn send_in_pool(
             // nobody is waiting for another attempt.
             return Err(RelayError::ClientGone);
         }
+        let sent = sent.map_err(|error| {
+            let failure = failure_of(&error, now, &relay.policy);
+            (error, failure)
+        });
+        metrics::global().attempt(&pool.name, id, entry, sent.as_ref().err().map(|(_, failure)| failure));
         match sent {
             Ok(response) => {
                 relay.store.update(id, |state| {
@@ -341,9 +350,8 @@ fn send_in_pool(
                     Answer::Stream | Answer::Raw => holding(response, slot),
                 });
             }
-            Err(error) => {
+            Err((error, failure)) => {
                 drop(slot);
-                let failure = failure_of(&error, now, &relay.policy);
                 let text = error.to_string();
                 relay.store.update(id, |state| {
                     state.record_attempt(now);

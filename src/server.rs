@@ -11,7 +11,9 @@
 //! then waits for one of `workers` slots to run [`api::handle`]; a slow client holds its
 //! connection's thread, never a worker. While a handler waits on upstream, the client's
 //! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
-//! Nothing here parses JSON bodies.
+//! A scrape of `/metrics` is answered without a worker or a queue place, so a gateway at
+//! capacity can still be watched. Each finished request is counted in [`metrics`] with its
+//! log line. Nothing here parses JSON bodies.
 
 use crate::api;
 use crate::cancel::{self, Cancel};
@@ -21,6 +23,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Reply, Req, StreamReply};
 use crate::live::Live;
+use crate::metrics;
 use crate::translate::{Flow, Usage};
 use crate::watch::{ClientSocket, Watch};
 use std::fs::File;
@@ -262,16 +265,20 @@ impl Shared {
         // Each request keeps the generation it started with, through a reload.
         let gateway = self.live.current();
         if self.live.draining.load(Ordering::Acquire) {
-            return refuse(request, &req, &gateway, "the gateway is shutting down; retry in a moment", None);
+            let why = "the gateway is shutting down; retry in a moment";
+            return refuse(request, &req, &gateway, why, None, started);
         }
-        let Some(admitted) = self.admit() else {
-            return refuse(
-                request,
-                &req,
-                &gateway,
-                "the gateway is at capacity (every worker busy and the queue full); retry shortly",
-                Some(1),
-            );
+        let scrape = api::metrics::wanted(&req, &gateway);
+        let admitted = match scrape {
+            true => None,
+            false => match self.admit() {
+                Some(admitted) => Some(admitted),
+                None => {
+                    let why =
+                        "the gateway is at capacity (every worker busy and the queue full); retry shortly";
+                    return refuse(request, &req, &gateway, why, Some(1), started);
+                }
+            },
         };
         let mut log = LogFields::default();
         let http10 = request.http_version() == &tiny_http::HTTPVersion(1, 0);
@@ -282,6 +289,12 @@ impl Shared {
         // The request's place in its token's max_concurrent, held until its answer is out.
         let mut permit = None;
         let reply = catch_unwind(AssertUnwindSafe(|| {
+            if scrape {
+                // Behind a trusted proxy, the address it forwarded: a proxy on loopback must
+                // not open /metrics to everyone it serves.
+                let from = api::client_addr(&req, &gateway);
+                return api::metrics::answer(&req, from, &gateway, self.gauges(), &mut log);
+            }
             let mut admission = match api::screen(&req, &gateway, &mut log) {
                 Ok(admission) => admission,
                 Err(early) => return early,
@@ -323,7 +336,7 @@ impl Shared {
                 &ApiError::server(500, "the gateway hit an internal error; see its log"),
             )
         });
-        let (status, note) = match reply {
+        let (status, note, first_byte) = match reply {
             Reply::Full { status, body, mut headers } => {
                 if !body_read && has_body(&req) {
                     // The body was never read, so the connection cannot carry another
@@ -334,15 +347,17 @@ impl Shared {
                 // Counted out before the client can see the answer and send the next
                 // request, which must find this one's worker free.
                 drop((slot, body_held, admitted, permit));
-                let _ = request.respond(json_response(status, body, headers, Some(&id)));
-                (status, "")
+                let response = json_response(status, body, headers, Some(&id));
+                let first_byte = Instant::now();
+                let _ = request.respond(response);
+                (status, "", Some(first_byte))
             }
             Reply::Stream(stream) => {
                 let status = stream.status;
-                let (note, usage) = write_stream(request, stream, http10, close, &id);
+                let (note, usage, first_byte) = write_stream(request, stream, http10, close, &id);
                 drop((slot, body_held, admitted, permit));
                 log.usage = usage;
-                (status, note)
+                (status, note, first_byte)
             }
         };
         let tokens = match log.usage {
@@ -354,7 +369,11 @@ impl Shared {
             }
             None => String::new(),
         };
-        log::info!(
+        let elapsed = started.elapsed();
+        // A scraper calls every few seconds: its line is kept for debugging, unless refused.
+        let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };
+        log::log!(
+            level,
             "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
             req.method,
             req.path(),
@@ -363,8 +382,25 @@ impl Shared {
             log.trace.key.as_deref().unwrap_or("-"),
             log.model.as_deref().unwrap_or("-"),
             log.trace.attempts,
-            started.elapsed().as_secs_f64() * 1000.0,
+            elapsed.as_secs_f64() * 1000.0,
         );
+        metrics::global().request(&metrics::Finished {
+            family: log.family,
+            status,
+            token: metrics::configured(log.token.as_deref(), &gateway.config.tokens),
+            model: log.model.as_deref(),
+            usage: log.usage,
+            duration: elapsed,
+            first_byte: first_byte.map(|at| at.saturating_duration_since(started)),
+        });
+    }
+
+    /// What a scrape reports of the requests held: all taken, and those waiting for a worker.
+    fn gauges(&self) -> api::metrics::Gauges {
+        api::metrics::Gauges {
+            in_flight: self.live.in_flight.load(Ordering::Acquire),
+            queued: self.workers.lock().waiting,
+        }
     }
 
     /// Counts a request in (at most `workers` served and `queue_size` waiting), or `None`
@@ -511,15 +547,34 @@ impl Drop for HeldBytes<'_> {
 
 /// Answers a request with a 503 before reading its body, in its endpoint's envelope, and
 /// closes the connection (shedding load; the vendored tiny_http closes it after an unread
-/// body anyway).
-fn refuse(request: tiny_http::Request, req: &Req, gateway: &Gateway, why: &str, retry_after: Option<u64>) {
+/// body anyway). It counts in the metrics like any answered request.
+fn refuse(
+    request: tiny_http::Request,
+    req: &Req,
+    gateway: &Gateway,
+    why: &str,
+    retry_after: Option<u64>,
+    started: Instant,
+) {
     log::warn!("{} {} 503: {why}", req.method, req.path());
     let mut error = ApiError::server(503, why);
     error.retry_after = retry_after;
+    let mut first_byte = None;
     if let Reply::Full { status, body, mut headers } = api::error_reply(req, gateway, &error) {
         headers.push(("Connection", "close".to_string()));
-        let _ = request.respond(json_response(status, body, headers, None));
+        let response = json_response(status, body, headers, None);
+        first_byte = Some(Instant::now().saturating_duration_since(started));
+        let _ = request.respond(response);
     }
+    metrics::global().request(&metrics::Finished {
+        family: api::metrics_family(req),
+        status: 503,
+        token: None,
+        model: None,
+        usage: None,
+        duration: started.elapsed(),
+        first_byte,
+    });
 }
 
 static REQUEST_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -628,15 +683,15 @@ fn json_response(
     response
 }
 
-/// Relays a stream to the client line by line; returns a note for the log line and the
-/// reply's token counts when it finished.
+/// Relays a stream to the client line by line; returns a note for the log line, the
+/// reply's token counts when it finished, and when its head reached the client.
 fn write_stream(
     request: tiny_http::Request,
     stream: StreamReply,
     http10: bool,
     close: bool,
     id: &str,
-) -> (&'static str, Option<Usage>) {
+) -> (&'static str, Option<Usage>, Option<Instant>) {
     let StreamReply { status, content_type, mut headers, mut upstream, mut translator } = stream;
     headers.push(("X-Request-Id", id.to_string()));
     let reason = tiny_http::StatusCode(status).default_reason_phrase();
@@ -644,7 +699,7 @@ fn write_stream(
         chunked::Head { status, reason, http10, close, content_type: &content_type, headers: &headers };
     let mut writer = LiveWriter::start(request.into_writer(), &head);
     let (mut line, mut out) = (Vec::new(), Vec::new());
-    let ended = loop {
+    let (ended, first_byte) = loop {
         out.clear();
         let flow = match crate::upstream::read_line(&mut upstream, &mut line, crate::upstream::MAX_LINE_BYTES)
         {
@@ -667,9 +722,13 @@ fn write_stream(
         if flow == Flow::Done {
             // The last event and the end of the body leave together.
             let started = writer.started();
+            // A stream whose first event is its last sends its head with it, just now.
+            let first_byte = writer.first_byte().unwrap_or_else(Instant::now);
             match writer.finish_with(&out) {
-                Err(_) if !started => return (" client gone before the stream started", translator.usage()),
-                ended => break ended,
+                Err(_) if !started => {
+                    return (" client gone before the stream started", translator.usage(), None)
+                }
+                ended => break (ended, Some(first_byte)),
             }
         }
         if writer.send(&out).and_then(|()| writer.flush()).is_err() {
@@ -679,7 +738,7 @@ fn write_stream(
                 true => " client disconnected mid-stream",
                 false => " client gone before the stream started",
             };
-            return (note, translator.usage());
+            return (note, translator.usage(), writer.first_byte());
         }
     };
     let finished = translator.usage().is_some();
@@ -694,7 +753,7 @@ fn write_stream(
     if finished {
         let _ = io::copy(&mut upstream.take(64 * 1024), &mut io::sink());
     }
-    (note, translator.usage())
+    (note, translator.usage(), first_byte)
 }
 
 #[cfg(test)]

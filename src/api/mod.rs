@@ -9,6 +9,7 @@
 pub mod access;
 pub mod anthropic;
 pub mod cors;
+pub mod metrics;
 pub mod native;
 pub mod openai;
 pub mod responses;
@@ -137,6 +138,15 @@ impl Endpoint {
         })
     }
 
+    /// The API family this endpoint counts under in metrics: `None` for the gateway's own
+    /// routes (`/`, `/health`), which no client API calls.
+    pub fn metrics_family(&self) -> Option<Family> {
+        match self {
+            Endpoint::Root | Endpoint::Health => None,
+            endpoint => Some(endpoint.family()),
+        }
+    }
+
     /// The API family whose error envelope this endpoint answers with.
     pub fn family(&self) -> Family {
         match self {
@@ -219,6 +229,13 @@ pub fn error_reply(req: &Req, gateway: &Gateway, error: &ApiError) -> Reply {
     with_cors(req, gateway, Reply::error_in(family_of(req), error))
 }
 
+/// The API family `req` counts under in metrics (see [`Endpoint::metrics_family`]), for
+/// requests answered before [`screen`] (which finds it without parsing the path again).
+pub fn metrics_family(req: &Req) -> Option<Family> {
+    let (_, path) = split_pool_prefix(req.path());
+    Endpoint::from_path(path).and_then(|endpoint| endpoint.metrics_family())
+}
+
 /// The API family of the endpoint `req` names (OpenAI's when it names none).
 fn family_of(req: &Req) -> Family {
     let (_, path) = split_pool_prefix(req.path());
@@ -260,7 +277,7 @@ pub fn split_pool_prefix(path: &str) -> (Option<&str>, &str) {
 }
 
 /// The address the request comes from, through `trusted_proxies` (`None` without a socket).
-fn client_addr(req: &Req, gateway: &Gateway) -> Option<IpAddr> {
+pub fn client_addr(req: &Req, gateway: &Gateway) -> Option<IpAddr> {
     let forwarded = req.headers.iter().filter(|(name, _)| name == "x-forwarded-for").map(|(_, v)| v.as_str());
     req.peer.map(|peer| cidr::client_addr(peer, forwarded, &gateway.config.raw.trusted_proxies))
 }
@@ -289,6 +306,7 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
             req.method
         ))));
     };
+    log.family = endpoint.metrics_family();
     let methods = endpoint.methods();
     let allow = || vec![("Allow", format!("{}, OPTIONS", methods.join(", ")))];
     if req.method == "OPTIONS" {
@@ -344,6 +362,7 @@ fn scope_name(scope: Scope) -> &'static str {
         Scope::Inference => "inference",
         Scope::Models => "models",
         Scope::Manage => "manage",
+        Scope::Admin => "admin",
     }
 }
 

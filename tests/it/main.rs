@@ -58,5 +58,7 @@ mod regression;
 mod framing;
 // Peak RSS per large body (hostile ones refused with 413, legitimate ones served) on real processes.
 mod memory;
+// `GET /metrics`: the series after real traffic, `promtool check metrics`, who may scrape.
+mod metrics;
 // Real coding agents (Codex CLI, Claude Code) from npm, offline, each with a tool round trip.
 mod agents;
