@@ -145,6 +145,20 @@ fn from_127_0_0_1_a_scrape_is_open_by_default() {
 }
 
 #[test]
+fn behind_a_trusted_proxy_on_loopback_a_scrape_goes_by_the_forwarded_address() {
+    let fake = Fake::start(healthy);
+    let gateway =
+        Gateway::start(&config("trusted_proxies = [\"127.0.0.1/32\"]"), &format!("{}|{KEY_A}\n", fake.url));
+    let from_outside = scrape(&gateway, &[("X-Forwarded-For", "203.0.113.5")]);
+    assert_envelope(&from_outside, 401);
+    let from_the_host = scrape(&gateway, &[("X-Forwarded-For", "127.0.0.1")]);
+    eqnice!(200, from_the_host.status, "{}", from_the_host.text);
+    let admin = format!("Bearer {ADMIN}");
+    let with_token = scrape(&gateway, &[("X-Forwarded-For", "203.0.113.5"), ("Authorization", &admin)]);
+    eqnice!(200, with_token.status, "{}", with_token.text);
+}
+
+#[test]
 fn outside_allow_from_a_scrape_needs_an_admin_token() {
     let fake = Fake::start(healthy);
     let gateway = Gateway::start(
