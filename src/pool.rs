@@ -306,6 +306,20 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_whose_keys_are_all_disabled_says_so_and_claims_no_wait() {
+        let (pool, store) = (pool(&[1; 3], Strategy::RoundRobin), KeyStore::default());
+        fail(&pool, &store, 0, Failure::Exhausted { until: NOW + 60 });
+        for id in &pool.ids {
+            store.update(id, |s| s.disabled = true);
+        }
+        let why = pool.candidates(Some("m"), &store, NOW, &[]).unwrap_err();
+        assert_eq!(why, PoolUnavailable { soonest: None, reasons: "3 disabled".into(), model_locked: false });
+        store.update(&pool.ids[2], |s| s.disabled = false);
+        let usable = pool.candidates(Some("m"), &store, NOW, &[]).expect("key 2 is back");
+        assert_eq!(usable.iter().map(|c| c.index).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
     fn merging_takes_the_newer_health_and_keeps_counters() {
         let store = KeyStore::default();
         store.update("a", |s| {
