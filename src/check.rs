@@ -16,7 +16,7 @@ use crate::health::{self, Outcome, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
 use crate::quota::PlanUsage;
-use crate::statefile::{self, Loaded};
+use crate::statefile::{self, Loaded, Saved};
 use crate::upstream;
 use crate::utc;
 use serde_json::{json, Value};
@@ -52,13 +52,14 @@ pub fn run(config_path: &Path, as_json: bool) -> Result<ExitCode, ConfigError> {
     let results = health::probe_config_keys(&agent, &config, now, &policy);
 
     // Read the file again just before writing, so what a running gateway saved meanwhile
-    // (its counters) is kept; only the probed keys' health changes.
-    let mut states = match statefile::load(&config.state_file) {
-        Loaded::Read(states) => states,
-        Loaded::Fresh => BTreeMap::new(),
+    // (its counters, the keys the operator disabled, usage) is kept; only the probed keys'
+    // health changes.
+    let Saved { keys: mut states, usage } = match statefile::load(&config.state_file) {
+        Loaded::Read(saved) => saved,
+        Loaded::Fresh => Saved::default(),
         Loaded::Corrupt(why) => {
             eprintln!("warning: {}: {why}; writing fresh key states", config.state_file.display());
-            BTreeMap::new()
+            Saved::default()
         }
     };
     let mut rows = Vec::with_capacity(results.len());
@@ -71,7 +72,7 @@ pub fn run(config_path: &Path, as_json: bool) -> Result<ExitCode, ConfigError> {
         let usable = state.available(None, now).is_ok() && !matches!(result.outcome, Outcome::Failed(_));
         rows.push(Row { entry, result, state: state.clone(), usable });
     }
-    if let Err(err) = statefile::save(&config.state_file, &states) {
+    if let Err(err) = statefile::save(&config.state_file, &states, &usage) {
         eprintln!("warning: {}: cannot save key states: {err}", config.state_file.display());
     }
 

@@ -2,7 +2,8 @@
 //! read-only by the workers through an `Arc`, and replaced whole on a reload.
 //!
 //! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
-//! was learnt about a key survives a reload (and, through the state file, a restart).
+//! was learnt about a key survives a reload (and, through the state file, a restart); so
+//! do the [`Usage`] counts.
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -12,6 +13,7 @@ use crate::pool::Pool;
 use crate::relay::Relay;
 use crate::slots::Slots;
 use crate::upstream;
+use crate::usage::Usage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ pub struct Gateway {
     pub slots: Arc<Slots>,
     /// When the gateway started.
     pub started: Instant,
+    /// Requests and tokens per token, model and day, shared across reloads.
+    pub usage: Arc<Usage>,
 }
 
 impl Gateway {
@@ -55,7 +59,15 @@ impl Gateway {
                     .falling_back_to(settings.and_then(|p| p.fallback.clone()))
             });
         }
-        Gateway { config, agent, pools, store, slots, started }
+        Gateway {
+            config,
+            agent,
+            pools,
+            store,
+            slots,
+            started,
+            usage: Arc::default(),
+        }
     }
 
     /// The pool of keys.txt section `name`, or the 503 saying it has no keys.

@@ -15,7 +15,8 @@
 //!    the one model-access check, `api::cors`), over the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
-//!    per key, the line of waiters), [`health`] (probes),
+//!    per key, the line of waiters), [`health`] (probes), [`usage`] (requests and tokens
+//!    per token, model and day),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`keystate`] (what each key's
 //!    answers mean, the store of key states), [`statefile`].
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
@@ -53,5 +54,6 @@ pub mod slots;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;
+pub mod usage;
 pub mod utc;
 pub mod watch;

@@ -3,9 +3,9 @@
 //! [`Live`] holds the current [`Gateway`] generation; every request takes an `Arc` of it,
 //! so a reload swaps in a new one without touching requests (and streams) in flight. The
 //! housekeeper thread reloads on SIGHUP or when `config.toml` or `keys.txt` changes (a
-//! broken edit is logged and the old config keeps serving), saves key states every few
-//! seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check` wrote, and
-//! runs the periodic health checks of `[health] interval_secs`.
+//! broken edit is logged and the old config keeps serving), saves key states and usage
+//! every few seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check`
+//! wrote, and runs the periodic health checks of `[health] interval_secs`.
 //!
 //! A reload reads both files, reads them again half a second later, and applies them only
 //! when both reads are the same. An editor that writes a file in place writes it in several
@@ -20,7 +20,8 @@ use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{key_id, Health};
 use crate::slots::Slots;
-use crate::statefile::{self, Loaded};
+use crate::statefile::{self, Loaded, Saved};
+use crate::usage::Usage;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,6 +48,7 @@ pub struct Live {
     current: RwLock<Arc<Gateway>>,
     store: Arc<KeyStore>,
     slots: Arc<Slots>,
+    usage: Arc<Usage>,
     config_path: PathBuf,
     started: Instant,
     /// Requests taken by the server and not finished.
@@ -56,25 +58,28 @@ pub struct Live {
 }
 
 impl Live {
-    /// Starts from a loaded config; key states come from its state file when it has one.
+    /// Starts from a loaded config; key states and usage come from its state file when it
+    /// has one.
     pub fn new(config_path: &Path, config: Config) -> Arc<Live> {
-        let states = match statefile::load(&config.state_file) {
-            Loaded::Fresh => Default::default(),
-            Loaded::Read(states) => states,
+        let saved = match statefile::load(&config.state_file) {
+            Loaded::Fresh => Saved::default(),
+            Loaded::Read(saved) => saved,
             Loaded::Corrupt(why) => {
                 log::warn!("{}: {why}; starting with fresh key states", config.state_file.display());
-                Default::default()
+                Saved::default()
             }
         };
-        let store = Arc::new(KeyStore::new(states));
         let started = Instant::now();
-        let slots = Arc::new(Slots::default());
-        let gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started);
+        let (store, slots) = (Arc::new(KeyStore::new(saved.keys)), Arc::new(Slots::default()));
+        let usage = Arc::new(Usage::new(saved.usage));
+        let mut gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started);
+        gateway.usage = Arc::clone(&usage);
         forget_removed_keys(&gateway);
         Arc::new(Live {
             current: RwLock::new(Arc::new(gateway)),
             store,
             slots,
+            usage,
             config_path: config_path.to_path_buf(),
             started,
             in_flight: AtomicUsize::new(0),
@@ -90,7 +95,9 @@ impl Live {
     /// Serves new requests with the config in `files`, when it is good.
     pub fn apply(&self, files: &Files) -> Result<(), ConfigError> {
         let config = Config::from_files(files)?;
-        let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started);
+        let mut gateway =
+            Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started);
+        gateway.usage = Arc::clone(&self.usage);
         forget_removed_keys(&gateway);
         log::info!(
             "reloaded {}: {} upstreams in {} pools, {} tokens",
@@ -111,10 +118,10 @@ impl Live {
         Ok(())
     }
 
-    /// Writes the key states to the state file.
+    /// Writes the key states and usage to the state file.
     pub fn save_states(&self) {
         let path = self.current().config.state_file.clone();
-        if let Err(err) = statefile::save(&path, &self.store.snapshot()) {
+        if let Err(err) = statefile::save(&path, &self.store.snapshot(), &self.usage.all_rows()) {
             log::warn!("{}: cannot save key states: {err}", path.display());
         }
     }
@@ -206,7 +213,8 @@ fn housekeeper(live: &Live, signals: &Signals) {
                 reload.start(live);
             }
             merge_state_file(live, &mut seen);
-            if live.store.take_dirty() {
+            let (keys, usage) = (live.store.take_dirty(), live.usage.take_dirty());
+            if keys || usage {
                 live.save_states();
                 seen.state = modified(&live.current().config.state_file);
             }
@@ -308,8 +316,11 @@ fn merge_state_file(live: &Live, seen: &mut Seen) {
         return;
     }
     seen.state = stamp;
-    if let Loaded::Read(states) = statefile::load(&path) {
-        live.store.merge_newer(states, &known_ids(&live.current()));
+    if let Loaded::Read(saved) = statefile::load(&path) {
+        live.store.merge_newer(saved.keys, &known_ids(&live.current()));
+        // The other process wrote the usage it read, which may be seconds older than
+        // this one's: write this one's again.
+        live.usage.mark_dirty();
     }
 }
 

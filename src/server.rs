@@ -351,6 +351,7 @@ impl Shared {
             }
             None => String::new(),
         };
+        gateway.usage.record(log.token.as_deref(), log.model.as_deref(), status, log.usage);
         log::info!(
             "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
             req.method,
