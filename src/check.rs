@@ -111,20 +111,24 @@ fn masked(entry: &KeyEntry) -> String {
 }
 
 fn state_word(row: &Row<'_>) -> String {
-    let until = |word: &str| match row.state.until {
-        Some(until) => format!("{word} until {}", utc::short(until)),
-        None => word.to_string(),
-    };
-    match &row.result.outcome {
-        Outcome::Good => "ok".to_string(),
-        Outcome::Failed(Failure::Invalid) => "invalid".to_string(),
-        Outcome::Failed(Failure::Exhausted { .. }) => until("exhausted"),
-        Outcome::Failed(Failure::Transient { .. }) => until("backing off"),
-        Outcome::Failed(Failure::Busy) => until("busy"),
-        Outcome::Failed(Failure::ModelLocked) => "no access to model".to_string(),
-        Outcome::Failed(Failure::Trouble) => "unreachable".to_string(),
-        Outcome::Failed(Failure::Request | Failure::Refused) => "refused".to_string(),
-        Outcome::Unknown => "unknown".to_string(),
+    if row.state.disabled {
+        // The probe's finding still goes in the file, for when the key is enabled.
+        return format!("disabled (probe: {})", probe_word(row));
+    }
+    probe_word(row)
+}
+
+/// What the probe found, with until when the key rests when the probe made it rest.
+fn probe_word(row: &Row<'_>) -> String {
+    let word = row.result.outcome.word();
+    match (&row.result.outcome, row.state.until) {
+        (
+            Outcome::Failed(Failure::Exhausted { .. } | Failure::Transient { .. } | Failure::Busy),
+            Some(until),
+        ) => {
+            format!("{word} until {}", utc::short(until))
+        }
+        _ => word.to_string(),
     }
 }
 
@@ -172,6 +176,7 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
                 "state": row.state.state,
                 "until": row.state.until,
                 "usable": row.usable,
+                "disabled": row.state.disabled,
                 "result": state_word(row),
                 "latency_ms": row.result.latency.as_millis() as u64,
                 "usage": row.result.usage.as_ref().map(|usage| json!({

@@ -357,11 +357,8 @@ fn record_probes<'e>(
     now: u64,
 ) -> Vec<(&'e KeyEntry, ProbeResult)> {
     let policy = gateway.policy();
-    let model = gateway.config.raw.health.model.clone();
-    let results = health::probe_keys(&gateway.agent, &gateway.config, entries, now, &policy);
+    let results = health::probe_into(&gateway.store, &gateway.agent, &gateway.config, entries, now, &policy);
     for (entry, result) in entries.iter().zip(&results) {
-        let id = key_id(&entry.base_url, entry.key.as_ref());
-        gateway.store.update(&id, |state| health::apply(state, result, Some(&model), now, &policy));
         if let Some(warning) = &result.warning {
             if !USAGE_WARNED.swap(true, Ordering::Relaxed) {
                 log::warn!("health check: {}: {warning} (said once per run)", entry.label());
