@@ -3,9 +3,10 @@
 //!
 //! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
 //! was learnt about a key survives a reload (and, through the state file, a restart); so
-//! do the [`Usage`] counts.
+//! do the [`Usage`] counts and the [`Control`] the admin API reaches the process through.
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::keystate::KeyStore;
 use crate::keystate::Policy;
@@ -32,8 +33,15 @@ pub struct Gateway {
     pub slots: Arc<Slots>,
     /// When the gateway started.
     pub started: Instant,
+    /// This generation's number: 1 for the config loaded at start, one more for each
+    /// reload (0: built outside a running process).
+    pub generation: u64,
+    /// Unix seconds when this generation's config was loaded.
+    pub loaded_at: u64,
     /// Requests and tokens per token, model and day, shared across reloads.
     pub usage: Arc<Usage>,
+    /// What the admin API may ask of the process, shared across reloads.
+    pub control: Arc<Control>,
 }
 
 impl Gateway {
@@ -66,7 +74,10 @@ impl Gateway {
             store,
             slots,
             started,
+            generation: 0,
+            loaded_at: crate::keystate::now(),
             usage: Arc::default(),
+            control: Arc::default(),
         }
     }
 

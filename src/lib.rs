@@ -13,7 +13,8 @@
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`), over the values in [`http`].
-//! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
+//! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`control`]
+//!    (what the admin API asks of the process), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes), [`usage`] (requests and tokens
 //!    per token, model and day),
@@ -35,6 +36,7 @@ pub mod check;
 pub mod chunked;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod health;

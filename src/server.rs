@@ -297,7 +297,11 @@ impl Shared {
                 }
                 Err(error) => return api::error_reply(&req, &gateway, &error),
             }
+            // Counted as queued while it waits for a worker (the admin API shows it).
+            self.live.queued.fetch_add(1, Ordering::AcqRel);
+            let queued = Counted(&self.live.queued);
             slot = Some(self.workers.acquire());
+            drop(queued);
             let cancel = Cancel::new();
             let _watched = match (&self.watch, socket) {
                 (Some(watch), Some(socket)) => {
