@@ -20,6 +20,8 @@ pub enum Scope {
     Models,
     /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
     Manage,
+    /// Running the gateway: the admin API (`/admin/api/…`). Never a default scope.
+    Admin,
 }
 
 /// A client token as the gateway checks it.

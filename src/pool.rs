@@ -119,6 +119,16 @@ impl Pool {
         self.candidates(model, store, now, &[]).err()
     }
 
+    /// How it spreads requests over its keys.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The limit of requests at once of its key at `index` (0: none).
+    pub fn limit(&self, index: usize) -> u32 {
+        self.limits.get(index).copied().unwrap_or(0)
+    }
+
     /// This request's turn in the pool's rotation, drawn once per request: its later
     /// attempts keep it, so with the tried keys gone they go on to the keys after.
     pub fn turn(&self) -> usize {
