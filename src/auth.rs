@@ -20,8 +20,8 @@ pub enum Scope {
     Models,
     /// Changing models: `/api/pull`, `push`, `create`, `copy`, `delete`, `blobs`.
     Manage,
-    /// Operating the gateway: `/metrics` from outside `[metrics] allow_from`. Never among the
-    /// default scopes.
+    /// Operating the gateway: the admin API (`/admin/api/…`) and `/metrics` from outside
+    /// `[metrics] allow_from`. Never among the default scopes.
     Admin,
 }
 

@@ -16,7 +16,7 @@ use crate::health::{self, Outcome, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::{key_id, Failure, KeyState};
 use crate::quota::PlanUsage;
-use crate::statefile::{self, Loaded};
+use crate::statefile::{self, Loaded, Saved};
 use crate::upstream;
 use crate::utc;
 use serde_json::{json, Value};
@@ -52,13 +52,14 @@ pub fn run(config_path: &Path, as_json: bool) -> Result<ExitCode, ConfigError> {
     let results = health::probe_config_keys(&agent, &config, now, &policy);
 
     // Read the file again just before writing, so what a running gateway saved meanwhile
-    // (its counters) is kept; only the probed keys' health changes.
-    let mut states = match statefile::load(&config.state_file) {
-        Loaded::Read(states) => states,
-        Loaded::Fresh => BTreeMap::new(),
+    // (its counters, the keys the operator disabled, usage) is kept; only the probed keys'
+    // health changes.
+    let Saved { keys: mut states, usage } = match statefile::load(&config.state_file) {
+        Loaded::Read(saved) => saved,
+        Loaded::Fresh => Saved::default(),
         Loaded::Corrupt(why) => {
             eprintln!("warning: {}: {why}; writing fresh key states", config.state_file.display());
-            BTreeMap::new()
+            Saved::default()
         }
     };
     let mut rows = Vec::with_capacity(results.len());
@@ -71,7 +72,7 @@ pub fn run(config_path: &Path, as_json: bool) -> Result<ExitCode, ConfigError> {
         let usable = state.available(None, now).is_ok() && !matches!(result.outcome, Outcome::Failed(_));
         rows.push(Row { entry, result, state: state.clone(), usable });
     }
-    if let Err(err) = statefile::save(&config.state_file, &states) {
+    if let Err(err) = statefile::save(&config.state_file, &states, &usage) {
         eprintln!("warning: {}: cannot save key states: {err}", config.state_file.display());
     }
 
@@ -110,20 +111,24 @@ fn masked(entry: &KeyEntry) -> String {
 }
 
 fn state_word(row: &Row<'_>) -> String {
-    let until = |word: &str| match row.state.until {
-        Some(until) => format!("{word} until {}", utc::short(until)),
-        None => word.to_string(),
-    };
-    match &row.result.outcome {
-        Outcome::Good => "ok".to_string(),
-        Outcome::Failed(Failure::Invalid) => "invalid".to_string(),
-        Outcome::Failed(Failure::Exhausted { .. }) => until("exhausted"),
-        Outcome::Failed(Failure::Transient { .. }) => until("backing off"),
-        Outcome::Failed(Failure::Busy) => until("busy"),
-        Outcome::Failed(Failure::ModelLocked) => "no access to model".to_string(),
-        Outcome::Failed(Failure::Trouble) => "unreachable".to_string(),
-        Outcome::Failed(Failure::Request | Failure::Refused) => "refused".to_string(),
-        Outcome::Unknown => "unknown".to_string(),
+    if row.state.disabled {
+        // The probe's finding still goes in the file, for when the key is enabled.
+        return format!("disabled (probe: {})", probe_word(row));
+    }
+    probe_word(row)
+}
+
+/// What the probe found, with until when the key rests when the probe made it rest.
+fn probe_word(row: &Row<'_>) -> String {
+    let word = row.result.outcome.word();
+    match (&row.result.outcome, row.state.until) {
+        (
+            Outcome::Failed(Failure::Exhausted { .. } | Failure::Transient { .. } | Failure::Busy),
+            Some(until),
+        ) => {
+            format!("{word} until {}", utc::short(until))
+        }
+        _ => word.to_string(),
     }
 }
 
@@ -171,6 +176,7 @@ fn to_json(rows: &[Row<'_>], pools: &BTreeMap<String, (usize, usize)>) -> Value 
                 "state": row.state.state,
                 "until": row.state.until,
                 "usable": row.usable,
+                "disabled": row.state.disabled,
                 "result": state_word(row),
                 "latency_ms": row.result.latency.as_millis() as u64,
                 "usage": row.result.usage.as_ref().map(|usage| json!({

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 on success, 2 on a usage or config error (a bad flag, a bad line in
 //! `config.toml` or `keys.txt`), 1 when serving fails after start-up (the port is taken).
-//! `check` and `keys import` also exit 1 when a key they probed did not work.
+//! `check` and `keys import` also exit 1 when a key they probed did not work; `usage` exits 1
+//! when the state file cannot be read.
 
 use crate::check;
 use crate::config::{Config, ConfigError, Files, DEFAULT_CONFIG_PATH};
@@ -11,6 +12,8 @@ use crate::keys;
 use crate::live::{spawn_housekeeper, Live, Signals};
 use crate::secret::{self, sha256};
 use crate::server::Server;
+use crate::statefile::{self, Loaded};
+use crate::usage::{self, Usage, KEEP_DAYS};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +43,10 @@ Usage:
                                              probe every key, update the state file; exit 0
                                              when every pool has a usable key, 1 when one
                                              has none, 2 on a config error (for cron)
+  ollama-gateway usage [--config PATH] [--days N] [--json]
+                                             print what each token used per model and day
+                                             (UTC) in the last N days (1 to 90, default 7),
+                                             from the state file, with totals per token
   ollama-gateway token new [--name NAME]     make a new client token and its config entry
   ollama-gateway token hash TOKEN            print the sha256 of a token, for config.toml
   ollama-gateway --help | --version
@@ -78,6 +85,15 @@ pub enum Command {
         /// Config file path.
         config: PathBuf,
         /// Print JSON instead of a table.
+        json: bool,
+    },
+    /// Print the usage table from the state file.
+    Usage {
+        /// Config file path.
+        config: PathBuf,
+        /// Days shown, today included.
+        days: u64,
+        /// Print JSON rows instead of a table.
         json: bool,
     },
     /// Make a new token.
@@ -137,6 +153,7 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
             Ok(Command::Check { config: config.unwrap_or_else(default_config), json })
         }
         "keys" if rest.contains(&"import") => parse_import(&rest, default_config),
+        "usage" => parse_usage(&rest, default_config),
         "serve" | "keys" => {
             let config = match rest.as_slice() {
                 [] => default_config(),
@@ -156,8 +173,39 @@ pub fn parse(args: &[String], env_config: Option<String>) -> Result<Command, Str
             [other, ..] => Err(format!("unknown argument '{other}' for 'token' (expected 'new' or 'hash')")),
             [] => Err("token needs 'new' or 'hash'".to_string()),
         },
-        other => Err(format!("unknown command '{other}' (expected serve, keys, check or token)")),
+        other => Err(format!("unknown command '{other}' (expected serve, keys, check, usage or token)")),
     }
+}
+
+/// `usage [--config PATH] [--days N] [--json]`, flags in any order.
+fn parse_usage(rest: &[&str], default_config: impl Fn() -> PathBuf) -> Result<Command, String> {
+    let (mut config, mut days, mut json) = (None, 7, false);
+    let mut words = rest.iter().copied();
+    while let Some(word) = words.next() {
+        let (flag, inline) = match word.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (word, None),
+        };
+        match flag {
+            "--json" if inline.is_none() => json = true,
+            "--json" => return Err("--json takes no value".to_string()),
+            "--config" | "--days" => {
+                let Some(value) = inline.or_else(|| words.next()) else {
+                    return Err(format!("{flag} needs a value"));
+                };
+                match flag {
+                    "--config" => config = Some(PathBuf::from(value)),
+                    _ => {
+                        days = value.parse().ok().filter(|days| (1..=KEEP_DAYS).contains(days)).ok_or_else(
+                            || format!("--days must be a whole number from 1 to {KEEP_DAYS}, not '{value}'"),
+                        )?
+                    }
+                }
+            }
+            other => return Err(format!("unknown argument '{other}' for 'usage'")),
+        }
+    }
+    Ok(Command::Usage { config: config.unwrap_or_else(default_config), days, json })
 }
 
 /// `keys import FILE|- [--pool NAME] [--validate] [--config PATH]`, flags in any order;
@@ -252,6 +300,7 @@ pub fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::TokenHash { token } => emit(&format!("{}\n", secret::sha256_hex(&token))),
         Command::TokenNew { name } => token_new(&name)?,
         Command::Keys { config } => show_keys(&config)?,
+        Command::Usage { config, days, json } => show_usage(&config, days, json)?,
         Command::Check { config, json } => return Ok(check::run(&config, json)?),
         Command::KeysImport { config, source, pool, validate } => {
             return Ok(import::run(&import::Request { config, source, pool, validate })?)
@@ -322,6 +371,40 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
                 .collect(),
         )),
     }
+}
+
+/// Prints the usage of the last `days` days from the state file config.toml names (which
+/// a running gateway writes every few seconds), as a table or as JSON rows.
+fn show_usage(config_path: &Path, days: u64, as_json: bool) -> Result<(), CliError> {
+    // Only the config is read, not keys.txt: a bad key line does not hide what was used.
+    let files = Files::read(config_path);
+    let (raw, _) = files.raw_config()?;
+    let path = config_path.parent().unwrap_or(Path::new("")).join(&raw.state_file);
+    let rows = match statefile::load(&path) {
+        Loaded::Read(saved) => Usage::new(saved.usage).rows(days),
+        Loaded::Fresh => Vec::new(),
+        Loaded::Corrupt(why) => return Err(CliError::Failed(why)),
+    };
+    if as_json {
+        let text = serde_json::to_string(&rows)
+            .map_err(|err| CliError::Failed(format!("cannot write the rows as JSON: {err}")))?;
+        emit(&format!("{text}\n"));
+        return Ok(());
+    }
+    let today = crate::keystate::now() / 86_400;
+    let span = match days {
+        1 => format!("today ({}, UTC)", crate::utc::date(today)),
+        _ => format!(
+            "in the last {days} days ({} to {}, UTC)",
+            crate::utc::date(today + 1 - days),
+            crate::utc::date(today)
+        ),
+    };
+    match rows.is_empty() {
+        true => emit(&format!("{}: no usage {span}\n", path.display())),
+        false => emit(&format!("{}: usage {span}\n{}", path.display(), usage::table(&rows))),
+    }
+    Ok(())
 }
 
 /// A key's options as `keys` prints them, every one shown (the defaults too), so the
@@ -418,6 +501,15 @@ mod tests {
             ("keys import --validate import", import(config("config.toml"), file("import"), "default", true)),
             ("keys import -h", Command::Help),
             ("token new --name laptop", Command::TokenNew { name: "laptop".into() }),
+            ("usage", Command::Usage { config: config("config.toml"), days: 7, json: false }),
+            (
+                "usage --json --days 90 --config c.toml",
+                Command::Usage { config: config("c.toml"), days: 90, json: true },
+            ),
+            (
+                "usage --days=1 --config=d.toml",
+                Command::Usage { config: config("d.toml"), days: 1, json: false },
+            ),
             ("token hash sk-abc", Command::TokenHash { token: "sk-abc".into() }),
             ("--help", Command::Help),
             ("keys -h", Command::Help),
@@ -457,6 +549,24 @@ mod tests {
         for line in ["frobnicate", "--verbose", "serve --port 1", "token", "token mint", "keys --config"] {
             let err = parse(&args(line), None).expect_err(line);
             assert!(!err.contains('\n') && !err.is_empty(), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn usage_arguments_that_cannot_work_say_why() {
+        let cases = [
+            ("usage --days", "--days needs a value"),
+            ("usage --days abc", "--days must be a whole number from 1 to 90, not 'abc'"),
+            ("usage --days 0", "from 1 to 90"),
+            ("usage --days 91", "from 1 to 90"),
+            ("usage --days=-1", "from 1 to 90"),
+            ("usage --config", "--config needs a value"),
+            ("usage --json=yes", "--json takes no value"),
+            ("usage today", "unknown argument 'today' for 'usage'"),
+        ];
+        for (line, want) in cases {
+            let err = parse(&args(line), None).expect_err(line);
+            assert!(err.contains(want) && !err.contains('\n'), "{line}: {err}");
         }
     }
 

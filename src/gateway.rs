@@ -2,9 +2,11 @@
 //! read-only by the workers through an `Arc`, and replaced whole on a reload.
 //!
 //! The key states live in a [`KeyStore`] outside it, shared by every generation, so what
-//! was learnt about a key survives a reload (and, through the state file, a restart).
+//! was learnt about a key survives a reload (and, through the state file, a restart); so
+//! do the [`Usage`] counts and the [`Control`] the admin API reaches the process through.
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::keystate::KeyStore;
 use crate::keystate::Policy;
@@ -13,9 +15,47 @@ use crate::pool::Pool;
 use crate::relay::Relay;
 use crate::slots::Slots;
 use crate::upstream;
+use crate::usage::Usage;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What outlives a generation, shared by every one a process builds.
+#[derive(Clone)]
+pub struct Lasting {
+    /// Every key's state.
+    pub store: Arc<KeyStore>,
+    /// Every key's requests in flight.
+    pub slots: Arc<Slots>,
+    /// Per-token counts and the address lock-out.
+    pub limits: Arc<Limits>,
+    /// Requests and tokens per token, model and day.
+    pub usage: Arc<Usage>,
+    /// What the admin API may ask of the process.
+    pub control: Arc<Control>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+impl Lasting {
+    /// A process's start, from the key states and usage counts its state file held.
+    pub fn new(store: KeyStore, usage: Usage) -> Lasting {
+        Lasting {
+            store: Arc::new(store),
+            slots: Arc::default(),
+            limits: Arc::default(),
+            usage: Arc::new(usage),
+            control: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Default for Lasting {
+    fn default() -> Self {
+        Lasting::new(KeyStore::default(), Usage::default())
+    }
+}
 
 /// Everything a request handler needs.
 pub struct Gateway {
@@ -33,11 +73,21 @@ pub struct Gateway {
     pub started: Instant,
     /// Per-token counts and the address lock-out, shared across reloads.
     pub limits: Arc<Limits>,
+    /// This generation's number: 1 for the config loaded at start, one more for each
+    /// reload (0: built outside a running process).
+    pub generation: u64,
+    /// Unix seconds when this generation's config was loaded.
+    pub loaded_at: u64,
+    /// Requests and tokens per token, model and day, shared across reloads.
+    pub usage: Arc<Usage>,
+    /// What the admin API may ask of the process, shared across reloads.
+    pub control: Arc<Control>,
 }
 
 impl Gateway {
-    /// Builds pools and the agent from a loaded config, over the shared key states and slots.
-    pub fn new(config: Config, store: Arc<KeyStore>, slots: Arc<Slots>, started: Instant) -> Gateway {
+    /// Builds generation number `generation`'s pools and agent from a loaded config, over
+    /// what outlives generations.
+    pub fn new(config: Config, lasting: &Lasting, generation: u64) -> Gateway {
         let upstream = &config.raw.upstream;
         let agent = upstream::agent(
             Duration::from_secs(upstream.connect_timeout_secs),
@@ -61,15 +111,22 @@ impl Gateway {
                     )
             });
         }
-        Gateway { config, agent, pools, store, slots, started, limits: Arc::default() }
-    }
-
-    /// This generation with the limits state of the generations before it, keeping the
-    /// counts of only the tokens this config has.
-    pub fn with_limits(mut self, limits: Arc<Limits>) -> Gateway {
-        limits.keep_only(self.config.tokens.iter().map(|token| token.name.as_str()));
-        self.limits = limits;
-        self
+        // Counts of tokens this config no longer has are dropped.
+        lasting.limits.keep_only(config.tokens.iter().map(|token| token.name.as_str()));
+        let Lasting { store, slots, limits, usage, control, started } = lasting.clone();
+        Gateway {
+            config,
+            agent,
+            pools,
+            store,
+            slots,
+            started,
+            limits,
+            generation,
+            loaded_at: crate::keystate::now(),
+            usage,
+            control,
+        }
     }
 
     /// The pool of keys.txt section `name`, or the 503 saying it has no keys.

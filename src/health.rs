@@ -11,7 +11,7 @@
 
 use crate::config::{Config, Probe, ProbeKind};
 use crate::keys::{self, KeyEntry};
-use crate::keystate::{classify, Failure, KeyState, Policy};
+use crate::keystate::{classify, key_id, Failure, KeyState, KeyStore, Policy};
 use crate::quota::{self, PlanUsage, Reading};
 use crate::upstream::upstream_message;
 use crate::upstream::{self, UpstreamError};
@@ -36,6 +36,24 @@ pub enum Outcome {
     Failed(Failure),
     /// The answer tells nothing either way; the key's state is left as it is.
     Unknown,
+}
+
+impl Outcome {
+    /// In a word or two, for reports: `ok`, `invalid`, `exhausted`, `backing off`, `busy`,
+    /// `no access to model`, `unreachable`, `refused`, `unknown`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Good => "ok",
+            Outcome::Failed(Failure::Invalid) => "invalid",
+            Outcome::Failed(Failure::Exhausted { .. }) => "exhausted",
+            Outcome::Failed(Failure::Transient { .. }) => "backing off",
+            Outcome::Failed(Failure::Busy) => "busy",
+            Outcome::Failed(Failure::ModelLocked) => "no access to model",
+            Outcome::Failed(Failure::Trouble) => "unreachable",
+            Outcome::Failed(Failure::Request | Failure::Refused) => "refused",
+            Outcome::Unknown => "unknown",
+        }
+    }
 }
 
 /// A probe's outcome, how long it took, and why, in words.
@@ -122,6 +140,26 @@ pub fn probe_keys(
             false => results.next().unwrap_or_else(|| not_probed("not probed")),
         })
         .collect()
+}
+
+/// Probes `keys` (of `config`) as [`probe_keys`] does and applies each result to its
+/// key's state in `store`: what the background checker, a reload's recheck and the admin
+/// API's check share. Results are in the order of `keys`.
+pub fn probe_into(
+    store: &KeyStore,
+    agent: &ureq::Agent,
+    config: &Config,
+    keys: &[KeyEntry],
+    now: u64,
+    policy: &Policy,
+) -> Vec<ProbeResult> {
+    let model = &config.raw.health.model;
+    let results = probe_keys(agent, config, keys, now, policy);
+    for (entry, result) in keys.iter().zip(&results) {
+        let id = key_id(&entry.base_url, entry.key.as_ref());
+        store.update(&id, |state| apply(state, result, Some(model), now, policy));
+    }
+    results
 }
 
 /// Keys probed at once.

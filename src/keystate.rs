@@ -291,6 +291,9 @@ pub struct KeyState {
     /// The highest `usage` fraction of the key's plan windows, in thousandths, as last read
     /// from the upstream's usage endpoint (1000: a window is used up).
     pub usage_permille: Option<u32>,
+    /// Set aside by the operator (the admin API) until enabled again: never offered,
+    /// whatever its health. Only the running gateway changes it; probes and `check` keep it.
+    pub disabled: bool,
 }
 
 /// Why a key cannot be used now.
@@ -306,7 +309,7 @@ impl Unavailable {
     /// Whether the key frees up with time alone (a spent quota, a back-off), so a client
     /// that waits may be served.
     pub fn waiting_helps(&self) -> bool {
-        self.reason != REASON_INVALID && self.reason != REASON_NO_MODEL_ACCESS
+        ![REASON_INVALID, REASON_NO_MODEL_ACCESS, REASON_DISABLED].contains(&self.reason)
     }
 
     /// Whether the key is locked out of the model asked for (its plan lacks it).
@@ -317,10 +320,14 @@ impl Unavailable {
 
 const REASON_INVALID: &str = "invalid";
 const REASON_NO_MODEL_ACCESS: &str = "no access to the model";
+const REASON_DISABLED: &str = "disabled";
 
 impl KeyState {
     /// Whether the key may serve `model` at `now`.
     pub fn available(&self, model: Option<&str>, now: u64) -> Result<(), Unavailable> {
+        if self.disabled {
+            return Err(Unavailable { until: None, reason: REASON_DISABLED });
+        }
         match self.state {
             Health::Invalid => return Err(Unavailable { until: None, reason: REASON_INVALID }),
             Health::Exhausted | Health::Backoff if self.until.is_some_and(|until| until > now) => {
@@ -543,12 +550,16 @@ impl KeyStore {
 
     /// Takes in what another process (`ollama-gateway check`) found about the keys in
     /// `known`: a key's health when its change is at least as recent as ours, each model
-    /// lock-out at its later end, and the usage fraction it read; counters and failure
-    /// streaks stay this process's.
+    /// lock-out at its later end, and the usage fraction it read; counters, failure
+    /// streaks and the operator's `disabled` stay this process's (a file that says
+    /// otherwise was written from an older copy, and is saved over with ours).
     pub fn merge_newer(&self, other: BTreeMap<String, KeyState>, known: &BTreeSet<String>) {
         let mut states = self.lock();
         for (id, theirs) in other.into_iter().filter(|(id, _)| known.contains(id)) {
             let ours = states.entry(id).or_default();
+            if theirs.disabled != ours.disabled {
+                self.dirty.store(true, Ordering::Release);
+            }
             // `>=`: a change made in the same second by `check` still counts (this process
             // never merges its own saves back).
             if theirs.changed_at >= ours.changed_at && theirs.changed_at > 0 {
@@ -903,6 +914,43 @@ mod tests {
         fail(&mut state, Failure::Transient { retry_after: Some(1) });
         fail(&mut state, Failure::Busy);
         assert_eq!(state.until, Some(NOW + BUSY_REST_SECS));
+    }
+
+    #[test]
+    fn a_disabled_key_is_never_available_and_waiting_does_not_help() {
+        let mut state = KeyState { disabled: true, ..KeyState::default() };
+        let why = state.available(None, NOW).unwrap_err();
+        assert_eq!((why.reason, why.until), ("disabled", None));
+        assert!(!why.waiting_helps() && !why.model_locked());
+        // Nothing a key's answers or probes do brings it back: only enabling it.
+        state.record_success(NOW);
+        state.record_probe_ok(NOW, true);
+        state.expire(NOW + 365 * 86_400);
+        assert_eq!(state.available(Some("m"), NOW + 365 * 86_400).unwrap_err().reason, "disabled");
+        state.disabled = false;
+        assert!(state.available(None, NOW).is_ok());
+    }
+
+    #[test]
+    fn merging_keeps_this_processs_disabled_flags_and_saves_them_again() {
+        let store = KeyStore::default();
+        let known = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        store.update("a", |s| s.disabled = true);
+        store.update("b", |s| s.disabled = false);
+        assert!(store.take_dirty());
+        // A `check` that read the file before this process saved its flags, and probed.
+        let probed = KeyState { state: Health::Invalid, changed_at: NOW, ..KeyState::default() };
+        let same = BTreeMap::from([("a".to_string(), KeyState { disabled: true, ..probed.clone() })]);
+        store.merge_newer(same, &known);
+        assert!(!store.take_dirty(), "the file agrees: nothing to write back");
+        let stale = BTreeMap::from([
+            ("a".to_string(), probed.clone()),
+            ("b".to_string(), KeyState { disabled: true, ..probed }),
+        ]);
+        store.merge_newer(stale, &known);
+        assert_eq!((store.get("a").disabled, store.get("b").disabled), (true, false));
+        assert_eq!(store.get("a").state, Health::Invalid, "the probe's finding is taken");
+        assert!(store.take_dirty(), "the file lost a flag: it is written again");
     }
 
     #[test]

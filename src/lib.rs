@@ -12,11 +12,13 @@
 //!    per connection, limits, live writing), [`live`] (generations, reloads, signals, the
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
-//!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`), over the
-//!    values in [`http`].
-//! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
+//!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`, `api::admin`
+//!    for the admin API), over the values in [`http`].
+//! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`control`]
+//!    (what the admin API asks of the process), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
-//!    per key, the line of waiters), [`health`] (probes),
+//!    per key, the line of waiters), [`health`] (probes), [`usage`] (requests and tokens
+//!    per token, model and day),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`metrics`] (the counters of
 //!    requests and attempts, the Prometheus text), [`keystate`] (what each key's answers
 //!    mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
@@ -38,6 +40,7 @@ pub mod chunked;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod health;
@@ -60,5 +63,6 @@ pub mod slots;
 pub mod statefile;
 pub mod translate;
 pub mod upstream;
+pub mod usage;
 pub mod utc;
 pub mod watch;

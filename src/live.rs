@@ -3,9 +3,10 @@
 //! [`Live`] holds the current [`Gateway`] generation; every request takes an `Arc` of it,
 //! so a reload swaps in a new one without touching requests (and streams) in flight. The
 //! housekeeper thread reloads on SIGHUP or when `config.toml` or `keys.txt` changes (a
-//! broken edit is logged and the old config keeps serving), saves key states every few
-//! seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check` wrote, and
-//! runs the periodic health checks of `[health] interval_secs`.
+//! broken edit is logged and the old config keeps serving), saves key states and usage
+//! every few seconds and at SIGTERM/SIGINT, picks up states that `ollama-gateway check`
+//! wrote, and runs the periodic health checks of `[health] interval_secs`. The admin API
+//! reaches the same reload, and the request counters, through [`Runtime`].
 //!
 //! A reload reads both files, reads them again half a second later, and applies them only
 //! when both reads are the same. An editor that writes a file in place writes it in several
@@ -14,18 +15,18 @@
 //! tokens, which may still parse. The first load at start-up reads once: nothing serves yet.
 
 use crate::config::{Config, ConfigError, Files};
-use crate::gateway::Gateway;
+use crate::control::Runtime;
+use crate::gateway::{Gateway, Lasting};
 use crate::health::{self, ProbeResult};
 use crate::keys::KeyEntry;
 use crate::keystate::KeyStore;
 use crate::keystate::{key_id, Health};
-use crate::limits::Limits;
-use crate::slots::Slots;
-use crate::statefile::{self, Loaded};
+use crate::statefile::{self, Loaded, Saved};
+use crate::usage::Usage;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -46,45 +47,57 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The current gateway generation and what outlives it.
 pub struct Live {
     current: RwLock<Arc<Gateway>>,
-    store: Arc<KeyStore>,
-    slots: Arc<Slots>,
-    limits: Arc<Limits>,
+    /// What outlives a generation.
+    lasting: Lasting,
     config_path: PathBuf,
-    started: Instant,
+    /// The current generation's number.
+    generation: AtomicU64,
+    /// Held while a reload applies its files, so two (the housekeeper's and the admin
+    /// API's) never number the same generation.
+    reloading: Mutex<()>,
+    /// The modification times of config.toml and keys.txt when a reload last started.
+    files_seen: Mutex<Stamps>,
     /// Requests taken by the server and not finished.
     pub in_flight: AtomicUsize,
+    /// Requests waiting for a worker (the server counts them).
+    pub queued: AtomicUsize,
     /// Set on SIGTERM/SIGINT: new requests are refused while those in flight finish.
     pub draining: AtomicBool,
 }
 
+/// Modification times of config.toml and keys.txt.
+type Stamps = (Option<SystemTime>, Option<SystemTime>);
+
 impl Live {
-    /// Starts from a loaded config; key states come from its state file when it has one.
+    /// Starts from a loaded config; key states and usage come from its state file when it
+    /// has one.
     pub fn new(config_path: &Path, config: Config) -> Arc<Live> {
-        let states = match statefile::load(&config.state_file) {
-            Loaded::Fresh => Default::default(),
-            Loaded::Read(states) => states,
+        let saved = match statefile::load(&config.state_file) {
+            Loaded::Fresh => Saved::default(),
+            Loaded::Read(saved) => saved,
             Loaded::Corrupt(why) => {
                 log::warn!("{}: {why}; starting with fresh key states", config.state_file.display());
-                Default::default()
+                Saved::default()
             }
         };
-        let store = Arc::new(KeyStore::new(states));
-        let started = Instant::now();
-        let slots = Arc::new(Slots::default());
-        let limits = Arc::new(Limits::default());
-        let gateway = Gateway::new(config, Arc::clone(&store), Arc::clone(&slots), started)
-            .with_limits(Arc::clone(&limits));
+        let stamps = (modified(&config.path), modified(&config.keys_file));
+        let lasting = Lasting::new(KeyStore::new(saved.keys), Usage::new(saved.usage));
+        let gateway = Gateway::new(config, &lasting, 1);
         forget_removed_keys(&gateway);
-        Arc::new(Live {
+        let live = Arc::new(Live {
             current: RwLock::new(Arc::new(gateway)),
-            store,
-            slots,
-            limits,
+            lasting,
             config_path: config_path.to_path_buf(),
-            started,
+            generation: AtomicU64::new(1),
+            reloading: Mutex::new(()),
+            files_seen: Mutex::new(stamps),
             in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-        })
+        });
+        let runtime: Weak<dyn Runtime> = Arc::downgrade(&live) as Weak<Live>;
+        live.lasting.control.attach(runtime);
+        live
     }
 
     /// The gateway generation to serve a request with.
@@ -92,14 +105,16 @@ impl Live {
         Arc::clone(&self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
-    /// Serves new requests with the config in `files`, when it is good.
-    pub fn apply(&self, files: &Files) -> Result<(), ConfigError> {
+    /// Serves new requests with the config in `files`, when it is good; the number of the
+    /// generation that serves them.
+    pub fn apply(&self, files: &Files) -> Result<u64, ConfigError> {
+        let _one = self.reloading.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let config = Config::from_files(files)?;
-        let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started)
-            .with_limits(Arc::clone(&self.limits));
+        let number = self.generation.load(Ordering::Acquire) + 1;
+        let gateway = Gateway::new(config, &self.lasting, number);
         forget_removed_keys(&gateway);
         log::info!(
-            "reloaded {}: {} upstreams in {} pools, {} tokens",
+            "reloaded {} (generation {number}): {} upstreams in {} pools, {} tokens",
             self.config_path.display(),
             gateway.config.keys.len(),
             gateway.pools.len(),
@@ -107,6 +122,7 @@ impl Live {
         );
         let gateway = Arc::new(gateway);
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&gateway);
+        self.generation.store(number, Ordering::Release);
         // A reload is a chance for a key set aside as invalid to prove it works again (the
         // operator may have fixed the account): probe those, off the housekeeper's thread.
         thread::Builder::new()
@@ -114,15 +130,66 @@ impl Live {
             .spawn(move || recheck_invalid(&gateway))
             .map_err(|err| log::warn!("cannot recheck invalid keys after the reload: {err}"))
             .ok();
-        Ok(())
+        Ok(number)
     }
 
-    /// Writes the key states to the state file.
+    /// Reloads at once, as SIGHUP does: reads the files until two reads [`SETTLE`] apart
+    /// agree (at most [`SETTLE_TRIES`] times), then applies them.
+    fn reload_now(&self) -> Result<u64, ConfigError> {
+        // Counts as the housekeeper noticing the change, so it does not load it again.
+        self.files_changed(&Seen::now(&self.current()));
+        let mut before = read_files(self);
+        for _ in 0..SETTLE_TRIES {
+            thread::sleep(SETTLE);
+            let now = read_files(self);
+            if now == before {
+                return self.apply(&now);
+            }
+            before = now;
+        }
+        Err(ConfigError {
+            file: self.config_path.clone(),
+            line: None,
+            key: None,
+            message: format!(
+                "the file or its keys file kept changing for {} s; to change either, write a new file and \
+                 rename it over the old one, then reload again",
+                (SETTLE * SETTLE_TRIES).as_secs()
+            ),
+        })
+    }
+
+    /// Whether config.toml or keys.txt changed since a reload last started (and notes
+    /// their times now).
+    fn files_changed(&self, now: &Seen) -> bool {
+        let mut seen = self.files_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = *seen != (now.config, now.keys);
+        *seen = (now.config, now.keys);
+        changed
+    }
+
+    /// Writes the key states and usage to the state file.
     pub fn save_states(&self) {
         let path = self.current().config.state_file.clone();
-        if let Err(err) = statefile::save(&path, &self.store.snapshot()) {
+        if let Err(err) =
+            statefile::save(&path, &self.lasting.store.snapshot(), &self.lasting.usage.all_rows())
+        {
             log::warn!("{}: cannot save key states: {err}", path.display());
         }
+    }
+}
+
+impl Runtime for Live {
+    fn reload(&self) -> Result<u64, ConfigError> {
+        self.reload_now()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
     }
 }
 
@@ -205,14 +272,13 @@ fn housekeeper(live: &Live, signals: &Signals) {
         let hup = signals.reload.swap(false, Ordering::AcqRel);
         if hup || last_files_check.elapsed() >= FILE_CHECK_EVERY {
             last_files_check = Instant::now();
-            let current = Seen::now(&live.current());
-            if hup || current.config != seen.config || current.keys != seen.keys {
-                seen.config = current.config;
-                seen.keys = current.keys;
+            // `|`, not `||`: the times are noted even on SIGHUP.
+            if live.files_changed(&Seen::now(&live.current())) | hup {
                 reload.start(live);
             }
             merge_state_file(live, &mut seen);
-            if live.store.take_dirty() {
+            let (keys, usage) = (live.lasting.store.take_dirty(), live.lasting.usage.take_dirty());
+            if keys || usage {
                 live.save_states();
                 seen.state = modified(&live.current().config.state_file);
             }
@@ -228,11 +294,14 @@ struct Settling {
     read: Option<(Files, Instant)>,
     /// Reads in a row that found the files changed since the read before.
     changes: u32,
+    /// The generation serving when it started.
+    generation: u64,
 }
 
 impl Settling {
     /// Starts a reload (again, when one is waiting) with a first read of the files.
     fn start(&mut self, live: &Live) {
+        self.generation = live.generation.load(Ordering::Acquire);
         self.read = Some((read_files(live), Instant::now()));
         self.changes = 0;
     }
@@ -242,6 +311,13 @@ impl Settling {
     fn tick(&mut self, live: &Live) {
         let Some((before, at)) = &self.read else { return };
         if at.elapsed() < SETTLE {
+            return;
+        }
+        if live.generation.load(Ordering::Acquire) != self.generation {
+            // Another reload (the admin API's) applied meanwhile, from a read made after
+            // this one's first: what this one would apply is served already.
+            log::debug!("reload: the files were reloaded meanwhile; nothing more to do");
+            self.read = None;
             return;
         }
         let now = read_files(live);
@@ -314,8 +390,11 @@ fn merge_state_file(live: &Live, seen: &mut Seen) {
         return;
     }
     seen.state = stamp;
-    if let Loaded::Read(states) = statefile::load(&path) {
-        live.store.merge_newer(states, &known_ids(&live.current()));
+    if let Loaded::Read(saved) = statefile::load(&path) {
+        live.lasting.store.merge_newer(saved.keys, &known_ids(&live.current()));
+        // The other process wrote the usage it read, which may be seconds older than
+        // this one's: write this one's again.
+        live.lasting.usage.mark_dirty();
     }
 }
 
@@ -352,11 +431,8 @@ fn record_probes<'e>(
     now: u64,
 ) -> Vec<(&'e KeyEntry, ProbeResult)> {
     let policy = gateway.policy();
-    let model = gateway.config.raw.health.model.clone();
-    let results = health::probe_keys(&gateway.agent, &gateway.config, entries, now, &policy);
+    let results = health::probe_into(&gateway.store, &gateway.agent, &gateway.config, entries, now, &policy);
     for (entry, result) in entries.iter().zip(&results) {
-        let id = key_id(&entry.base_url, entry.key.as_ref());
-        gateway.store.update(&id, |state| health::apply(state, result, Some(&model), now, &policy));
         if let Some(warning) = &result.warning {
             if !USAGE_WARNED.swap(true, Ordering::Relaxed) {
                 log::warn!("health check: {}: {warning} (said once per run)", entry.label());

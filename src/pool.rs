@@ -123,6 +123,16 @@ impl Pool {
         self.candidates(model, store, now, &[]).err()
     }
 
+    /// How it spreads requests over its keys.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The limit of requests at once of its key at `index` (0: none).
+    pub fn limit(&self, index: usize) -> u32 {
+        self.limits.get(index).copied().unwrap_or(0)
+    }
+
     /// This request's turn in the pool's rotation, drawn once per request: its later
     /// attempts keep it, so with the tried keys gone they go on to the keys after.
     pub fn turn(&self) -> usize {
@@ -307,6 +317,20 @@ mod tests {
         let why = pool.candidates(Some("m"), &store, NOW, &[]).unwrap_err();
         assert!(!why.model_locked, "a key that rests for time may have the model: {why:?}");
         assert_eq!(why.soonest, Some(NOW + 60));
+    }
+
+    #[test]
+    fn a_pool_whose_keys_are_all_disabled_says_so_and_claims_no_wait() {
+        let (pool, store) = (pool(&[1; 3], Strategy::RoundRobin), KeyStore::default());
+        fail(&pool, &store, 0, Failure::Exhausted { until: NOW + 60 });
+        for id in &pool.ids {
+            store.update(id, |s| s.disabled = true);
+        }
+        let why = pool.candidates(Some("m"), &store, NOW, &[]).unwrap_err();
+        assert_eq!(why, PoolUnavailable { soonest: None, reasons: "3 disabled".into(), model_locked: false });
+        store.update(&pool.ids[2], |s| s.disabled = false);
+        let usable = pool.candidates(Some("m"), &store, NOW, &[]).expect("key 2 is back");
+        assert_eq!(usable.iter().map(|c| c.index).collect::<Vec<_>>(), [2]);
     }
 
     #[test]

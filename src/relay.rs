@@ -528,7 +528,12 @@ impl From<RelayError> for ApiError {
                 kind: "rate_limit_error",
                 message: format!(
                     "no upstream key of pool '{pool}' is usable ({reasons}), and none frees up on its own: the \
-                     gateway operator should fix keys.txt or run `ollama-gateway check`"
+                     gateway operator should fix keys.txt or run `ollama-gateway check`{}",
+                    // "disabled" is one of `PoolUnavailable`'s reasons: the operator's own choice.
+                    match reasons.contains("disabled") {
+                        true => ", or enable a disabled key (POST /admin/api/keys/ID/enable)",
+                        false => "",
+                    }
                 ),
                 param: None,
                 code: Some("rate_limit_exceeded"),

@@ -313,7 +313,11 @@ impl Shared {
                 }
                 Err(error) => return api::error_reply(&req, &gateway, &error),
             }
+            // Counted as queued while it waits for a worker (the admin API shows it).
+            self.live.queued.fetch_add(1, Ordering::AcqRel);
+            let queued = Counted(&self.live.queued);
             slot = Some(self.workers.acquire());
+            drop(queued);
             let cancel = Cancel::new();
             let _watched = match (&self.watch, socket) {
                 (Some(watch), Some(socket)) => {
@@ -369,6 +373,7 @@ impl Shared {
             }
             None => String::new(),
         };
+        gateway.usage.record(log.token.as_deref(), log.model.as_deref(), status, log.usage);
         let elapsed = started.elapsed();
         // A scraper calls every few seconds: its line is kept for debugging, unless refused.
         let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };

@@ -1,15 +1,20 @@
-//! The state file: what the gateway knows about its keys, kept across restarts.
+//! The state file: what the gateway knows about its keys, and what its tokens used, kept
+//! across restarts.
 //!
 //! In scope: the file's format (JSON `{"version": 1, "saved_at": <unix secs>, "keys": {<id>:
-//! KeyState}}`, pretty-printed, ids sorted), reading it back without ever refusing to start
-//! ([`Loaded::Corrupt`] says why and the caller starts fresh), and writing it atomically:
-//! a temp file in the same folder, `fsync`, mode 0600, `rename`, then `fsync` of the folder,
-//! so a crash at any point leaves either the old file or the new one, never half of one.
-//! Out of scope: what the states mean (`keystate`), when to save (the server and `check`),
-//! and which keys still exist (the caller drops removed keys before saving).
+//! KeyState}, "usage": [Row, …]}`, pretty-printed, ids sorted, one usage row per line),
+//! reading it back without ever refusing to start ([`Loaded::Corrupt`] says why and the
+//! caller starts fresh), and writing it atomically: a temp file in the same folder,
+//! `fsync`, mode 0600, `rename`, then `fsync` of the folder, so a crash at any point leaves
+//! either the old file or the new one, never half of one. Files written before usage was
+//! counted have no `"usage"`, and read as none; a usage row that does not read is dropped
+//! rather than the key states with it. Out of scope: what the states and rows mean
+//! (`keystate`, `usage`), when to save (the server and `check`), and which keys still
+//! exist (the caller drops removed keys before saving).
 
 use crate::keystate::KeyState;
-use serde::{Deserialize, Serialize};
+use crate::usage::Row;
+use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -23,23 +28,24 @@ pub const VERSION: u32 = 1;
 /// Key states by [`crate::keystate::key_id`] (a hash of URL and key, never the key).
 pub type States = BTreeMap<String, KeyState>;
 
+/// What a state file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// Key states by id.
+    pub keys: States,
+    /// Usage rows (none in a file from before usage was counted).
+    pub usage: Vec<Row>,
+}
+
 /// What [`load`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
     /// No state file yet: every key starts healthy.
     Fresh,
-    /// The states saved last time.
-    Read(States),
+    /// What was saved last time.
+    Read(Saved),
     /// The file exists but cannot be used; the text says why. Report it and start fresh.
     Corrupt(String),
-}
-
-/// The file as written.
-#[derive(Serialize)]
-struct FileOut<'a> {
-    version: u32,
-    saved_at: u64,
-    keys: &'a States,
 }
 
 /// Only the version, read first so that a future format is named as such rather than
@@ -53,6 +59,14 @@ struct Header {
 #[derive(Deserialize)]
 struct FileIn {
     keys: States,
+    #[serde(default, deserialize_with = "readable_rows")]
+    usage: Vec<Row>,
+}
+
+/// The usage rows that read; a row hand-edited into another shape is dropped alone.
+fn readable_rows<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Row>, D::Error> {
+    let values = Option::<Vec<serde_json::Value>>::deserialize(d)?.unwrap_or_default();
+    Ok(values.into_iter().filter_map(|value| serde_json::from_value(value).ok()).collect())
 }
 
 /// Reads the state file at `path`. A missing file is [`Loaded::Fresh`]; an unreadable,
@@ -71,7 +85,7 @@ pub fn load(path: &Path) -> Loaded {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<States, String> {
+fn decode(bytes: &[u8]) -> Result<Saved, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("the file is empty".to_string());
     }
@@ -89,21 +103,33 @@ fn decode(bytes: &[u8]) -> Result<States, String> {
         }
     }
     let file: FileIn = serde_json::from_slice(bytes).map_err(|err| format!("unexpected content: {err}"))?;
-    Ok(file.keys)
+    Ok(Saved { keys: file.keys, usage: file.usage })
 }
 
-fn encode(states: &States, saved_at: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = serde_json::to_vec_pretty(&FileOut { version: VERSION, saved_at, keys: states })
-        .map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    Ok(bytes)
+/// The file's text: pretty-printed, except that each usage row takes one line (90 days of
+/// rows would otherwise take nine lines each, and the file is rewritten every few seconds
+/// while requests come in).
+fn encode(states: &States, usage: &[Row], saved_at: u64) -> io::Result<Vec<u8>> {
+    let keys = serde_json::to_string_pretty(states).map_err(io::Error::other)?;
+    // Pretty JSON has line breaks only between values (those in strings are escaped), so
+    // indenting every line nests it one level deeper.
+    let mut out = format!(
+        "{{\n  \"version\": {VERSION},\n  \"saved_at\": {saved_at},\n  \"keys\": {},\n  \"usage\": [",
+        keys.replace('\n', "\n  ")
+    );
+    for (i, row) in usage.iter().enumerate() {
+        out.push_str(if i == 0 { "\n    " } else { ",\n    " });
+        out.push_str(&serde_json::to_string(row).map_err(io::Error::other)?);
+    }
+    out.push_str(if usage.is_empty() { "]\n}\n" } else { "\n  ]\n}\n" });
+    Ok(out.into_bytes())
 }
 
-/// Writes `states` to `path` atomically with mode 0600: readers see the old file or the new
-/// one, and a failure leaves the old file as it was and no temp file behind.
-pub fn save(path: &Path, states: &States) -> io::Result<()> {
+/// Writes `states` and `usage` to `path` atomically with mode 0600: readers see the old
+/// file or the new one, and a failure leaves the old file as it was and no temp file behind.
+pub fn save(path: &Path, states: &States, usage: &[Row]) -> io::Result<()> {
     let saved_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let bytes = encode(states, saved_at)?;
+    let bytes = encode(states, usage, saved_at)?;
     write_atomic(path, |file| file.write_all(&bytes))
 }
 
@@ -223,8 +249,9 @@ mod tests {
         let dir = TempDir::new("state-round-trip");
         let path = dir.0.join("state.json");
         let states = sample();
-        save(&path, &states).expect("save");
-        assert_eq!(load(&path), Loaded::Read(states.clone()));
+        let usage = rows();
+        save(&path, &states, &usage).expect("save");
+        assert_eq!(load(&path), Loaded::Read(Saved { keys: states.clone(), usage: usage.clone() }));
         assert_eq!(dir.entries(), ["state.json"], "no temp file left behind");
         let text = fs::read_to_string(&path).expect("read back");
         let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -234,9 +261,13 @@ mod tests {
         assert_eq!(value["keys"]["a1a1"]["usage_permille"], 910);
         assert!(text.find("\"a1a1\"") < text.find("\"b0b0\""), "ids sorted:\n{text}");
         assert!(text.contains("\n  \"keys\": {\n"), "pretty-printed:\n{text}");
+        assert!(text.contains(&format!("\n    {},\n", serde_json::to_string(&usage[0]).unwrap())), "{text}");
+        assert_eq!(value["usage"][1]["model"], "gpt-oss:20b");
         // Saving again replaces the file.
-        save(&path, &States::new()).expect("save again");
-        assert_eq!(load(&path), Loaded::Read(States::new()));
+        save(&path, &States::new(), &[]).expect("save again");
+        assert_eq!(load(&path), Loaded::Read(Saved::default()));
+        let text = fs::read_to_string(&path).expect("read back");
+        assert!(text.ends_with("\"keys\": {},\n  \"usage\": []\n}\n"), "{text}");
     }
 
     #[test]
@@ -281,8 +312,9 @@ mod tests {
         let text =
             "{\"version\": 1, \"extra\": true, \"keys\": {\"x\": {\"state\": \"invalid\", \"new\": 1}}}";
         fs::write(&path, text).expect("write test file");
-        let Loaded::Read(states) = load(&path) else { panic!("not read") };
+        let Loaded::Read(Saved { keys: states, usage }) = load(&path) else { panic!("not read") };
         assert_eq!(states["x"].state, Health::Invalid);
+        assert!(usage.is_empty());
         assert_eq!(states["x"].requests, 0);
     }
 
@@ -296,9 +328,45 @@ mod tests {
             "model_cooldowns": {}, "requests": 3, "successes": 2, "failures": 1, "prompt_tokens": 5,
             "completion_tokens": 7, "last_used": 1700000000, "changed_at": 1700000000}}}"#;
         fs::write(&path, text).expect("write test file");
-        let Loaded::Read(states) = load(&path) else { panic!("not read") };
+        let Loaded::Read(Saved { keys: states, usage }) = load(&path) else { panic!("not read") };
         assert_eq!((states["x"].state, states["x"].requests), (Health::Exhausted, 3));
         assert_eq!(states["x"].usage_permille, None);
+        assert!(!states["x"].disabled, "no key was disabled before keys could be");
+        assert!(usage.is_empty(), "no usage section: none counted");
+    }
+
+    fn rows() -> Vec<Row> {
+        let row = |date: &str, model: &str| Row {
+            date: date.into(),
+            token: "alice".into(),
+            model: model.into(),
+            requests: 3,
+            errors: 1,
+            prompt_tokens: 30,
+            completion_tokens: 12,
+        };
+        vec![row("2023-11-14", "m"), row("2023-11-13", "gpt-oss:20b")]
+    }
+
+    #[test]
+    fn usage_rows_and_disabled_keys_are_kept_and_a_bad_row_costs_only_itself() {
+        let dir = TempDir::new("state-usage");
+        let path = dir.0.join("state.json");
+        let text = r#"{"version": 1, "saved_at": 1700000000,
+            "keys": {"x": {"state": "healthy", "disabled": true}},
+            "usage": [
+              {"date": "2023-11-14", "token": "alice", "model": "m", "requests": 2, "errors": 0,
+               "prompt_tokens": 5, "completion_tokens": 7, "later": "a field of a newer build"},
+              {"date": "2023-11-14", "token": "bob"},
+              "garbage"
+            ]}"#;
+        fs::write(&path, text).expect("write test file");
+        let Loaded::Read(saved) = load(&path) else { panic!("not read") };
+        assert!(saved.keys["x"].disabled);
+        assert_eq!(saved.usage.len(), 1, "{:?}", saved.usage);
+        assert_eq!((saved.usage[0].token.as_str(), saved.usage[0].completion_tokens), ("alice", 7));
+        fs::write(&path, text.replace("\"usage\": [", "\"usage\": null, \"was\": [")).expect("write");
+        assert!(matches!(load(&path), Loaded::Read(saved) if saved.usage.is_empty()));
     }
 
     #[cfg(unix)]
@@ -309,7 +377,7 @@ mod tests {
         let path = dir.0.join("state.json");
         fs::write(&path, "old").expect("write test file");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-        save(&path, &sample()).expect("save");
+        save(&path, &sample(), &rows()).expect("save");
         let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "mode {mode:o}");
     }
@@ -318,9 +386,9 @@ mod tests {
     fn a_write_failing_midway_leaves_the_old_file_and_no_temp_file() {
         let dir = TempDir::new("state-fail-midway");
         let path = dir.0.join("state.json");
-        save(&path, &sample()).expect("save");
+        save(&path, &sample(), &rows()).expect("save");
         let before = fs::read(&path).expect("read");
-        let new = encode(&States::new(), 1).expect("encode");
+        let new = encode(&States::new(), &[], 1).expect("encode");
         let err = write_atomic(&path, |file| {
             file.write_all(&new[..new.len() / 2])?;
             Err(io::Error::new(io::ErrorKind::StorageFull, "disk full (simulated)"))
@@ -339,7 +407,7 @@ mod tests {
         let path = dir.0.join("state.json");
         fs::create_dir(&path).expect("mkdir");
         fs::write(path.join("keep"), "x").expect("write");
-        let err = save(&path, &sample()).expect_err("cannot rename over a folder");
+        let err = save(&path, &sample(), &rows()).expect_err("cannot rename over a folder");
         assert!(err.to_string().contains("cannot replace"), "{err}");
         assert_eq!(dir.entries(), ["state.json"]);
         assert_eq!(fs::read(path.join("keep")).expect("read"), b"x");
@@ -349,7 +417,7 @@ mod tests {
     fn saving_into_a_missing_folder_fails_cleanly() {
         let dir = TempDir::new("state-no-dir");
         let path = dir.0.join("missing").join("state.json");
-        let err = save(&path, &sample()).expect_err("no folder");
+        let err = save(&path, &sample(), &rows()).expect_err("no folder");
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("cannot create"), "{err}");
         assert!(dir.entries().is_empty());

@@ -2,7 +2,9 @@
 //!
 //! In scope: days since 1970-01-01 to and from a civil date (Howard Hinnant's algorithms,
 //! proleptic Gregorian), reading an RFC 3339 time (`2026-12-01T00:00:00Z`, with a fraction
-//! or an offset such as `+02:00`), and the short `2026-11-23 16:31Z` form `check` prints.
+//! or an offset such as `+02:00`), writing one (`2026-11-23T16:31:05Z`, for the admin API),
+//! dates (`2026-11-23`, the days usage is counted by), and the short `2026-11-23 16:31Z`
+//! form `check` prints.
 //! Out of scope: reading the clock (`keystate::now`), time zones beyond an RFC 3339 offset,
 //! leap seconds (`:60` reads as the second before), and times before 1970.
 
@@ -106,9 +108,40 @@ pub fn short(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", rest / 3600, rest % 3600 / 60)
 }
 
+/// `2026-11-23T16:31:05Z` for Unix seconds.
+pub fn rfc3339(secs: u64) -> String {
+    let rest = secs % DAY;
+    format!("{}T{:02}:{:02}:{:02}Z", date(secs / DAY), rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// `2026-11-23` for `days` since 1970-01-01.
+pub fn date(days: u64) -> String {
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The days since 1970-01-01 of a `2026-11-23` date; `None` when `text` is not one.
+pub fn parse_date(text: &str) -> Option<u64> {
+    (text.len() == 10).then_some(())?;
+    parse_rfc3339(&format!("{text}T00:00:00Z")).map(|secs| secs / DAY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_and_rfc3339_times_are_written_and_read_back() {
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339(&rfc3339(1_709_164_799)), Some(1_709_164_799));
+        assert_eq!(date(19_675), "2023-11-14");
+        assert_eq!(parse_date("2023-11-14"), Some(19_675));
+        assert_eq!(parse_date("2024-02-29").map(date).as_deref(), Some("2024-02-29"));
+        for bad in ["2023-02-29", "2023-11-14T00:00:00Z", "2023-1-14", "", "yesterday"] {
+            assert_eq!(parse_date(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn times_read_as_utc() {

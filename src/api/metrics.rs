@@ -148,8 +148,6 @@ fn may_scrape(
 mod tests {
     use super::*;
     use crate::config::{Config, Files};
-    use crate::keystate::KeyStore;
-    use std::sync::Arc;
 
     const READER: &str = "sk-metrics-reader-0123456789";
     const ADMIN: &str = "sk-metrics-admin-0123456789";
@@ -172,7 +170,7 @@ mod tests {
             keys: Some(("keys.txt".into(), Ok(b"http://127.0.0.1:9|sk-upstream-key-0123456789\n".to_vec()))),
         };
         let config = Config::from_files(&files).expect("the test config");
-        Gateway::new(config, Arc::new(KeyStore::default()), Default::default(), std::time::Instant::now())
+        Gateway::new(config, &Default::default(), 0)
     }
 
     fn scrape(gateway: &Gateway, method: &str, peer: &str, token: Option<&str>) -> (u16, String, LogFields) {

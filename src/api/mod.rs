@@ -7,6 +7,7 @@
 //! mapping (`translate`) and key choice (`relay`, `pool`).
 
 pub mod access;
+pub mod admin;
 pub mod anthropic;
 pub mod cors;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub enum Endpoint {
     CountTokens,
     /// Ollama's native API, `/api/…`, forwarded.
     Native(String, native::Route),
+    /// The admin API, `/admin/api/…` (scope `admin`).
+    Admin(admin::Route),
 }
 
 impl Endpoint {
@@ -74,6 +77,9 @@ impl Endpoint {
         }
         if let Some(route) = native::route_of(&normal) {
             return Some(Endpoint::Native(normal, route));
+        }
+        if let Some(route) = admin::Route::of(&normal) {
+            return Some(Endpoint::Admin(route));
         }
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
@@ -107,6 +113,7 @@ impl Endpoint {
             | Endpoint::Messages
             | Endpoint::CountTokens => &["POST"],
             Endpoint::Native(_, route) => route.methods,
+            Endpoint::Admin(route) => route.methods(),
             _ => &["GET", "HEAD"],
         }
     }
@@ -120,6 +127,7 @@ impl Endpoint {
     pub fn scope(&self) -> Scope {
         match self {
             Endpoint::Native(_, route) => route.scope,
+            Endpoint::Admin(_) => Scope::Admin,
             _ => Scope::Inference,
         }
     }
@@ -269,7 +277,8 @@ pub fn split_pool_prefix(path: &str) -> (Option<&str>, &str) {
         let rest_trimmed = rest.trim_start_matches('/');
         let api_follows =
             ["v1", "api"].iter().any(|p| rest_trimmed == *p || rest_trimmed.starts_with(&format!("{p}/")));
-        if !first.is_empty() && !matches!(first, "v1" | "api") && api_follows {
+        // `/admin/api/…` is the admin API, never a pool named `admin`.
+        if !first.is_empty() && !matches!(first, "v1" | "api" | "admin") && api_follows {
             return (Some(first), &path[path.len() - rest.len() - 1..]);
         }
     }
@@ -385,6 +394,10 @@ fn dispatch(
     client: Client<'_>,
     log: &mut LogFields,
 ) -> Result<Reply, ApiError> {
+    // The admin API is the gateway's own, whatever the token's pool speaks.
+    if let Endpoint::Admin(route) = &endpoint {
+        return admin::handle(route, req, gateway, client);
+    }
     let openai = gateway.pools.get(client.pool).is_some_and(|pool| pool.provider == Provider::Openai);
     if openai {
         return match endpoint.openai_path() {
@@ -417,7 +430,7 @@ fn dispatch(
         Endpoint::Messages => anthropic::messages(req, gateway, client, log),
         Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
         Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
-        Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(v1_root()),
+        Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) => Ok(v1_root()),
     }
 }
 
@@ -514,9 +527,7 @@ fn authorize<'g>(
 mod tests {
     use super::*;
     use crate::config::{Config, Files};
-    use crate::keystate::KeyStore;
     use serde_json::Value;
-    use std::sync::Arc;
 
     const TOKEN: &str = "sk-router-test-0123456789";
 
@@ -533,7 +544,7 @@ mod tests {
             keys: Some(("keys.txt".into(), Ok(b"http://127.0.0.1:9\n".to_vec()))),
         };
         let config = Config::from_files(&files).expect("the test config");
-        Gateway::new(config, Arc::new(KeyStore::default()), Default::default(), std::time::Instant::now())
+        Gateway::new(config, &Default::default(), 0)
     }
 
     /// A request through the router, as `server` sends it: screened from its head, then
@@ -582,6 +593,29 @@ mod tests {
         // A good one goes upstream, where nothing listens.
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
         assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(TOKEN), body).0, 502);
+    }
+
+    #[test]
+    fn the_admin_api_needs_its_scope_and_answers_without_a_process() {
+        const ADMIN: &str = "sk-router-admin-0123456789";
+        let gateway = gateway(&format!(
+            "[[tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
+            crate::secret::sha256_hex(ADMIN)
+        ));
+        let (status, refused) = route(&gateway, "GET", "/admin/api/status", Some(TOKEN), "");
+        assert_eq!((status, &refused["error"]["code"]), (403, &json!("insufficient_scope")));
+        assert_eq!(route(&gateway, "GET", "/admin/api/status", None, "").0, 401);
+        let (status, answer) = route(&gateway, "GET", "/admin/api/status", Some(ADMIN), "");
+        assert_eq!(
+            (status, &answer["pools"][0]["keys"][0]["host"]),
+            (200, &json!("127.0.0.1:9")),
+            "{answer}"
+        );
+        assert_eq!(answer["requests"], json!({"in_flight": null, "queued": null}), "no server counts them");
+        // No process around this gateway: nothing to reload, and it says so.
+        assert_eq!(route(&gateway, "POST", "/admin/api/reload", Some(ADMIN), "").0, 503);
+        // An admin token with no other scope still may not chat.
+        assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(ADMIN), "{}").0, 403);
     }
 
     /// A body refused before it reaches its handler (413, 408, 503) is answered in the
@@ -655,6 +689,9 @@ mod tests {
             ("/v1/models/", Some(Models)),
             ("/api/blobs/../chat", None),
             ("/v1/./chat/completions", None),
+            ("//admin/api//status/", Some(Admin(admin::Route::Status))),
+            ("/admin/api/keys/0a1b/enable", Some(Admin(admin::Route::Disable("0a1b".into(), false)))),
+            ("/admin/api/keys/0a1b", None),
         ];
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
@@ -672,6 +709,7 @@ mod tests {
             ("/chat/completions", (None, "/chat/completions")),
             ("/v1/models/hf.co/org/model", (None, "/v1/models/hf.co/org/model")),
             ("/models/x/v1", (None, "/models/x/v1")),
+            ("/admin/api/status", (None, "/admin/api/status")),
         ];
         for (path, want) in cases {
             assert_eq!(split_pool_prefix(path), want, "{path}");

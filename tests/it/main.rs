@@ -52,6 +52,8 @@ mod logging;
 mod reload;
 // The model allowlist on every form a native body can name a model in; plain answers checked.
 mod access;
+// The admin API (scope, status, disabling keys, check, reload, usage) and the `usage` command.
+mod admin;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
