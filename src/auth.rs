@@ -51,6 +51,8 @@ pub struct TokenLimits {
     pub rpm: Option<u32>,
     /// Requests it may have in flight at once (a stream until it ends).
     pub max_concurrent: Option<u32>,
+    /// Prompt and completion tokens it may use in a UTC day.
+    pub daily_tokens: Option<u64>,
     /// Unix seconds from which it is refused.
     pub expires: Option<u64>,
     /// The address blocks it may be used from; `None`: anywhere.

@@ -303,6 +303,10 @@ pub struct RawToken {
     /// Requests it may have in flight at once; absent: no limit.
     #[serde(default, deserialize_with = "token_max_concurrent")]
     pub max_concurrent: Option<u32>,
+    /// Prompt and completion tokens it may use in a UTC day, as the upstream counts them;
+    /// absent: no limit.
+    #[serde(default, deserialize_with = "daily_tokens")]
+    pub daily_tokens: Option<u64>,
     /// When it stops working (an RFC 3339 date-time), as Unix seconds; absent: never.
     #[serde(default, deserialize_with = "expires")]
     pub expires: Option<u64>,
@@ -516,6 +520,13 @@ fn rpm<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 }
 fn token_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     token_limit(d, 100_000, "max_concurrent")
+}
+fn daily_tokens<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = u64::deserialize(d)?;
+    match value {
+        0 => Err(serde::de::Error::custom("must be at least 1, got 0 (remove daily_tokens for no limit)")),
+        value => Ok(Some(value)),
+    }
 }
 /// An RFC 3339 date-time with its offset, quoted or as a TOML date-time.
 fn expires<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -831,6 +842,7 @@ impl Config {
                 limits: TokenLimits {
                     rpm: raw_token.rpm,
                     max_concurrent: raw_token.max_concurrent,
+                    daily_tokens: raw_token.daily_tokens,
                     expires: raw_token.expires,
                     ips: raw_token.ips.clone(),
                 },

@@ -112,6 +112,34 @@ pub fn check_access(
     }
 }
 
+/// Whether token `name`, which `used` tokens today (UTC, asked only when it has a limit) by
+/// `unix` seconds, may start another request: the 429 naming its `daily_tokens` when it
+/// may not, to retry when the day ends. Requests in flight are counted when they end, so a
+/// day may end a little over.
+pub fn check_daily(
+    name: &str,
+    limits: &TokenLimits,
+    used: impl FnOnce() -> u64,
+    unix: u64,
+) -> Result<(), ApiError> {
+    let Some(daily) = limits.daily_tokens else { return Ok(()) };
+    let used = used();
+    if used < daily {
+        return Ok(());
+    }
+    let midnight = (unix / 86_400 + 1) * 86_400;
+    let retry_after = midnight.saturating_sub(unix).max(1);
+    Err(too_many(
+        format!(
+            "token '{name}' has used {used} tokens today, its daily_tokens = {daily} limit; it resets at \
+             00:00 UTC, in {} h {} min",
+            retry_after / 3600,
+            retry_after % 3600 / 60
+        ),
+        retry_after,
+    ))
+}
+
 fn too_many(message: String, retry_after: u64) -> ApiError {
     ApiError {
         status: 429,
@@ -212,6 +240,21 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn daily_tokens_refuse_once_the_days_use_reaches_them_until_midnight_utc() {
+        let limits = TokenLimits { daily_tokens: Some(1000), ..TokenLimits::default() };
+        let noon = 1_700_000_000 / 86_400 * 86_400 + 12 * 3600;
+        assert!(check_daily("alice", &limits, || 999, noon).is_ok());
+        let over = check_daily("alice", &limits, || 1000, noon).unwrap_err();
+        assert_eq!((over.status, over.retry_after), (429, Some(12 * 3600)));
+        assert!(
+            over.message.contains("daily_tokens = 1000") && over.message.contains("in 12 h 0 min"),
+            "{over:?}"
+        );
+        let never = || -> u64 { panic!("the day's use is not looked up without a limit") };
+        assert!(check_daily("alice", &TokenLimits::default(), never, noon).is_ok(), "no limit");
     }
 
     #[test]

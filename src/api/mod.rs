@@ -518,7 +518,9 @@ fn authorize<'g>(
     };
     log.token = Some(client.name.to_string());
     if let Some(limits) = client.limits {
-        limits::check_access(client.name, limits, from, crate::keystate::now())?;
+        let now = crate::keystate::now();
+        limits::check_access(client.name, limits, from, now)?;
+        limits::check_daily(client.name, limits, || gateway.usage.tokens_today(client.name), now)?;
     }
     Ok(client)
 }

@@ -1,4 +1,4 @@
-//! Per-token limits (`rpm`, `max_concurrent`, `expires`, `ips`) and the lock-out of an
+//! Per-token limits (`rpm`, `max_concurrent`, `daily_tokens`, `expires`, `ips`) and the lock-out of an
 //! address after wrong tokens, on the real binary: each refusal in its family's envelope,
 //! from the request's head, without an upstream call. The windows themselves (a minute,
 //! five minutes) are unit-tested with a clock passed in (`limits`, `lockout`); these tests
@@ -164,6 +164,28 @@ fn max_concurrent_frees_the_place_of_a_stream_whose_client_left() {
     // The gateway finds the client gone at its next write, once upstream sends more.
     gate.open();
     completion(&chat_once_free(&gateway));
+}
+
+#[test]
+fn daily_tokens_refuse_requests_once_the_days_use_reaches_them() {
+    let fake = Fake::start(healthy);
+    // Each answer counts 3 prompt and 5 completion tokens: two requests use 16 of 10.
+    let gateway = Gateway::start(&alice_with("daily_tokens = 10"), &format!("{}|{KEY_A}\n", fake.url));
+    for i in 0..2 {
+        eqnice!(200, chat_as(&gateway, TOKEN, &[]).status, "request {i}, under the day's limit");
+        // The day's use is counted when a request's log line is written.
+        wait_until(PATIENCE, "the request is counted", || {
+            gateway.logs().lines().filter(|line| line.contains("tokens=3+5")).count() > i
+        });
+    }
+    let over = chat_as(&gateway, TOKEN, &[]);
+    let error = assert_envelope(&over, 429);
+    assert!(error.message.contains("daily_tokens = 10") && error.message.contains("16 tokens"), "{error:?}");
+    let wait = retry_after(&over);
+    assert!((1..=86_400).contains(&wait), "retry when the UTC day ends: {wait}");
+    let error = assert_ollama_error(&post_as(&gateway, "/api/chat", TOKEN, &[], &chat_body("m", false)), 429);
+    assert!(error.contains("daily_tokens"), "{error}");
+    eqnice!(2, fake.requests().len(), "the refused requests never reached upstream");
 }
 
 #[test]
