@@ -164,6 +164,17 @@ pub enum Family {
     Anthropic,
 }
 
+impl Family {
+    /// Its name in logs: `openai`, `ollama` or `anthropic`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::OpenAi => "openai",
+            Family::Ollama => "ollama",
+            Family::Anthropic => "anthropic",
+        }
+    }
+}
+
 impl ApiError {
     /// The error as `family` writes it, and its `Content-Type`.
     pub fn envelope(&self, family: Family) -> (Vec<u8>, &'static str) {

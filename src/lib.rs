@@ -26,7 +26,8 @@
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
 //!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`],
-//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks, the client's address).
+//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks, the client's address),
+//!    [`logline`] (the text and JSON log formats, the request line).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -50,6 +51,7 @@ pub mod keystate;
 pub mod limits;
 pub mod live;
 pub mod lockout;
+pub mod logline;
 pub mod metrics;
 pub mod pool;
 pub mod quota;

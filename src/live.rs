@@ -98,6 +98,7 @@ impl Live {
         let gateway = Gateway::new(config, Arc::clone(&self.store), Arc::clone(&self.slots), self.started)
             .with_limits(Arc::clone(&self.limits));
         forget_removed_keys(&gateway);
+        crate::logline::set_format(gateway.config.raw.log_format);
         log::info!(
             "reloaded {}: {} upstreams in {} pools, {} tokens",
             self.config_path.display(),

@@ -23,6 +23,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Reply, Req, StreamReply};
 use crate::live::Live;
+use crate::logline;
 use crate::metrics;
 use crate::translate::{Flow, Usage};
 use crate::watch::{ClientSocket, Watch};
@@ -360,30 +361,29 @@ impl Shared {
                 (status, note, first_byte)
             }
         };
-        let tokens = match log.usage {
-            Some(usage) => {
-                if let Some(key) = &log.trace.key_id {
-                    gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
-                }
-                format!(" tokens={}+{}", usage.prompt, usage.completion)
-            }
-            None => String::new(),
-        };
+        if let (Some(usage), Some(key)) = (log.usage, &log.trace.key_id) {
+            gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
+        }
         let elapsed = started.elapsed();
         // A scraper calls every few seconds: its line is kept for debugging, unless refused.
         let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };
-        log::log!(
-            level,
-            "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
-            req.method,
-            req.path(),
-            log.token.as_deref().unwrap_or("-"),
-            log.trace.pool.as_deref().unwrap_or("-"),
-            log.trace.key.as_deref().unwrap_or("-"),
-            log.model.as_deref().unwrap_or("-"),
-            log.trace.attempts,
-            elapsed.as_secs_f64() * 1000.0,
-        );
+        let line = logline::RequestLine {
+            id: &id,
+            method: &req.method,
+            path: req.path(),
+            family: log.family,
+            token: log.token.as_deref(),
+            pool: log.trace.pool.as_deref(),
+            key: log.trace.key.as_deref(),
+            model: log.model.as_deref(),
+            status,
+            attempts: log.trace.attempts,
+            duration: elapsed,
+            first_byte: first_byte.map(|at| at.saturating_duration_since(started)),
+            tokens: log.usage.map(|usage| (usage.prompt, usage.completion)),
+            note,
+        };
+        line.log(level, module_path!());
         metrics::global().request(&metrics::Finished {
             family: log.family,
             status,

@@ -2,7 +2,8 @@
 //!
 //! In scope: days since 1970-01-01 to and from a civil date (Howard Hinnant's algorithms,
 //! proleptic Gregorian), reading an RFC 3339 time (`2026-12-01T00:00:00Z`, with a fraction
-//! or an offset such as `+02:00`), and the short `2026-11-23 16:31Z` form `check` prints.
+//! or an offset such as `+02:00`), writing one with milliseconds (`2026-11-23T16:31:05.042Z`,
+//! the JSON log's `time`), and the short `2026-11-23 16:31Z` form `check` prints.
 //! Out of scope: reading the clock (`keystate::now`), time zones beyond an RFC 3339 offset,
 //! leap seconds (`:60` reads as the second before), and times before 1970.
 
@@ -106,9 +107,32 @@ pub fn short(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}Z", rest / 3600, rest % 3600 / 60)
 }
 
+/// `2026-11-23T16:31:05.042Z` (RFC 3339 in UTC, to the millisecond) for Unix milliseconds.
+pub fn rfc3339_millis(millis: u64) -> String {
+    let secs = millis / 1000;
+    let (year, month, day) = civil_from_days(secs / DAY);
+    let rest = secs % DAY;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        millis % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_rfc3339_to_the_millisecond() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_700_000_000_042), "2023-11-14T22:13:20.042Z");
+        assert_eq!(rfc3339_millis(951_868_799_999), "2000-02-29T23:59:59.999Z");
+        // What is written reads back as the same second.
+        assert_eq!(parse_rfc3339(&rfc3339_millis(1_798_761_599_500)), Some(1_798_761_599));
+    }
 
     #[test]
     fn times_read_as_utc() {
