@@ -686,6 +686,8 @@ mod tests {
         };
         assert_eq!(scope_of("/api/chat"), Some(Scope::Inference));
         assert_eq!(scope_of("/api/embeddings"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/web_search"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/web_fetch"), Some(Scope::Inference));
         assert_eq!(scope_of("/api/tags"), Some(Scope::Models));
         assert_eq!(scope_of("//api//show"), Some(Scope::Models));
         assert_eq!(scope_of("/api/pull"), Some(Scope::Manage));

@@ -52,6 +52,9 @@ mod logging;
 mod reload;
 // The model allowlist on every form a native body can name a model in; plain answers checked.
 mod access;
+// Other gateways' clients: Ollama's web search API, the Gin proxy's /sys routes and error
+// shape, a token in the body's api_key.
+mod compat;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
