@@ -1,7 +1,7 @@
 //! The HTTP API as plain functions: a [`Req`] in, a [`Reply`] out.
 //!
-//! In scope: the route table (canonical `/v1/…` paths, their aliases without `/v1`, repeated
-//! slashes), method checks (405 with `Allow`), authentication, CORS headers, and dispatch to
+//! In scope: the route table (canonical `/v1/…` paths, their aliases without `/v1`, the Gin
+//! Ollama proxy's `/sys/…` aliases of native routes, repeated slashes), method checks (405 with `Allow`), authentication, CORS headers, and dispatch to
 //! the endpoint handlers in `openai` and `native`. Out of scope: sockets and HTTP framing (`server`
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
@@ -56,6 +56,9 @@ pub enum Endpoint {
     CountTokens,
     /// Ollama's native API, `/api/…`, forwarded.
     Native(String, native::Route),
+    /// The Gin Ollama proxy's `/sys/…` routes, forwarded as the `/api/…` route each names
+    /// (the path held), with its scopes, and errors in that proxy's shape.
+    Gin(String, native::Route),
 }
 
 impl Endpoint {
@@ -74,6 +77,9 @@ impl Endpoint {
         }
         if let Some(route) = native::route_of(&normal) {
             return Some(Endpoint::Native(normal, route));
+        }
+        if let Some((path, route)) = native::gin_alias(&normal).and_then(|p| Some((p, native::route_of(p)?))) {
+            return Some(Endpoint::Gin(path.to_string(), route));
         }
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
@@ -106,7 +112,7 @@ impl Endpoint {
             | Endpoint::Responses
             | Endpoint::Messages
             | Endpoint::CountTokens => &["POST"],
-            Endpoint::Native(_, route) => route.methods,
+            Endpoint::Native(_, route) | Endpoint::Gin(_, route) => route.methods,
             _ => &["GET", "HEAD"],
         }
     }
@@ -119,7 +125,7 @@ impl Endpoint {
     /// The scope a token needs for it.
     pub fn scope(&self) -> Scope {
         match self {
-            Endpoint::Native(_, route) => route.scope,
+            Endpoint::Native(_, route) | Endpoint::Gin(_, route) => route.scope,
             _ => Scope::Inference,
         }
     }
@@ -151,6 +157,7 @@ impl Endpoint {
     pub fn family(&self) -> Family {
         match self {
             Endpoint::Native(..) | Endpoint::Root => Family::Ollama,
+            Endpoint::Gin(..) => Family::Gin,
             Endpoint::Messages | Endpoint::CountTokens => Family::Anthropic,
             _ => Family::OpenAi,
         }
@@ -416,7 +423,9 @@ fn dispatch(
         Endpoint::Responses => responses::responses(req, gateway, client, log),
         Endpoint::Messages => anthropic::messages(req, gateway, client, log),
         Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
-        Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
+        Endpoint::Native(path, route) | Endpoint::Gin(path, route) => {
+            native::handle(req, &path, route, gateway, client, log)
+        }
         Endpoint::V1Root | Endpoint::Root | Endpoint::Health => Ok(v1_root()),
     }
 }
@@ -695,6 +704,30 @@ mod tests {
         assert_eq!(scope_of("/api/blobs/"), None);
         assert_eq!(scope_of("/api/nope"), None);
         assert_eq!(Endpoint::from_path("/v1/chat/completions").map(|e| e.scope()), Some(Scope::Inference));
+    }
+
+    #[test]
+    fn gin_aliases_are_their_api_routes_with_gins_errors() {
+        for name in ["tags", "show", "pull", "push", "copy", "delete"] {
+            let api = format!("/api/{name}");
+            let route = native::route_of(&api).expect("an /api route");
+            let endpoint = Endpoint::from_path(&format!("/sys/{name}"));
+            assert_eq!(endpoint, Some(Endpoint::Gin(api.clone(), route)), "{name}");
+            let endpoint = endpoint.expect("checked");
+            assert_eq!((endpoint.family(), endpoint.scope()), (Family::Gin, route.scope), "{name}");
+            assert_eq!(endpoint.metrics_family(), Some(Family::Gin), "{name}");
+        }
+        for path in ["/sys/create", "/sys/chat", "/sys", "/sys/blobs/sha256:abc"] {
+            assert_eq!(Endpoint::from_path(path), None, "{path}");
+        }
+        let gateway = gateway("");
+        let (status, body) = route(&gateway, "GET", "/sys/tags", None, "");
+        assert_eq!((status, &body["code"], &body["data"]), (401, &json!(401), &Value::Null), "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("missing API key")), "{body}");
+        let (status, body) = route(&gateway, "POST", "/sys/pull", Some(TOKEN), "{}");
+        assert_eq!((status, &body["code"]), (403, &json!(403)), "default scopes lack manage: {body}");
+        let (status, body) = route(&gateway, "POST", "/sys/tags", Some(TOKEN), "");
+        assert_eq!((status, &body["code"]), (405, &json!(405)), "{body}");
     }
 
     #[test]

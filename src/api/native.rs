@@ -67,6 +67,19 @@ pub fn route_of(path: &str) -> Option<Route> {
     })
 }
 
+/// The `/api/…` route a path of the Gin Ollama proxy (`/sys/tags`) stands for.
+pub fn gin_alias(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/sys/tags" => "/api/tags",
+        "/sys/show" => "/api/show",
+        "/sys/pull" => "/api/pull",
+        "/sys/push" => "/api/push",
+        "/sys/copy" => "/api/copy",
+        "/sys/delete" => "/api/delete",
+        _ => return None,
+    })
+}
+
 /// Ollama's error shape for an error of ours.
 pub fn error_reply(error: &ApiError) -> Reply {
     Reply::error_in(Family::Ollama, error)

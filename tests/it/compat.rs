@@ -98,3 +98,72 @@ fn web_search_on_a_self_hosted_ollama_is_its_404() {
     eqjson!(json!({"error": "404 page not found"}), reply.body);
     eqnice!(1, fake.count(), "a 404 says nothing of the key: no failover");
 }
+
+/// An Ollama with the model-management routes the `/sys/*` aliases name; `show` knows only
+/// `llama3.2`.
+fn manageable(recorded: &Recorded) -> FakeReply {
+    match (recorded.method.as_str(), recorded.path.as_str()) {
+        ("GET", "/api/tags") => FakeReply::ok(json!({"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest"}]})),
+        ("POST", "/api/show") if recorded.model() == "llama3.2" => {
+            FakeReply::ok(json!({"modelfile": "FROM llama3.2", "details": {"family": "llama"}}))
+        }
+        ("POST", "/api/show") => FakeReply::error(404, &format!("model '{}' not found", recorded.model())),
+        ("POST", "/api/pull" | "/api/push") => {
+            FakeReply::ndjson(&[json!({"status": "pulling manifest"}), json!({"status": "success"})])
+        }
+        ("POST", "/api/copy") | ("DELETE", "/api/delete") => FakeReply::Text { status: 200, body: String::new() },
+        _ => FakeReply::error(404, "404 page not found"),
+    }
+}
+
+/// Asserts `reply` is the Gin proxy's error shape with `status`, and returns its message.
+#[track_caller]
+fn gin_error(status: u16, reply: &JsonReply) -> String {
+    eqnice!(status, reply.status, "{}", reply.text);
+    let message = reply.body["message"].as_str().unwrap_or_else(|| panic!("no message: {}", reply.text));
+    eqjson!(json!({"code": status, "message": message, "data": null}), reply.body);
+    message.to_string()
+}
+
+#[test]
+fn sys_routes_are_the_api_routes_with_their_scopes_and_gins_errors() {
+    let fake = Fake::start(manageable);
+    let gateway = Gateway::start(&tokens(), &format!("{}|{KEY_A}\n", fake.url));
+    let (viewer, manager) = (format!("Bearer {VIEWER}"), format!("Bearer {MANAGER}"));
+    let cases = [
+        ("GET", "/sys/tags", "/api/tags", "", &viewer),
+        ("POST", "/sys/show", "/api/show", r#"{"model": "llama3.2"}"#, &viewer),
+        ("POST", "/sys/pull", "/api/pull", r#"{"model": "llama3.2"}"#, &manager),
+        ("POST", "/sys/push", "/api/push", r#"{"model": "llama3.2"}"#, &manager),
+        ("POST", "/sys/copy", "/api/copy", r#"{"source": "llama3.2", "destination": "backup"}"#, &manager),
+        ("DELETE", "/sys/delete", "/api/delete", r#"{"model": "backup"}"#, &manager),
+    ];
+    for (method, alias, api, body, auth) in cases {
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let reply = gateway.raw(method, alias, &headers, body.as_bytes());
+        eqnice!(200, reply.status, "{method} {alias}: {}", reply.text);
+        let served = fake.requests().pop().expect("an upstream request");
+        eqnice!((method, api, body), (served.method.as_str(), served.path.as_str(), served.raw.as_str()), "{alias}");
+        eqnice!(Some(format!("Bearer {KEY_A}").as_str()), served.authorization(), "{alias}");
+        match alias {
+            "/sys/tags" => eqnice!(Some("llama3.2:latest"), reply.body["models"][0]["name"].as_str()),
+            "/sys/pull" | "/sys/push" => assert!(reply.text.ends_with("{\"status\":\"success\"}\n"), "{}", reply.text),
+            _ => {}
+        }
+        // Without a token: 401; with the `models` scope alone on a `manage` route: 403.
+        let missing = gateway.raw(method, alias, &headers[1..], body.as_bytes());
+        assert!(gin_error(401, &missing).contains("missing API key"), "{alias}");
+        if *auth == manager {
+            let viewing = [("authorization", viewer.as_str()), ("content-type", "application/json")];
+            let refused = gateway.raw(method, alias, &viewing, body.as_bytes());
+            assert!(gin_error(403, &refused).contains("'manage' scope"), "{alias}");
+        }
+    }
+    eqnice!(cases.len(), fake.count(), "refused requests never reach upstream");
+    // An upstream error and a wrong method come in the same shape.
+    let unknown = gateway.raw("POST", "/sys/show", &[("authorization", &viewer)], br#"{"model": "nope"}"#);
+    eqnice!("model 'nope' not found", gin_error(404, &unknown));
+    let wrong_method = gateway.raw("GET", "/sys/delete", &[("authorization", &manager)], b"");
+    gin_error(405, &wrong_method);
+    eqnice!(Some("DELETE, OPTIONS"), wrong_method.header("allow"));
+}
