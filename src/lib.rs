@@ -12,7 +12,8 @@
 //!    per connection, limits, live writing), [`live`] (generations, reloads, signals, the
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
-//!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`), over the
+//!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`,
+//!    `api::body_token` for a token in the body's `api_key`), over the
 //!    values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight

@@ -7,8 +7,9 @@
 //! Past `max_connections` a new connection is closed at once, so descriptors and threads
 //! stay bounded whatever clients do. Each connection is served on its own thread, which
 //! reads a request (its head within `header_timeout_secs`, its body at no less than
-//! `min_body_bytes_per_sec`), checks it ([`api::screen`]) before reading the body, and only
-//! then waits for one of `workers` slots to run [`api::handle`]; a slow client holds its
+//! `min_body_bytes_per_sec`), checks it ([`api::screen`]) before reading the body (and a
+//! token sent in the body, after it: [`api::screen_body`]), and only then waits for one of
+//! `workers` slots to run [`api::handle`]; a slow client holds its
 //! connection's thread, never a worker. While a handler waits on upstream, the client's
 //! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
 //! A scrape of `/metrics` is answered without a worker or a queue place, so a gateway at
@@ -296,11 +297,10 @@ impl Shared {
                 let from = api::client_addr(&req, &gateway);
                 return api::metrics::answer(&req, from, &gateway, self.gauges(), &mut log);
             }
-            let mut admission = match api::screen(&req, &gateway, &mut log) {
+            let admission = match api::screen(&req, &gateway, &mut log) {
                 Ok(admission) => admission,
                 Err(early) => return early,
             };
-            permit = Some(admission.take_permit());
             let limits = BodyLimits {
                 max: gateway.config.raw.max_body_bytes,
                 rate: self.limits.min_body_rate,
@@ -314,6 +314,12 @@ impl Shared {
                 }
                 Err(error) => return api::error_reply(&req, &gateway, &error),
             }
+            // A token in the body (allow_body_token) is checked now, before a worker is taken.
+            let mut admission = match api::screen_body(&mut req, &gateway, admission, &mut log) {
+                Ok(admission) => admission,
+                Err(early) => return early,
+            };
+            permit = Some(admission.take_permit());
             slot = Some(self.workers.acquire());
             let cancel = Cancel::new();
             let _watched = match (&self.watch, socket) {

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod anthropic;
+pub mod body_token;
 pub mod cors;
 pub mod metrics;
 pub mod native;
@@ -78,7 +79,8 @@ impl Endpoint {
         if let Some(route) = native::route_of(&normal) {
             return Some(Endpoint::Native(normal, route));
         }
-        if let Some((path, route)) = native::gin_alias(&normal).and_then(|p| Some((p, native::route_of(p)?))) {
+        if let Some((path, route)) = native::gin_alias(&normal).and_then(|p| Some((p, native::route_of(p)?)))
+        {
             return Some(Endpoint::Gin(path.to_string(), route));
         }
         match normal.as_str() {
@@ -203,6 +205,11 @@ pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut 
             let family = endpoint.family();
             dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
         }
+        // Only a caller that skipped `screen_body` gets here: refused, never served unchecked.
+        Admitted::BodyToken(endpoint, ..) => Err(Reply::error_in(
+            endpoint.family(),
+            &ApiError::server(500, "the gateway did not check the body's token; see its log"),
+        )),
     };
     with_cors(req, gateway, reply.unwrap_or_else(|error_reply| error_reply))
 }
@@ -216,7 +223,7 @@ impl Admission<'_> {
     pub fn take_permit(&mut self) -> Permit {
         match &mut self.0 {
             Admitted::Client(_, _, permit) => std::mem::take(permit),
-            Admitted::Open(_) => Permit::default(),
+            Admitted::Open(_) | Admitted::BodyToken(..) => Permit::default(),
         }
     }
 }
@@ -225,9 +232,40 @@ impl Admission<'_> {
 /// an address locked out after wrong tokens, an unknown route, a wrong method, a preflight,
 /// a missing, wrong or expired token, an address or a scope it lacks, a token over its
 /// `rpm` or `max_concurrent`. `server` asks this before reading a body, so a client without
-/// a token cannot make a worker wait for (or hold) a large upload.
+/// a token cannot make a worker wait for (or hold) a large upload. The one exception, with
+/// `allow_body_token`: a request with no token in its head goes on to have its body read
+/// (no worker is held meanwhile), and [`screen_body`] checks the token found there.
 pub fn screen<'g>(head: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admission<'g>, Reply> {
     admit(head, gateway, log).map(Admission).map_err(|early| with_cors(head, gateway, early))
+}
+
+/// Finishes checking a request [`screen`] admitted, once `server` has read its body: with
+/// `allow_body_token` and no token in the head, the body's `api_key` is the token, checked
+/// (scope, limits and lock-out too) as one from the head would be. The field is taken out
+/// of the body of every request for a client, so it never goes upstream (see [`body_token`]).
+pub fn screen_body<'g>(
+    req: &mut Req,
+    gateway: &'g Gateway,
+    admission: Admission<'g>,
+    log: &mut LogFields,
+) -> Result<Admission<'g>, Reply> {
+    let (endpoint, prefix, from) = match admission.0 {
+        Admitted::BodyToken(endpoint, prefix, from) => (endpoint, prefix, from),
+        Admitted::Client(..) => {
+            // The head's token is the one checked; a body's is only kept from upstream.
+            let _ = body_token::take(&mut req.body);
+            return Ok(admission);
+        }
+        Admitted::Open(_) => return Ok(admission),
+    };
+    let token = match body_token::take(&mut req.body) {
+        Some(Err(error)) => return Err(with_cors(req, gateway, Reply::error_in(endpoint.family(), &error))),
+        Some(Ok(token)) => Some(token).filter(|token| !token.is_empty()),
+        None => None,
+    };
+    admit_client(req, gateway, endpoint, prefix.as_deref(), from, token.as_deref(), log)
+        .map(Admission)
+        .map_err(|early| with_cors(req, gateway, early))
 }
 
 /// The error answer for `req` (a body too large, too slow or over the memory budget), in
@@ -267,6 +305,9 @@ enum Admitted<'g> {
     Open(Endpoint),
     /// An endpoint for an authenticated client, counted in its token's limits.
     Client(Endpoint, Client<'g>, Permit),
+    /// An endpoint whose token may be in the body (`allow_body_token`, none in the head),
+    /// with the pool prefix and address it came with: [`screen_body`] checks it.
+    BodyToken(Endpoint, Option<String>, Option<IpAddr>),
 }
 
 /// A leading pool name, as in `/openrouter/v1/chat/completions`, and the path after it.
@@ -336,7 +377,32 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     if !endpoint.needs_token() {
         return Ok(Admitted::Open(endpoint));
     }
-    let client = authorize(req, gateway, from, log).and_then(|client| choose_pool(client, pool_prefix));
+    let from_query = match gateway.config.raw.allow_query_token {
+        true => query_param(&req.url, "api_key"),
+        false => None,
+    };
+    let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
+    if presented.is_none() && body_token::may_carry(req, gateway) {
+        // The body is read first: a client without a token in its head is held to
+        // max_body_bytes and the body rate, like any other.
+        return Ok(Admitted::BodyToken(endpoint, pool_prefix.map(str::to_string), from));
+    }
+    admit_client(req, gateway, endpoint, pool_prefix, from, presented, log)
+}
+
+/// Admits a client with the token it `presented`: authenticated, its pool chosen, its scope
+/// checked, and counted in its limits.
+fn admit_client<'g>(
+    req: &Req,
+    gateway: &'g Gateway,
+    endpoint: Endpoint,
+    pool_prefix: Option<&str>,
+    from: Option<IpAddr>,
+    presented: Option<&str>,
+    log: &mut LogFields,
+) -> Result<Admitted<'g>, Reply> {
+    let path = split_pool_prefix(req.path()).1;
+    let client = authorize(gateway, presented, from, log).and_then(|client| choose_pool(client, pool_prefix));
     let client = client.and_then(|client| match client.scopes.contains(&endpoint.scope()) {
         true => Ok(client),
         false => Err(ApiError {
@@ -475,20 +541,15 @@ fn choose_pool<'g>(mut client: Client<'g>, prefix: Option<&str>) -> Result<Clien
 /// What requests without a token may do when `allow_anonymous` is on.
 const ANONYMOUS_SCOPES: &[Scope] = &[Scope::Inference, Scope::Models];
 
-/// Checks the caller's token (and that it may be used now, from `from`) and says what it
+/// Checks the token presented (and that it may be used now, from `from`) and says what it
 /// may use. A wrong token counts towards `from`'s lock-out; a missing one does not: that
 /// is a client not yet given its token, not one guessing.
 fn authorize<'g>(
-    req: &Req,
     gateway: &'g Gateway,
+    presented: Option<&str>,
     from: Option<IpAddr>,
     log: &mut LogFields,
 ) -> Result<Client<'g>, ApiError> {
-    let from_query = match gateway.config.raw.allow_query_token {
-        true => query_param(&req.url, "api_key"),
-        false => None,
-    };
-    let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
     let config = &gateway.config;
     let caller = auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous);
     if let (Err(_), Some(_), Some(addr)) = (&caller, presented, from) {
@@ -552,7 +613,7 @@ mod tests {
         if let Some(token) = token {
             headers.push(("authorization".to_string(), format!("Bearer {token}")));
         }
-        let req = Req {
+        let mut req = Req {
             method: method.into(),
             url: url.into(),
             headers,
@@ -560,7 +621,9 @@ mod tests {
             ..Req::default()
         };
         let mut log = LogFields::default();
-        let reply = match screen(&req, gateway, &mut log) {
+        let admitted = screen(&req, gateway, &mut log)
+            .and_then(|admission| screen_body(&mut req, gateway, admission, &mut log));
+        let reply = match admitted {
             Ok(admission) => handle(&req, gateway, admission, &mut log),
             Err(early) => early,
         };
@@ -704,6 +767,23 @@ mod tests {
         assert_eq!(scope_of("/api/blobs/"), None);
         assert_eq!(scope_of("/api/nope"), None);
         assert_eq!(Endpoint::from_path("/v1/chat/completions").map(|e| e.scope()), Some(Scope::Inference));
+    }
+
+    #[test]
+    fn a_body_token_is_checked_only_when_allowed() {
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"api_key":"{TOKEN}"}}"#);
+        // Off: no token, whatever the body says.
+        let (status, _) = route(&gateway(""), "POST", "/v1/chat/completions", None, &body);
+        assert_eq!(status, 401);
+        // On: the body's token lets the request through to upstream, where nothing listens.
+        let allowed = gateway("allow_body_token = true");
+        assert_eq!(route(&allowed, "POST", "/v1/chat/completions", None, &body).0, 502);
+        let wrong = body.replace(TOKEN, "sk-wrong");
+        let (status, error) = route(&allowed, "POST", "/v1/chat/completions", None, &wrong);
+        assert_eq!((status, &error["error"]["code"]), (401, &json!("invalid_api_key")), "{error}");
+        let (status, _) = route(&allowed, "POST", "/v1/chat/completions", None, &body.replace(TOKEN, ""));
+        assert_eq!(status, 401, "an empty api_key is no token");
     }
 
     #[test]
