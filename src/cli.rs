@@ -422,6 +422,8 @@ fn show_options(options: &keys::KeyOptions) -> String {
 /// Serves until a signal stops the process; returns only when it cannot start.
 fn serve(config_path: &Path) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
+    // Before the first line of the run, so that every line has the configured format.
+    crate::logline::set_format(config.raw.log_format);
     for duplicate in &config.duplicate_keys {
         log::warn!("{}: {duplicate}", config.keys_file.display());
     }

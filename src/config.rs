@@ -45,6 +45,13 @@ pub struct RawConfig {
     /// Accept the token as `?api_key=TOKEN` in the URL, for clients that cannot set headers.
     #[serde(default)]
     pub allow_query_token: bool,
+    /// Accept the token as the JSON body's top-level `api_key` field (as the FastAPI auth
+    /// proxy did) when the head carries none; the field never goes upstream either way.
+    #[serde(default)]
+    pub allow_body_token: bool,
+    /// How log lines are written: `text` (env_logger's lines) or `json` (one object a line).
+    #[serde(default)]
+    pub log_format: crate::logline::LogFormat,
     /// Longest wait for a client's next bytes (a request, its body) or for it to take ours.
     #[serde(default = "default_client_timeout", deserialize_with = "seconds")]
     pub client_timeout_secs: u64,
@@ -945,6 +952,9 @@ mod tests {
         assert_eq!(raw.min_body_bytes_per_sec, 1024);
         assert_eq!(raw.max_inflight_body_bytes, 256 * 1024 * 1024);
         assert_eq!(raw.upstream.request_timeout_secs, 600);
+        assert_eq!(raw.log_format, crate::logline::LogFormat::Text);
+        assert_eq!(parse("log_format = \"json\"\n").unwrap().log_format, crate::logline::LogFormat::Json);
+        assert!(!raw.allow_body_token && parse("allow_body_token = true\n").unwrap().allow_body_token);
     }
 
     #[test]
@@ -1014,6 +1024,8 @@ mod tests {
             ("[metrics]\nallow_from = [\"10.1.2.3/8\"]\n", 2, Some("allow_from"), "10.0.0.0/8"),
             ("[metrics]\nallow_from = \"10.0.0.0/8\"\n", 2, Some("allow_from"), "invalid type"),
             ("[metrics]\nenable = true\n", 2, Some("enable"), "unknown field"),
+            ("workers = 8\nlog_format = \"xml\"\n", 2, Some("log_format"), "expected `text` or `json`"),
+            ("allow_body_token = \"yes\"\n", 1, Some("allow_body_token"), "invalid type"),
         ];
         for (text, line, key, needle) in cases {
             let err = parse(text).expect_err(text);

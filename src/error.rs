@@ -4,8 +4,9 @@
 //! Every failure a client can see (validation, auth, limits, upstream trouble, a pool with
 //! no usable key) becomes an [`ApiError`], and is turned into bytes here and nowhere else,
 //! in the envelope of the request's API [`Family`]: OpenAI's
-//! `{"error":{"message","type","param","code"}}`, Ollama's `{"error":"…"}` or Anthropic's
-//! `{"type":"error","error":{"type","message"}}`, with the matching HTTP status. How an
+//! `{"error":{"message","type","param","code"}}`, Ollama's `{"error":"…"}`, Anthropic's
+//! `{"type":"error","error":{"type","message"}}` or the Gin Ollama proxy's
+//! `{"code":STATUS,"message":"…","data":null}`, with the matching HTTP status. How an
 //! upstream failure ([`UpstreamError`]) becomes an answer is decided here too, once (and
 //! what a failed relay adds to it, at the foot of `relay`, which this module cannot see).
 
@@ -162,6 +163,21 @@ pub enum Family {
     Ollama,
     /// The Anthropic Messages API (`/v1/messages`).
     Anthropic,
+    /// The Gin Ollama proxy's `/sys/*` aliases of Ollama's native routes, whose clients
+    /// read its error shape.
+    Gin,
+}
+
+impl Family {
+    /// Its name in logs: `openai`, `ollama`, `anthropic` or `gin`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::OpenAi => "openai",
+            Family::Ollama => "ollama",
+            Family::Anthropic => "anthropic",
+            Family::Gin => "gin",
+        }
+    }
 }
 
 impl ApiError {
@@ -175,6 +191,10 @@ impl ApiError {
             Family::Anthropic => (
                 anthropic_error(anthropic_type(self.status), &self.message).to_string().into_bytes(),
                 "application/json",
+            ),
+            Family::Gin => (
+                json!({"code": self.status, "message": self.message, "data": null}).to_string().into_bytes(),
+                "application/json; charset=utf-8",
             ),
         }
     }
@@ -291,6 +311,16 @@ mod tests {
         for (status, want) in cases {
             assert_eq!(anthropic_type(status), want, "{status}");
         }
+    }
+
+    #[test]
+    fn the_gin_envelope_has_the_status_as_its_code() {
+        let error =
+            ApiError { status: 403, kind: "permission_error", ..ApiError::server(403, "token 'x' may not") };
+        let (body, content_type) = error.envelope(Family::Gin);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body, json!({"code": 403, "message": "token 'x' may not", "data": null}));
+        assert_eq!(content_type, "application/json; charset=utf-8");
     }
 
     #[test]

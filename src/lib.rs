@@ -13,7 +13,8 @@
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`, `api::admin`
-//!    for the admin API), over the values in [`http`].
+//!    for the admin API, `api::body_token` for a token in the body's `api_key`), over the
+//!    values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`control`]
 //!    (what the admin API asks of the process), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
@@ -28,7 +29,8 @@
 //!    the line reader), [`cancel`] (shutting an upstream socket), [`error`] (every
 //!    failure's answer and the three error envelopes), [`json_cost`], [`config`], [`keys`],
 //!    [`keyfile`] (adding lines to keys.txt on disk), [`auth`] (tokens, scopes), [`secret`],
-//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks, the client's address).
+//!    [`utc`] (calendar arithmetic), [`cidr`] (address blocks, the client's address),
+//!    [`logline`] (the text and JSON log formats, the request line).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -53,6 +55,7 @@ pub mod keystate;
 pub mod limits;
 pub mod live;
 pub mod lockout;
+pub mod logline;
 pub mod metrics;
 pub mod pool;
 pub mod quota;

@@ -113,6 +113,7 @@ impl Live {
         let number = self.generation.load(Ordering::Acquire) + 1;
         let gateway = Gateway::new(config, &self.lasting, number);
         forget_removed_keys(&gateway);
+        crate::logline::set_format(gateway.config.raw.log_format);
         log::info!(
             "reloaded {} (generation {number}): {} upstreams in {} pools, {} tokens",
             self.config_path.display(),

@@ -3,8 +3,13 @@
 //!
 //! Logging follows `RUST_LOG` (default `info`) for every subcommand, with one limit no
 //! directive lifts: other crates' debug and trace records are dropped (see [`Logger`]).
+//! Lines are env_logger's text, or one JSON object each once `serve` has read
+//! `log_format = "json"`; then the error a run ends with and a panic's message are JSON
+//! lines too, so that every line on stderr parses.
 
 use log::{Level, Log, Metadata, Record};
+use ollama_gateway::logline::{self, LogFormat};
+use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -17,6 +22,17 @@ fn main() -> ExitCode {
     log::set_max_level(inner.filter());
     // Only fails when a logger is already set, which nothing before this line does.
     let _ = log::set_boxed_logger(Box::new(Logger(inner)));
+    let text_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| match logline::format() {
+        // The message and where it was, as one line; RUST_BACKTRACE's frames are text's only.
+        LogFormat::Json => write_stderr(&logline::json_message(
+            logline::now_millis(),
+            Level::Error,
+            "panic",
+            &info.to_string(),
+        )),
+        LogFormat::Text => text_hook(info),
+    }));
     match command {
         Ok(command) => ollama_gateway::cli::run(command).unwrap_or_else(|error| report(&error)),
         Err(message) => report(&ollama_gateway::cli::CliError::Usage(message)),
@@ -26,9 +42,27 @@ fn main() -> ExitCode {
 /// Prints why a command failed, once, and picks its exit code.
 fn report(error: &ollama_gateway::cli::CliError) -> ExitCode {
     for message in error.messages() {
-        eprintln!("error: {message}");
+        match logline::format() {
+            LogFormat::Text => eprintln!("error: {message}"),
+            LogFormat::Json => write_stderr(&logline::json_message(
+                logline::now_millis(),
+                Level::Error,
+                "ollama_gateway",
+                &message,
+            )),
+        }
     }
     error.code()
+}
+
+/// Writes `line` and its newline to stderr in one write, so that lines written by threads
+/// at once do not interleave.
+fn write_stderr(line: &str) {
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    // Nowhere is left to report a failed write to stderr.
+    let _ = std::io::stderr().lock().write_all(&bytes);
 }
 
 /// The glibc tunables `serve` runs with: the names, and the settings.
@@ -115,8 +149,15 @@ impl Log for Logger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if admitted(record.metadata()) {
-            self.0.log(record);
+        if !admitted(record.metadata()) {
+            return;
+        }
+        match logline::format() {
+            LogFormat::Text => self.0.log(record),
+            LogFormat::Json if self.0.matches(record) => {
+                write_stderr(&logline::json_record(record, logline::now_millis()))
+            }
+            LogFormat::Json => {}
         }
     }
 

@@ -69,7 +69,8 @@ fn family_index(family: Option<Family>) -> usize {
     match family {
         Some(Family::OpenAi) => 0,
         Some(Family::Anthropic) => 1,
-        Some(Family::Ollama) => 2,
+        // The `/sys/*` aliases are Ollama's native API under the Gin proxy's paths.
+        Some(Family::Ollama | Family::Gin) => 2,
         None => 3,
     }
 }

@@ -7,8 +7,9 @@
 //! Past `max_connections` a new connection is closed at once, so descriptors and threads
 //! stay bounded whatever clients do. Each connection is served on its own thread, which
 //! reads a request (its head within `header_timeout_secs`, its body at no less than
-//! `min_body_bytes_per_sec`), checks it ([`api::screen`]) before reading the body, and only
-//! then waits for one of `workers` slots to run [`api::handle`]; a slow client holds its
+//! `min_body_bytes_per_sec`), checks it ([`api::screen`]) before reading the body (and a
+//! token sent in the body, after it: [`api::screen_body`]), and only then waits for one of
+//! `workers` slots to run [`api::handle`]; a slow client holds its
 //! connection's thread, never a worker. While a handler waits on upstream, the client's
 //! socket is watched ([`Watch`]) so that a client who leaves stops the upstream at once.
 //! A scrape of `/metrics` is answered without a worker or a queue place, so a gateway at
@@ -23,6 +24,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::{LogFields, Reply, Req, StreamReply};
 use crate::live::Live;
+use crate::logline;
 use crate::metrics;
 use crate::translate::{Flow, Usage};
 use crate::watch::{ClientSocket, Watch};
@@ -295,11 +297,10 @@ impl Shared {
                 let from = api::client_addr(&req, &gateway);
                 return api::metrics::answer(&req, from, &gateway, self.gauges(), &mut log);
             }
-            let mut admission = match api::screen(&req, &gateway, &mut log) {
+            let admission = match api::screen(&req, &gateway, &mut log) {
                 Ok(admission) => admission,
                 Err(early) => return early,
             };
-            permit = Some(admission.take_permit());
             let limits = BodyLimits {
                 max: gateway.config.raw.max_body_bytes,
                 rate: self.limits.min_body_rate,
@@ -313,6 +314,12 @@ impl Shared {
                 }
                 Err(error) => return api::error_reply(&req, &gateway, &error),
             }
+            // A token in the body (allow_body_token) is checked now, before a worker is taken.
+            let mut admission = match api::screen_body(&mut req, &gateway, admission, &mut log) {
+                Ok(admission) => admission,
+                Err(early) => return early,
+            };
+            permit = Some(admission.take_permit());
             // Counted as queued while it waits for a worker (the admin API shows it).
             self.live.queued.fetch_add(1, Ordering::AcqRel);
             let queued = Counted(&self.live.queued);
@@ -364,31 +371,30 @@ impl Shared {
                 (status, note, first_byte)
             }
         };
-        let tokens = match log.usage {
-            Some(usage) => {
-                if let Some(key) = &log.trace.key_id {
-                    gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
-                }
-                format!(" tokens={}+{}", usage.prompt, usage.completion)
-            }
-            None => String::new(),
-        };
+        if let (Some(usage), Some(key)) = (log.usage, &log.trace.key_id) {
+            gateway.store.update(key, |state| state.record_usage(usage.prompt, usage.completion));
+        }
         gateway.usage.record(log.token.as_deref(), log.model.as_deref(), status, log.usage);
         let elapsed = started.elapsed();
         // A scraper calls every few seconds: its line is kept for debugging, unless refused.
         let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };
-        log::log!(
-            level,
-            "{id} {} {} token={} pool={} key=\"{}\" model={} status={status} attempts={} {:.1}ms{tokens}{note}",
-            req.method,
-            req.path(),
-            log.token.as_deref().unwrap_or("-"),
-            log.trace.pool.as_deref().unwrap_or("-"),
-            log.trace.key.as_deref().unwrap_or("-"),
-            log.model.as_deref().unwrap_or("-"),
-            log.trace.attempts,
-            elapsed.as_secs_f64() * 1000.0,
-        );
+        let line = logline::RequestLine {
+            id: &id,
+            method: &req.method,
+            path: req.path(),
+            family: log.family,
+            token: log.token.as_deref(),
+            pool: log.trace.pool.as_deref(),
+            key: log.trace.key.as_deref(),
+            model: log.model.as_deref(),
+            status,
+            attempts: log.trace.attempts,
+            duration: elapsed,
+            first_byte: first_byte.map(|at| at.saturating_duration_since(started)),
+            tokens: log.usage.map(|usage| (usage.prompt, usage.completion)),
+            note,
+        };
+        line.log(level, module_path!());
         metrics::global().request(&metrics::Finished {
             family: log.family,
             status,

@@ -2,9 +2,10 @@
 //!
 //! In scope: days since 1970-01-01 to and from a civil date (Howard Hinnant's algorithms,
 //! proleptic Gregorian), reading an RFC 3339 time (`2026-12-01T00:00:00Z`, with a fraction
-//! or an offset such as `+02:00`), writing one (`2026-11-23T16:31:05Z`, for the admin API),
-//! dates (`2026-11-23`, the days usage is counted by), and the short `2026-11-23 16:31Z`
-//! form `check` prints.
+//! or an offset such as `+02:00`), writing one (`2026-11-23T16:31:05Z`, for the admin API;
+//! with milliseconds, `2026-11-23T16:31:05.042Z`, the JSON log's `time`), dates
+//! (`2026-11-23`, the days usage is counted by), and the short `2026-11-23 16:31Z` form
+//! `check` prints.
 //! Out of scope: reading the clock (`keystate::now`), time zones beyond an RFC 3339 offset,
 //! leap seconds (`:60` reads as the second before), and times before 1970.
 
@@ -126,6 +127,20 @@ pub fn parse_date(text: &str) -> Option<u64> {
     parse_rfc3339(&format!("{text}T00:00:00Z")).map(|secs| secs / DAY)
 }
 
+/// `2026-11-23T16:31:05.042Z` (RFC 3339 in UTC, to the millisecond) for Unix milliseconds.
+pub fn rfc3339_millis(millis: u64) -> String {
+    let secs = millis / 1000;
+    let rest = secs % DAY;
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        date(secs / DAY),
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        millis % 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +156,15 @@ mod tests {
         for bad in ["2023-02-29", "2023-11-14T00:00:00Z", "2023-1-14", "", "yesterday"] {
             assert_eq!(parse_date(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn times_are_written_as_rfc3339_to_the_millisecond() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(1_700_000_000_042), "2023-11-14T22:13:20.042Z");
+        assert_eq!(rfc3339_millis(951_868_799_999), "2000-02-29T23:59:59.999Z");
+        // What is written reads back as the same second.
+        assert_eq!(parse_rfc3339(&rfc3339_millis(1_798_761_599_500)), Some(1_798_761_599));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The HTTP API as plain functions: a [`Req`] in, a [`Reply`] out.
 //!
-//! In scope: the route table (canonical `/v1/…` paths, their aliases without `/v1`, repeated
-//! slashes), method checks (405 with `Allow`), authentication, CORS headers, and dispatch to
+//! In scope: the route table (canonical `/v1/…` paths, their aliases without `/v1`, the Gin
+//! Ollama proxy's `/sys/…` aliases of native routes, repeated slashes), method checks (405 with `Allow`), authentication, CORS headers, and dispatch to
 //! the endpoint handlers in `openai` and `native`. Out of scope: sockets and HTTP framing (`server`
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
@@ -9,6 +9,7 @@
 pub mod access;
 pub mod admin;
 pub mod anthropic;
+pub mod body_token;
 pub mod cors;
 pub mod metrics;
 pub mod native;
@@ -59,6 +60,9 @@ pub enum Endpoint {
     Native(String, native::Route),
     /// The admin API, `/admin/api/…` (scope `admin`).
     Admin(admin::Route),
+    /// The Gin Ollama proxy's `/sys/…` routes, forwarded as the `/api/…` route each names
+    /// (the path held), with its scopes, and errors in that proxy's shape.
+    Gin(String, native::Route),
 }
 
 impl Endpoint {
@@ -80,6 +84,10 @@ impl Endpoint {
         }
         if let Some(route) = admin::Route::of(&normal) {
             return Some(Endpoint::Admin(route));
+        }
+        if let Some((path, route)) = native::gin_alias(&normal).and_then(|p| Some((p, native::route_of(p)?)))
+        {
+            return Some(Endpoint::Gin(path.to_string(), route));
         }
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
@@ -112,7 +120,7 @@ impl Endpoint {
             | Endpoint::Responses
             | Endpoint::Messages
             | Endpoint::CountTokens => &["POST"],
-            Endpoint::Native(_, route) => route.methods,
+            Endpoint::Native(_, route) | Endpoint::Gin(_, route) => route.methods,
             Endpoint::Admin(route) => route.methods(),
             _ => &["GET", "HEAD"],
         }
@@ -126,7 +134,7 @@ impl Endpoint {
     /// The scope a token needs for it.
     pub fn scope(&self) -> Scope {
         match self {
-            Endpoint::Native(_, route) => route.scope,
+            Endpoint::Native(_, route) | Endpoint::Gin(_, route) => route.scope,
             Endpoint::Admin(_) => Scope::Admin,
             _ => Scope::Inference,
         }
@@ -159,6 +167,7 @@ impl Endpoint {
     pub fn family(&self) -> Family {
         match self {
             Endpoint::Native(..) | Endpoint::Root => Family::Ollama,
+            Endpoint::Gin(..) => Family::Gin,
             Endpoint::Messages | Endpoint::CountTokens => Family::Anthropic,
             _ => Family::OpenAi,
         }
@@ -204,6 +213,11 @@ pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut 
             let family = endpoint.family();
             dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
         }
+        // Only a caller that skipped `screen_body` gets here: refused, never served unchecked.
+        Admitted::BodyToken(endpoint, ..) => Err(Reply::error_in(
+            endpoint.family(),
+            &ApiError::server(500, "the gateway did not check the body's token; see its log"),
+        )),
     };
     with_cors(req, gateway, reply.unwrap_or_else(|error_reply| error_reply))
 }
@@ -217,7 +231,7 @@ impl Admission<'_> {
     pub fn take_permit(&mut self) -> Permit {
         match &mut self.0 {
             Admitted::Client(_, _, permit) => std::mem::take(permit),
-            Admitted::Open(_) => Permit::default(),
+            Admitted::Open(_) | Admitted::BodyToken(..) => Permit::default(),
         }
     }
 }
@@ -226,9 +240,40 @@ impl Admission<'_> {
 /// an address locked out after wrong tokens, an unknown route, a wrong method, a preflight,
 /// a missing, wrong or expired token, an address or a scope it lacks, a token over its
 /// `rpm` or `max_concurrent`. `server` asks this before reading a body, so a client without
-/// a token cannot make a worker wait for (or hold) a large upload.
+/// a token cannot make a worker wait for (or hold) a large upload. The one exception, with
+/// `allow_body_token`: a request with no token in its head goes on to have its body read
+/// (no worker is held meanwhile), and [`screen_body`] checks the token found there.
 pub fn screen<'g>(head: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admission<'g>, Reply> {
     admit(head, gateway, log).map(Admission).map_err(|early| with_cors(head, gateway, early))
+}
+
+/// Finishes checking a request [`screen`] admitted, once `server` has read its body: with
+/// `allow_body_token` and no token in the head, the body's `api_key` is the token, checked
+/// (scope, limits and lock-out too) as one from the head would be. The field is taken out
+/// of the body of every request for a client, so it never goes upstream (see [`body_token`]).
+pub fn screen_body<'g>(
+    req: &mut Req,
+    gateway: &'g Gateway,
+    admission: Admission<'g>,
+    log: &mut LogFields,
+) -> Result<Admission<'g>, Reply> {
+    let (endpoint, prefix, from) = match admission.0 {
+        Admitted::BodyToken(endpoint, prefix, from) => (endpoint, prefix, from),
+        Admitted::Client(..) => {
+            // The head's token is the one checked; a body's is only kept from upstream.
+            let _ = body_token::take(&mut req.body);
+            return Ok(admission);
+        }
+        Admitted::Open(_) => return Ok(admission),
+    };
+    let token = match body_token::take(&mut req.body) {
+        Some(Err(error)) => return Err(with_cors(req, gateway, Reply::error_in(endpoint.family(), &error))),
+        Some(Ok(token)) => Some(token).filter(|token| !token.is_empty()),
+        None => None,
+    };
+    admit_client(req, gateway, endpoint, prefix.as_deref(), from, token.as_deref(), log)
+        .map(Admission)
+        .map_err(|early| with_cors(req, gateway, early))
 }
 
 /// The error answer for `req` (a body too large, too slow or over the memory budget), in
@@ -268,6 +313,9 @@ enum Admitted<'g> {
     Open(Endpoint),
     /// An endpoint for an authenticated client, counted in its token's limits.
     Client(Endpoint, Client<'g>, Permit),
+    /// An endpoint whose token may be in the body (`allow_body_token`, none in the head),
+    /// with the pool prefix and address it came with: [`screen_body`] checks it.
+    BodyToken(Endpoint, Option<String>, Option<IpAddr>),
 }
 
 /// A leading pool name, as in `/openrouter/v1/chat/completions`, and the path after it.
@@ -338,7 +386,32 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
     if !endpoint.needs_token() {
         return Ok(Admitted::Open(endpoint));
     }
-    let client = authorize(req, gateway, from, log).and_then(|client| choose_pool(client, pool_prefix));
+    let from_query = match gateway.config.raw.allow_query_token {
+        true => query_param(&req.url, "api_key"),
+        false => None,
+    };
+    let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
+    if presented.is_none() && body_token::may_carry(req, gateway) {
+        // The body is read first: a client without a token in its head is held to
+        // max_body_bytes and the body rate, like any other.
+        return Ok(Admitted::BodyToken(endpoint, pool_prefix.map(str::to_string), from));
+    }
+    admit_client(req, gateway, endpoint, pool_prefix, from, presented, log)
+}
+
+/// Admits a client with the token it `presented`: authenticated, its pool chosen, its scope
+/// checked, and counted in its limits.
+fn admit_client<'g>(
+    req: &Req,
+    gateway: &'g Gateway,
+    endpoint: Endpoint,
+    pool_prefix: Option<&str>,
+    from: Option<IpAddr>,
+    presented: Option<&str>,
+    log: &mut LogFields,
+) -> Result<Admitted<'g>, Reply> {
+    let path = split_pool_prefix(req.path()).1;
+    let client = authorize(gateway, presented, from, log).and_then(|client| choose_pool(client, pool_prefix));
     let client = client.and_then(|client| match client.scopes.contains(&endpoint.scope()) {
         true => Ok(client),
         false => Err(ApiError {
@@ -429,7 +502,9 @@ fn dispatch(
         Endpoint::Responses => responses::responses(req, gateway, client, log),
         Endpoint::Messages => anthropic::messages(req, gateway, client, log),
         Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
-        Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
+        Endpoint::Native(path, route) | Endpoint::Gin(path, route) => {
+            native::handle(req, &path, route, gateway, client, log)
+        }
         Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) => Ok(v1_root()),
     }
 }
@@ -479,20 +554,15 @@ fn choose_pool<'g>(mut client: Client<'g>, prefix: Option<&str>) -> Result<Clien
 /// What requests without a token may do when `allow_anonymous` is on.
 const ANONYMOUS_SCOPES: &[Scope] = &[Scope::Inference, Scope::Models];
 
-/// Checks the caller's token (and that it may be used now, from `from`) and says what it
+/// Checks the token presented (and that it may be used now, from `from`) and says what it
 /// may use. A wrong token counts towards `from`'s lock-out; a missing one does not: that
 /// is a client not yet given its token, not one guessing.
 fn authorize<'g>(
-    req: &Req,
     gateway: &'g Gateway,
+    presented: Option<&str>,
     from: Option<IpAddr>,
     log: &mut LogFields,
 ) -> Result<Client<'g>, ApiError> {
-    let from_query = match gateway.config.raw.allow_query_token {
-        true => query_param(&req.url, "api_key"),
-        false => None,
-    };
-    let presented = auth::presented_token(|name| req.header(name)).or(from_query.as_deref());
     let config = &gateway.config;
     let caller = auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous);
     if let (Err(_), Some(_), Some(addr)) = (&caller, presented, from) {
@@ -556,7 +626,7 @@ mod tests {
         if let Some(token) = token {
             headers.push(("authorization".to_string(), format!("Bearer {token}")));
         }
-        let req = Req {
+        let mut req = Req {
             method: method.into(),
             url: url.into(),
             headers,
@@ -564,7 +634,9 @@ mod tests {
             ..Req::default()
         };
         let mut log = LogFields::default();
-        let reply = match screen(&req, gateway, &mut log) {
+        let admitted = screen(&req, gateway, &mut log)
+            .and_then(|admission| screen_body(&mut req, gateway, admission, &mut log));
+        let reply = match admitted {
             Ok(admission) => handle(&req, gateway, admission, &mut log),
             Err(early) => early,
         };
@@ -726,6 +798,8 @@ mod tests {
         };
         assert_eq!(scope_of("/api/chat"), Some(Scope::Inference));
         assert_eq!(scope_of("/api/embeddings"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/web_search"), Some(Scope::Inference));
+        assert_eq!(scope_of("/api/web_fetch"), Some(Scope::Inference));
         assert_eq!(scope_of("/api/tags"), Some(Scope::Models));
         assert_eq!(scope_of("//api//show"), Some(Scope::Models));
         assert_eq!(scope_of("/api/pull"), Some(Scope::Manage));
@@ -733,6 +807,47 @@ mod tests {
         assert_eq!(scope_of("/api/blobs/"), None);
         assert_eq!(scope_of("/api/nope"), None);
         assert_eq!(Endpoint::from_path("/v1/chat/completions").map(|e| e.scope()), Some(Scope::Inference));
+    }
+
+    #[test]
+    fn a_body_token_is_checked_only_when_allowed() {
+        let body =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"api_key":"{TOKEN}"}}"#);
+        // Off: no token, whatever the body says.
+        let (status, _) = route(&gateway(""), "POST", "/v1/chat/completions", None, &body);
+        assert_eq!(status, 401);
+        // On: the body's token lets the request through to upstream, where nothing listens.
+        let allowed = gateway("allow_body_token = true");
+        assert_eq!(route(&allowed, "POST", "/v1/chat/completions", None, &body).0, 502);
+        let wrong = body.replace(TOKEN, "sk-wrong");
+        let (status, error) = route(&allowed, "POST", "/v1/chat/completions", None, &wrong);
+        assert_eq!((status, &error["error"]["code"]), (401, &json!("invalid_api_key")), "{error}");
+        let (status, _) = route(&allowed, "POST", "/v1/chat/completions", None, &body.replace(TOKEN, ""));
+        assert_eq!(status, 401, "an empty api_key is no token");
+    }
+
+    #[test]
+    fn gin_aliases_are_their_api_routes_with_gins_errors() {
+        for name in ["tags", "show", "pull", "push", "copy", "delete"] {
+            let api = format!("/api/{name}");
+            let route = native::route_of(&api).expect("an /api route");
+            let endpoint = Endpoint::from_path(&format!("/sys/{name}"));
+            assert_eq!(endpoint, Some(Endpoint::Gin(api.clone(), route)), "{name}");
+            let endpoint = endpoint.expect("checked");
+            assert_eq!((endpoint.family(), endpoint.scope()), (Family::Gin, route.scope), "{name}");
+            assert_eq!(endpoint.metrics_family(), Some(Family::Gin), "{name}");
+        }
+        for path in ["/sys/create", "/sys/chat", "/sys", "/sys/blobs/sha256:abc"] {
+            assert_eq!(Endpoint::from_path(path), None, "{path}");
+        }
+        let gateway = gateway("");
+        let (status, body) = route(&gateway, "GET", "/sys/tags", None, "");
+        assert_eq!((status, &body["code"], &body["data"]), (401, &json!(401), &Value::Null), "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("missing API key")), "{body}");
+        let (status, body) = route(&gateway, "POST", "/sys/pull", Some(TOKEN), "{}");
+        assert_eq!((status, &body["code"]), (403, &json!(403)), "default scopes lack manage: {body}");
+        let (status, body) = route(&gateway, "POST", "/sys/tags", Some(TOKEN), "");
+        assert_eq!((status, &body["code"]), (405, &json!(405)), "{body}");
     }
 
     #[test]

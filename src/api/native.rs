@@ -1,7 +1,8 @@
 //! Ollama's native API (`/api/*`) behind the gateway's tokens, scopes and key pools.
 //!
 //! Each known route has a scope (inference, models, manage), its methods, and the shape of
-//! its answer. JSON bodies are checked by `access` (every field Ollama reads as a model,
+//! its answer; Ollama's web search API (`web_search`, `web_fetch`) is one more inference
+//! route, answered by Ollama Cloud with the key's account. JSON bodies are checked by `access` (every field Ollama reads as a model,
 //! matched as Go matches keys) and go upstream with the pool's key and the same failover,
 //! byte for byte except where an alias is resolved. Streams come back line by line,
 //! unchanged ([`Passthrough`]); a plain answer that should be one JSON object is read whole
@@ -51,6 +52,9 @@ pub fn route_of(path: &str) -> Option<Route> {
     Some(match path {
         "/api/chat" | "/api/generate" => generating,
         "/api/embed" | "/api/embeddings" => route(Inference, POST, true),
+        // Ollama's web search API: Ollama Cloud answers it with the key's account; a
+        // self-hosted Ollama has no such route, and its 404 goes back as it is.
+        "/api/web_search" | "/api/web_fetch" => route(Inference, POST, true),
         "/api/tags" | "/api/ps" | "/api/version" => route(Models, GET, true),
         "/api/show" => route(Models, POST, true),
         "/api/pull" | "/api/push" | "/api/create" => progress,
@@ -59,6 +63,19 @@ pub fn route_of(path: &str) -> Option<Route> {
         _ if path.starts_with("/api/blobs/") && path.len() > "/api/blobs/".len() => {
             route(Manage, &["HEAD", "POST"], false)
         }
+        _ => return None,
+    })
+}
+
+/// The `/api/…` route a path of the Gin Ollama proxy (`/sys/tags`) stands for.
+pub fn gin_alias(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/sys/tags" => "/api/tags",
+        "/sys/show" => "/api/show",
+        "/sys/pull" => "/api/pull",
+        "/sys/push" => "/api/push",
+        "/sys/copy" => "/api/copy",
+        "/sys/delete" => "/api/delete",
         _ => return None,
     })
 }

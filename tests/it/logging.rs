@@ -1,11 +1,12 @@
 //! No secret at any log level: `serve`, `check` and `keys` run at `RUST_LOG=trace` (and
 //! at directives that name ureq's crates) with distinctive upstream keys and client
 //! tokens, and nothing they print holds a key or a token, as text or as the hex dump
-//! ureq writes of each request head.
+//! ureq writes of each request head. With `log_format = "json"`, every line of a run
+//! parses as one JSON object, and the request lines carry their fields.
 
 use crate::fake::{chat_answer, healthy, Fake, FakeReply, Recorded};
 use crate::util::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Upstream keys and client tokens whose every 6-byte piece is unlikely anywhere else.
 const KEY_FAILS: &str = "kf-Q7vZ2mW9pL4tR8nB3cH6";
@@ -140,4 +141,101 @@ fn check_and_keys_at_trace_print_no_key() {
         assert_holds_no_secret(&format!("keys' output at RUST_LOG={level}"), &format!("{keys:?}"));
     }
     assert!(fake.count() >= 2 * (LEVELS.len() + 1), "check probed both keys each time");
+}
+
+/// `log_format = "json"`: every line `serve` writes, from start-up through warnings and
+/// request lines to the stop, is one JSON object with time, level, target and message; a
+/// request line has its fields, typed; and no key or token is in any of them.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_fields() {
+    let fake = Fake::start(upstream);
+    let config = format!(
+        "log_format = \"json\"\n[upstream]\nfailure_threshold = 1000\n{}",
+        token_entry("alice", CLIENT, "default")
+    );
+    // KEY_SERVES twice: start-up warns of the duplicate.
+    let keys = format!("{0}|{KEY_FAILS}\n{0}|{KEY_SERVES}\n{0}|{KEY_SERVES}\n", fake.url);
+    let gateway = Gateway::start(&config, &keys);
+    let bearer = format!("Bearer {CLIENT}");
+    let chat = chat_body("m", false).to_string();
+    for _ in 0..2 {
+        completion(&gateway.post_raw("/v1/chat/completions", &[("authorization", &bearer)], chat.as_bytes()));
+    }
+    let events = gateway.stream("/v1/chat/completions", Some(CLIENT), &chat_body("m", true));
+    assert!(matches!(decode_events(&events).last(), Some(Event::Done)), "{events:?}");
+    let refused = gateway.post_raw("/v1/chat/completions", &[("x-api-key", STRANGER)], chat.as_bytes());
+    eqnice!(401, refused.status);
+    let stopped = gateway.stop();
+    assert_holds_no_secret("serve's JSON log", &stopped.logs);
+
+    let mut lines = Vec::new();
+    for line in stopped.logs.lines() {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+        let time = parsed["time"].as_str().unwrap_or_else(|| panic!("no time: {line}"));
+        assert!(time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T', "{line}");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&parsed["level"].as_str().unwrap_or("")),
+            "{line}"
+        );
+        assert!(parsed["target"].is_string() && parsed["message"].is_string(), "{line}");
+        lines.push(parsed);
+    }
+    let said = |needle: &str| lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains(needle)));
+    for needle in ["listening on http://", "same upstream and key", "stopping"] {
+        assert!(said(needle), "no line says {needle:?}:\n{}", stopped.logs);
+    }
+    assert!(lines.iter().any(|l| l["level"] == "WARN"), "the duplicate's warning:\n{}", stopped.logs);
+
+    let requests: Vec<&Value> = lines.iter().filter(|l| l["path"] == "/v1/chat/completions").collect();
+    eqnice!(4, requests.len(), "{}", stopped.logs);
+    for line in &requests[..3] {
+        let want = ["id", "method", "family", "token", "pool", "key", "model", "status", "attempts"];
+        let got: Vec<&Value> = want.iter().map(|field| &line[*field]).collect();
+        assert!(got[0].as_str().is_some_and(|id| id.len() == 8), "{line}");
+        assert_eq!(
+            &got[1..5],
+            [&json!("POST"), &json!("openai"), &json!("alice"), &json!("default")],
+            "{line}"
+        );
+        assert!(got[5].as_str().is_some_and(|key| key.contains('…')), "a masked label: {line}");
+        assert_eq!((got[6], got[7]), (&json!("m"), &json!(200)), "{line}");
+        assert!(got[8].as_u64().is_some_and(|n| n >= 1), "{line}");
+        assert!(line["duration_ms"].as_f64().is_some() && line["ttfb_ms"].as_f64().is_some(), "{line}");
+        assert!(line["ttfb_ms"].as_f64() <= line["duration_ms"].as_f64(), "{line}");
+        assert_eq!((&line["prompt_tokens"], &line["note"]), (&json!(3), &Value::Null), "{line}");
+        assert!(line["completion_tokens"].as_u64().is_some(), "{line}");
+        assert_eq!(line["message"], "POST /v1/chat/completions 200", "{line}");
+    }
+    let refused = requests[3];
+    assert_eq!(
+        (&refused["status"], &refused["token"], &refused["key"]),
+        (&json!(401), &Value::Null, &Value::Null)
+    );
+    assert_eq!((&refused["attempts"], &refused["prompt_tokens"]), (&json!(0), &Value::Null), "{refused}");
+}
+
+/// The error a `serve` run ends with (its port is taken) is a JSON line too, once the config
+/// has said `log_format = "json"`.
+#[test]
+fn json_logs_end_with_the_error_as_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let dir = TempDir::new();
+    dir.write("keys.txt", "http://127.0.0.1:9\n");
+    let config = format!(
+        "listen = \"{}\"\nlog_format = \"json\"\n{}",
+        taken.local_addr().expect("its address"),
+        token_entry("alice", CLIENT, "default")
+    );
+    dir.write("config.toml", &config);
+    let run = run_cli(&["serve", "--config", "config.toml"], dir.path());
+    eqnice!(1, run.code, "{run:?}");
+    let lines: Vec<Value> = run
+        .stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("nothing on stderr: {run:?}"));
+    assert_eq!((&last["level"], &last["target"]), (&json!("ERROR"), &json!("ollama_gateway")), "{last}");
+    assert!(last["message"].as_str().is_some_and(|m| m.starts_with("cannot listen on")), "{last}");
 }

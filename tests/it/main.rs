@@ -54,6 +54,9 @@ mod reload;
 mod access;
 // The admin API (scope, status, disabling keys, check, reload, usage) and the `usage` command.
 mod admin;
+// Other gateways' clients: Ollama's web search API, the Gin proxy's /sys routes and error
+// shape, a token in the body's api_key.
+mod compat;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.

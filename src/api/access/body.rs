@@ -8,7 +8,8 @@
 //! that folds to one of the fields asked for, refuses two keys for one field, and keeps
 //! each such value as raw text borrowed from the body with its byte range; every other
 //! member is checked for syntax and skipped, so a body of N bytes costs about N. [`splice`]
-//! puts new values in those ranges, so everything else goes upstream byte for byte.
+//! puts new values in those ranges, so everything else goes upstream byte for byte, and
+//! [`remove`] takes whole members out the same way (the gateway's own `api_key`).
 //!
 //! In scope: JSON syntax, key folding, duplicate keys, raw values and where they are.
 //! Out of scope: what the fields mean and who may send them (`access`).
@@ -112,6 +113,101 @@ pub fn splice(body: &[u8], edits: &[(Range<usize>, String)]) -> Vec<u8> {
     }
     out.extend_from_slice(&body[at..]);
     out
+}
+
+/// What [`remove`] took out of a body.
+#[derive(Debug)]
+pub struct Removed<'b> {
+    /// The value of each member removed, as raw JSON text, in body order.
+    pub values: Vec<&'b RawValue>,
+    /// The body without them.
+    pub body: Vec<u8>,
+}
+
+/// The JSON object `body` without its top-level members whose key is exactly `key` (after
+/// unescaping; no folding), every other byte as it was: the commas and spaces around a
+/// removed member go with it, so the rest stays valid JSON. `None` when no member has that
+/// key; an error when `body` is not one JSON object.
+pub fn remove<'b>(body: &'b [u8], key: &str) -> Result<Option<Removed<'b>>, BodyError> {
+    let base = body.as_ptr() as usize;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let read = deserializer.deserialize_map(AllMembers { key });
+    let members = read
+        .and_then(|members| deserializer.end().map(|()| members))
+        .map_err(|err| BodyError::Syntax(err.to_string()))?;
+    if !members.iter().any(|member| member.0) {
+        return Ok(None);
+    }
+    // It parsed as an object, so its first byte that is not white space is its `{`.
+    let open = body.iter().position(|b| !b.is_ascii_whitespace()).map_or(0, |at| at + 1);
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(&body[..open]);
+    let (mut values, mut kept, mut end) = (Vec::new(), 0, open);
+    for (matches, value) in &members {
+        let start = end;
+        // The value borrows from the body: its address says where it ends.
+        end = value.get().as_ptr() as usize - base + value.get().len();
+        if *matches {
+            values.push(*value);
+            continue;
+        }
+        // A member after the first starts with the comma after the one before it: the
+        // first one kept must not.
+        let mut segment = &body[start..end];
+        if kept == 0 && start != open {
+            let comma = segment.iter().position(|b| *b == b',').map_or(0, |at| at + 1);
+            segment = &segment[comma..];
+        }
+        out.extend_from_slice(segment);
+        kept += 1;
+    }
+    out.extend_from_slice(&body[end..]);
+    Ok(Some(Removed { values, body: out }))
+}
+
+/// Reads every top-level member: whether its key is the one asked for, and its raw value.
+struct AllMembers<'k> {
+    key: &'k str,
+}
+
+impl<'de> Visitor<'de> for AllMembers<'_> {
+    type Value = Vec<(bool, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut members = Vec::new();
+        while let Some(matches) = map.next_key_seed(ExactKey(self.key))? {
+            let value: &'de RawValue = map.next_value()?;
+            members.push((matches, value));
+        }
+        Ok(members)
+    }
+}
+
+/// Reads one key: whether it is exactly the one asked for.
+struct ExactKey<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for ExactKey<'_> {
+    type Value = bool;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ExactKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
 }
 
 /// Reads the top-level map, keeping the members asked for.
@@ -264,6 +360,41 @@ mod tests {
             );
         }
         assert!(scan(b" {\"a\": [1, {\"b\": null}]}\n", &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn remove_takes_whole_members_out_and_keeps_every_other_byte() {
+        let cases: [(&[u8], &[u8], &[&str]); 9] = [
+            (br#"{"api_key":"sk-1"}"#, br#"{}"#, &[r#""sk-1""#]),
+            (br#" { "api_key" : "sk-1" } "#, br#" { } "#, &[r#""sk-1""#]),
+            (br#"{"api_key":"sk-1", "model":"m"}"#, br#"{ "model":"m"}"#, &[r#""sk-1""#]),
+            (br#"{"model":"m" , "api_key":"sk-1"}"#, br#"{"model":"m"}"#, &[r#""sk-1""#]),
+            (
+                b"{\"model\":\"m\",  \"api_key\":\"sk-1\",\t\"x\":[1,{\"api_key\":2}] }",
+                b"{\"model\":\"m\",\t\"x\":[1,{\"api_key\":2}] }",
+                &[r#""sk-1""#],
+            ),
+            (br#"{"api\u005fkey":null,"a":"b,c"}"#, br#"{"a":"b,c"}"#, &["null"]),
+            (br#"{"api_key":"a","k,ey":1,"api_key":"b"}"#, br#"{"k,ey":1}"#, &[r#""a""#, r#""b""#]),
+            (b"{\n  \"api_key\": \"t\",\n  \"m\": 1\n}\n", b"{\n  \"m\": 1\n}\n", &["\"t\""]),
+            (br#"{"a":{},"api_key":{"nested":true},"b":[]}"#, br#"{"a":{},"b":[]}"#, &[r#"{"nested":true}"#]),
+        ];
+        for (body, want, values) in cases {
+            let removed = remove(body, "api_key").unwrap().expect("an api_key");
+            let shown = String::from_utf8_lossy(body);
+            assert_eq!(String::from_utf8_lossy(&removed.body), String::from_utf8_lossy(want), "{shown}");
+            let got: Vec<&str> = removed.values.iter().map(|v| v.get()).collect();
+            assert_eq!(got, values, "{shown}");
+            serde_json::from_slice::<serde_json::Value>(&removed.body).expect("still JSON");
+        }
+        for body in
+            [&br#"{"API_KEY":"x","apikey":1,"x":{"api_key":1}}"#[..], b"{}", b" {\"a\": \"api_key\"} "]
+        {
+            assert!(remove(body, "api_key").unwrap().is_none(), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b""[..], b"[]", b"\"api_key\"", b"{\"api_key\":", b"{} {}", b"\x00\x01"] {
+            assert!(matches!(remove(body, "api_key"), Err(BodyError::Syntax(_))), "{body:?}");
+        }
     }
 
     #[test]
