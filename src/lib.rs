@@ -20,7 +20,8 @@
 //!    per key, the line of waiters), [`health`] (probes), [`usage`] (requests and tokens
 //!    per token, model and day),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`metrics`] (the counters of
-//!    requests and attempts, the Prometheus text), [`keystate`] (what each key's answers
+//!    requests and attempts, the Prometheus text), [`minutes`] (each key's attempts per
+//!    minute over the last hour), [`keystate`] (what each key's answers
 //!    mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
 //!    concurrency, expiry and addresses), [`lockout`] (addresses that send wrong tokens).
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
@@ -54,6 +55,7 @@ pub mod limits;
 pub mod live;
 pub mod lockout;
 pub mod metrics;
+pub mod minutes;
 pub mod pool;
 pub mod quota;
 pub mod relay;
