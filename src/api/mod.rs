@@ -5,6 +5,9 @@
 //! the endpoint handlers in `openai` and `native`. Out of scope: sockets and HTTP framing (`server`
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
+//!
+//! The gateway's own page is a route here too, open without a token: `page` (the status
+//! page, `GET /admin`).
 
 pub mod access;
 pub mod admin;
@@ -13,6 +16,7 @@ pub mod cors;
 pub mod metrics;
 pub mod native;
 pub mod openai;
+pub mod page;
 pub mod responses;
 pub mod route;
 
@@ -59,6 +63,8 @@ pub enum Endpoint {
     Native(String, native::Route),
     /// The admin API, `/admin/api/…` (scope `admin`).
     Admin(admin::Route),
+    /// `GET /admin`: the status page, no auth (it asks for a token and holds no data).
+    AdminPage,
 }
 
 impl Endpoint {
@@ -84,6 +90,7 @@ impl Endpoint {
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
             "/health" => return Some(Endpoint::Health),
+            "/admin" => return Some(Endpoint::AdminPage),
             "/v1" => return Some(Endpoint::V1Root),
             _ => {}
         }
@@ -120,7 +127,7 @@ impl Endpoint {
 
     /// Whether it needs a token.
     pub fn needs_token(&self) -> bool {
-        !matches!(self, Endpoint::Root | Endpoint::Health)
+        !matches!(self, Endpoint::Root | Endpoint::Health | Endpoint::AdminPage)
     }
 
     /// The scope a token needs for it.
@@ -150,7 +157,7 @@ impl Endpoint {
     /// routes (`/`, `/health`), which no client API calls.
     pub fn metrics_family(&self) -> Option<Family> {
         match self {
-            Endpoint::Root | Endpoint::Health => None,
+            Endpoint::Root | Endpoint::Health | Endpoint::AdminPage => None,
             endpoint => Some(endpoint.family()),
         }
     }
@@ -378,6 +385,7 @@ fn scope_name(scope: Scope) -> &'static str {
 fn open_endpoint(endpoint: &Endpoint, gateway: &Gateway) -> Reply {
     match endpoint {
         Endpoint::Health => health(gateway),
+        Endpoint::AdminPage => page::admin(),
         // What Ollama itself answers, so native clients' connection probes pass.
         _ => Reply::Full {
             status: 200,
@@ -430,7 +438,9 @@ fn dispatch(
         Endpoint::Messages => anthropic::messages(req, gateway, client, log),
         Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
         Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
-        Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) => Ok(v1_root()),
+        Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) | Endpoint::AdminPage => {
+            Ok(v1_root())
+        }
     }
 }
 
@@ -620,6 +630,13 @@ mod tests {
         assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(ADMIN), "{}").0, 403);
     }
 
+    #[test]
+    fn the_status_page_needs_no_token() {
+        let gateway = gateway("");
+        assert_eq!(route(&gateway, "GET", "/admin", None, "").0, 200);
+        assert_eq!(route(&gateway, "POST", "/admin", None, "").0, 405);
+    }
+
     /// A body refused before it reaches its handler (413, 408, 503) is answered in the
     /// envelope of the endpoint it was sent to, as every other error of that endpoint.
     #[test]
@@ -694,6 +711,9 @@ mod tests {
             ("//admin/api//status/", Some(Admin(admin::Route::Status))),
             ("/admin/api/keys/0a1b/enable", Some(Admin(admin::Route::Disable("0a1b".into(), false)))),
             ("/admin/api/keys/0a1b", None),
+            ("/admin", Some(AdminPage)),
+            ("//admin/", Some(AdminPage)),
+            ("/v1/admin", None),
         ];
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
@@ -757,5 +777,6 @@ mod tests {
             assert!(Endpoint::from_path(path).unwrap().needs_token(), "{path}");
         }
         assert!(!Endpoint::Root.needs_token() && !Endpoint::Health.needs_token());
+        assert!(!Endpoint::AdminPage.needs_token());
     }
 }
