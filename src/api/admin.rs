@@ -146,7 +146,7 @@ fn status(gateway: &Gateway) -> Value {
 }
 
 /// The pools, in the order their first key comes in keys.txt.
-fn pools_in_order(gateway: &Gateway) -> Vec<&Pool> {
+pub(crate) fn pools_in_order(gateway: &Gateway) -> Vec<&Pool> {
     let mut pools: Vec<&Pool> = Vec::with_capacity(gateway.pools.len());
     for entry in &gateway.config.keys {
         if let Some(pool) = gateway.pools.get(&entry.pool).filter(|p| !pools.iter().any(|q| q.name == p.name))

@@ -6,8 +6,8 @@
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
 //!
-//! The gateway's own page is a route here too, open without a token: `page` (the status
-//! page, `GET /admin`).
+//! The gateway's own pages are routes here too, open without a token: `page` (the status
+//! page, `GET /admin`) and `stats` (the public `GET /stats`).
 
 pub mod access;
 pub mod admin;
@@ -19,6 +19,7 @@ pub mod openai;
 pub mod page;
 pub mod responses;
 pub mod route;
+pub mod stats;
 
 use crate::auth::Scope;
 use crate::auth::{self, Caller};
@@ -65,6 +66,8 @@ pub enum Endpoint {
     Admin(admin::Route),
     /// `GET /admin`: the status page, no auth (it asks for a token and holds no data).
     AdminPage,
+    /// `GET /stats`: the public page, no auth; a route only with `[status] public = true`.
+    Stats,
 }
 
 impl Endpoint {
@@ -91,6 +94,7 @@ impl Endpoint {
             "" => return Some(Endpoint::Root),
             "/health" => return Some(Endpoint::Health),
             "/admin" => return Some(Endpoint::AdminPage),
+            "/stats" => return Some(Endpoint::Stats),
             "/v1" => return Some(Endpoint::V1Root),
             _ => {}
         }
@@ -127,7 +131,7 @@ impl Endpoint {
 
     /// Whether it needs a token.
     pub fn needs_token(&self) -> bool {
-        !matches!(self, Endpoint::Root | Endpoint::Health | Endpoint::AdminPage)
+        !matches!(self, Endpoint::Root | Endpoint::Health | Endpoint::AdminPage | Endpoint::Stats)
     }
 
     /// The scope a token needs for it.
@@ -157,7 +161,7 @@ impl Endpoint {
     /// routes (`/`, `/health`), which no client API calls.
     pub fn metrics_family(&self) -> Option<Family> {
         match self {
-            Endpoint::Root | Endpoint::Health | Endpoint::AdminPage => None,
+            Endpoint::Root | Endpoint::Health | Endpoint::AdminPage | Endpoint::Stats => None,
             endpoint => Some(endpoint.family()),
         }
     }
@@ -206,7 +210,7 @@ fn percent_decode(text: &str) -> String {
 /// Answers a request that [`screen`] admitted, now that its body is read.
 pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut LogFields) -> Reply {
     let reply = match admission.0 {
-        Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, gateway)),
+        Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, req, gateway)),
         Admitted::Client(endpoint, client, _) => {
             let family = endpoint.family();
             dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
@@ -316,7 +320,9 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
         return Err(Reply::error_in(family_of(req), &error));
     }
     let (pool_prefix, path) = split_pool_prefix(req.path());
-    let Some(endpoint) = Endpoint::from_path(path) else {
+    // The public page is no route at all while it is off, as an unknown path.
+    let public = gateway.config.raw.status.public;
+    let Some(endpoint) = Endpoint::from_path(path).filter(|e| public || *e != Endpoint::Stats) else {
         return Err(Reply::error(&ApiError::not_found(format!(
             "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models, responses, messages)",
             req.method
@@ -382,10 +388,11 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
-fn open_endpoint(endpoint: &Endpoint, gateway: &Gateway) -> Reply {
+fn open_endpoint(endpoint: &Endpoint, req: &Req, gateway: &Gateway) -> Reply {
     match endpoint {
         Endpoint::Health => health(gateway),
         Endpoint::AdminPage => page::admin(),
+        Endpoint::Stats => stats::handle(req, gateway),
         // What Ollama itself answers, so native clients' connection probes pass.
         _ => Reply::Full {
             status: 200,
@@ -438,9 +445,12 @@ fn dispatch(
         Endpoint::Messages => anthropic::messages(req, gateway, client, log),
         Endpoint::CountTokens => anthropic::count_tokens(req, gateway, client, log),
         Endpoint::Native(path, route) => native::handle(req, &path, route, gateway, client, log),
-        Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) | Endpoint::AdminPage => {
-            Ok(v1_root())
-        }
+        Endpoint::V1Root
+        | Endpoint::Root
+        | Endpoint::Health
+        | Endpoint::Admin(_)
+        | Endpoint::AdminPage
+        | Endpoint::Stats => Ok(v1_root()),
     }
 }
 
@@ -631,10 +641,15 @@ mod tests {
     }
 
     #[test]
-    fn the_status_page_needs_no_token() {
-        let gateway = gateway("");
-        assert_eq!(route(&gateway, "GET", "/admin", None, "").0, 200);
-        assert_eq!(route(&gateway, "POST", "/admin", None, "").0, 405);
+    fn the_pages_need_no_token_and_stats_is_a_route_only_when_public() {
+        let off = gateway("");
+        assert_eq!(route(&off, "GET", "/admin", None, "").0, 200);
+        assert_eq!(route(&off, "POST", "/admin", None, "").0, 405);
+        let (status, answer) = route(&off, "GET", "/stats", None, "");
+        assert_eq!((status, &answer["error"]["type"]), (404, &json!("not_found_error")), "{answer}");
+        let on = gateway("[status]\npublic = true\n");
+        assert_eq!(route(&on, "GET", "/stats", None, "").0, 200);
+        assert_eq!(route(&on, "GET", "/stats/", None, "").0, 200);
     }
 
     /// A body refused before it reaches its handler (413, 408, 503) is answered in the
@@ -714,6 +729,8 @@ mod tests {
             ("/admin", Some(AdminPage)),
             ("//admin/", Some(AdminPage)),
             ("/v1/admin", None),
+            ("/stats", Some(Stats)),
+            ("/v1/stats", None),
         ];
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
@@ -777,6 +794,6 @@ mod tests {
             assert!(Endpoint::from_path(path).unwrap().needs_token(), "{path}");
         }
         assert!(!Endpoint::Root.needs_token() && !Endpoint::Health.needs_token());
-        assert!(!Endpoint::AdminPage.needs_token());
+        assert!(!Endpoint::AdminPage.needs_token() && !Endpoint::Stats.needs_token());
     }
 }
