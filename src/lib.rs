@@ -13,7 +13,8 @@
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`, `api::admin`
-//!    for the admin API), over the values in [`http`].
+//!    for the admin API, `api::page` for the status page, `api::stats` for `/stats`), over
+//!    the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`control`]
 //!    (what the admin API asks of the process), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
