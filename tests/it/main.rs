@@ -54,6 +54,8 @@ mod reload;
 mod access;
 // The admin API (scope, status, disabling keys, check, reload, usage) and the `usage` command.
 mod admin;
+// The status page (`/admin`) in headless Chromium, its headers, and the public `/stats`.
+mod page;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.
