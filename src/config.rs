@@ -96,6 +96,9 @@ pub struct RawConfig {
     /// `GET /metrics`.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// The public `GET /stats` page.
+    #[serde(default)]
+    pub status: RawStatus,
     /// Model names clients may use for other models: `"gpt-4o-mini" = "gpt-oss:20b"`.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
@@ -131,6 +134,16 @@ impl Default for RawMetrics {
     fn default() -> Self {
         RawMetrics { enabled: true, allow_from: default_metrics_allow_from() }
     }
+}
+
+/// The `[status]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatus {
+    /// Serve `GET /stats` without a token: usage per model and day, usable keys per pool
+    /// (false: it is no route, 404).
+    #[serde(default)]
+    pub public: bool,
 }
 
 fn default_true() -> bool {
@@ -990,6 +1003,14 @@ mod tests {
             (false, vec!["10.0.0.0/8".to_string(), "fd00::/8".to_string()])
         );
         assert!(parse("[metrics]\nallow_from = []\n").unwrap().metrics.allow_from.is_empty());
+    }
+
+    #[test]
+    fn the_public_stats_page_is_off_unless_asked_for() {
+        assert!(!parse("").unwrap().status.public);
+        assert!(parse("[status]\npublic = true\n").unwrap().status.public);
+        let error = parse("[status]\npublc = true\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field"), "{error}");
     }
 
     #[test]

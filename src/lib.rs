@@ -13,15 +13,16 @@
 //!    housekeeper), [`watch`] (clients that leave), [`chunked`] (the live chunked writer).
 //! 2. Handlers: [`api`] (the route table; `api::openai`, `api::native`, `api::access` for
 //!    the one model-access check, `api::cors`, `api::metrics` for `/metrics`, `api::admin`
-//!    for the admin API, `api::body_token` for a token in the body's `api_key`), over the
-//!    values in [`http`].
+//!    for the admin API, `api::page` for the status page, `api::stats` for `/stats`,
+//!    `api::body_token` for a token in the body's `api_key`), over the values in [`http`].
 //! 3. Failover and keys: [`gateway`] (one generation's config, pools and agent), [`control`]
 //!    (what the admin API asks of the process), [`relay`]
 //!    (trying keys until one answers), [`pool`] (which key), [`slots`] (requests in flight
 //!    per key, the line of waiters), [`health`] (probes), [`usage`] (requests and tokens
 //!    per token, model and day),
 //!    [`quota`] (what Ollama Cloud's usage endpoint says), [`metrics`] (the counters of
-//!    requests and attempts, the Prometheus text), [`keystate`] (what each key's answers
+//!    requests and attempts, the Prometheus text), [`minutes`] (each key's attempts per
+//!    minute over the last hour), [`keystate`] (what each key's answers
 //!    mean, the store of key states), [`statefile`], [`limits`] (per-token rpm,
 //!    concurrency, expiry and addresses), [`lockout`] (addresses that send wrong tokens).
 //! 4. Translation: [`translate`] (pure JSON mapping and sans-IO stream translators).
@@ -57,6 +58,7 @@ pub mod live;
 pub mod lockout;
 pub mod logline;
 pub mod metrics;
+pub mod minutes;
 pub mod pool;
 pub mod quota;
 pub mod relay;

@@ -17,11 +17,15 @@
 //! later ones count as `(other)`. The hot path takes one short mutex per finished request
 //! and one per upstream attempt, allocates only when a series first appears, and the
 //! histograms are atomics.
+//!
+//! Each attempt also goes into the registry's [`PerMinute`] rings (the last hour per key,
+//! for the status page), so `relay` still makes one call per attempt.
 
 use crate::auth::Token;
 use crate::error::Family;
 use crate::keys::KeyEntry;
-use crate::keystate::{Failure, Health};
+use crate::keystate::{self, Failure, Health};
+use crate::minutes::PerMinute;
 use crate::translate::Usage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -216,6 +220,8 @@ pub struct Metrics {
     attempts: Mutex<BTreeMap<String, BTreeMap<String, KeySeries>>>,
     duration: [Histogram; FAMILIES.len()],
     first_byte: [Histogram; FAMILIES.len()],
+    /// Attempts per key and minute, under a lock of their own.
+    per_minute: PerMinute,
 }
 
 static GLOBAL: Metrics = Metrics::new();
@@ -261,7 +267,13 @@ impl Metrics {
             attempts: Mutex::new(BTreeMap::new()),
             duration: [const { Histogram::new() }; FAMILIES.len()],
             first_byte: [const { Histogram::new() }; FAMILIES.len()],
+            per_minute: PerMinute::new(),
         }
+    }
+
+    /// Every key's attempts per minute over the last hour.
+    pub fn per_minute(&self) -> &PerMinute {
+        &self.per_minute
     }
 
     /// Counts a finished request: its status, its duration and time to first byte, and its
@@ -292,6 +304,7 @@ impl Metrics {
     /// succeeded.
     pub fn attempt(&self, pool: &str, id: &str, entry: &KeyEntry, failure: Option<&Failure>) {
         let outcome = outcome_index(failure);
+        self.per_minute.record(id, failure.is_some(), keystate::now());
         let mut attempts = lock(&self.attempts);
         with_entry(&mut attempts, pool, |keys| match keys.get_mut(id) {
             Some(series) => series.counts[outcome] += 1,

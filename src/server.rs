@@ -376,8 +376,10 @@ impl Shared {
         }
         gateway.usage.record(log.token.as_deref(), log.model.as_deref(), status, log.usage);
         let elapsed = started.elapsed();
-        // A scraper calls every few seconds: its line is kept for debugging, unless refused.
-        let level = if scrape && status == 200 { log::Level::Debug } else { log::Level::Info };
+        // A scraper, or an open status page, asks every few seconds: their lines are kept
+        // for debugging, unless refused.
+        let polled = scrape || (req.method == "GET" && req.path().starts_with("/admin/api/"));
+        let level = if polled && status == 200 { log::Level::Debug } else { log::Level::Info };
         let line = logline::RequestLine {
             id: &id,
             method: &req.method,

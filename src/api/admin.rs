@@ -36,7 +36,8 @@
 //!       "requests": 10, "successes": 8, "failures": 2,
 //!       "prompt_tokens": 1200, "completion_tokens": 300, "last_used": "2026-05-01T10:59:00Z",
 //!       "model_locks": {"kimi-k2:1t": "2026-05-01T11:30:00Z"},
-//!       "slots_in_use": 0, "slot_limit": 3, "usage": 0.91
+//!       "slots_in_use": 0, "slot_limit": 3, "usage": 0.91,
+//!       "requests_per_minute": [0, 0, …, 2, 1], "failures_per_minute": [0, 0, …, 0, 1]
 //!     }]
 //!   }]
 //! }
@@ -48,7 +49,9 @@
 //! one state: disabling it disables it in both). `slot_limit` 0 means no limit; `usage` is
 //! the highest used fraction of the plan's windows as last read (1.0: used up). `queued`
 //! counts requests waiting for a worker; `in_flight` counts every request taken, those
-//! queued and this one included.
+//! queued and this one included. `requests_per_minute` and `failures_per_minute` are the
+//! key's upstream attempts (and the failed ones) in each of the last 60 minutes, oldest
+//! first, the current minute last; since the process started (a restart starts them at 0).
 
 use crate::config::{Provider, Strategy};
 use crate::error::ApiError;
@@ -58,6 +61,7 @@ use crate::http::{Client, Reply, Req};
 
 use crate::keys::KeyEntry;
 use crate::keystate::{self, Health, KeyState};
+use crate::metrics;
 use crate::pool::Pool;
 use crate::upstream;
 use crate::usage::KEEP_DAYS;
@@ -142,7 +146,7 @@ fn status(gateway: &Gateway) -> Value {
 }
 
 /// The pools, in the order their first key comes in keys.txt.
-fn pools_in_order(gateway: &Gateway) -> Vec<&Pool> {
+pub(crate) fn pools_in_order(gateway: &Gateway) -> Vec<&Pool> {
     let mut pools: Vec<&Pool> = Vec::with_capacity(gateway.pools.len());
     for entry in &gateway.config.keys {
         if let Some(pool) = gateway.pools.get(&entry.pool).filter(|p| !pools.iter().any(|q| q.name == p.name))
@@ -185,6 +189,7 @@ fn key_status(gateway: &Gateway, pool: &Pool, index: usize, now: u64) -> Value {
         .iter()
         .map(|(model, until)| (model.clone(), Value::from(utc::rfc3339(*until))))
         .collect();
+    let hour = metrics::global().per_minute().last_hour(id, now);
     json!({
         "id": id,
         "label": label(entry),
@@ -206,6 +211,8 @@ fn key_status(gateway: &Gateway, pool: &Pool, index: usize, now: u64) -> Value {
         "slots_in_use": gateway.slots.in_flight(id),
         "slot_limit": pool.limit(index),
         "usage": state.usage_permille.map(|permille| f64::from(permille) / 1000.0),
+        "requests_per_minute": hour.requests,
+        "failures_per_minute": hour.failures,
     })
 }
 

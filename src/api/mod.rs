@@ -5,6 +5,9 @@
 //! the endpoint handlers in `openai` and `native`. Out of scope: sockets and HTTP framing (`server`
 //! turns tiny_http requests into [`Req`] and writes [`Reply`]s, streams included), JSON
 //! mapping (`translate`) and key choice (`relay`, `pool`).
+//!
+//! The gateway's own pages are routes here too, open without a token: `page` (the status
+//! page, `GET /admin`) and `stats` (the public `GET /stats`).
 
 pub mod access;
 pub mod admin;
@@ -14,8 +17,10 @@ pub mod cors;
 pub mod metrics;
 pub mod native;
 pub mod openai;
+pub mod page;
 pub mod responses;
 pub mod route;
+pub mod stats;
 
 use crate::auth::Scope;
 use crate::auth::{self, Caller};
@@ -63,6 +68,10 @@ pub enum Endpoint {
     /// The Gin Ollama proxy's `/sys/…` routes, forwarded as the `/api/…` route each names
     /// (the path held), with its scopes, and errors in that proxy's shape.
     Gin(String, native::Route),
+    /// `GET /admin`: the status page, no auth (it asks for a token and holds no data).
+    AdminPage,
+    /// `GET /stats`: the public page, no auth; a route only with `[status] public = true`.
+    Stats,
 }
 
 impl Endpoint {
@@ -92,6 +101,8 @@ impl Endpoint {
         match normal.as_str() {
             "" => return Some(Endpoint::Root),
             "/health" => return Some(Endpoint::Health),
+            "/admin" => return Some(Endpoint::AdminPage),
+            "/stats" => return Some(Endpoint::Stats),
             "/v1" => return Some(Endpoint::V1Root),
             _ => {}
         }
@@ -128,7 +139,7 @@ impl Endpoint {
 
     /// Whether it needs a token.
     pub fn needs_token(&self) -> bool {
-        !matches!(self, Endpoint::Root | Endpoint::Health)
+        !matches!(self, Endpoint::Root | Endpoint::Health | Endpoint::AdminPage | Endpoint::Stats)
     }
 
     /// The scope a token needs for it.
@@ -158,7 +169,7 @@ impl Endpoint {
     /// routes (`/`, `/health`), which no client API calls.
     pub fn metrics_family(&self) -> Option<Family> {
         match self {
-            Endpoint::Root | Endpoint::Health => None,
+            Endpoint::Root | Endpoint::Health | Endpoint::AdminPage | Endpoint::Stats => None,
             endpoint => Some(endpoint.family()),
         }
     }
@@ -208,7 +219,7 @@ fn percent_decode(text: &str) -> String {
 /// Answers a request that [`screen`] admitted, now that its body is read.
 pub fn handle(req: &Req, gateway: &Gateway, admission: Admission<'_>, log: &mut LogFields) -> Reply {
     let reply = match admission.0 {
-        Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, gateway)),
+        Admitted::Open(endpoint) => Ok(open_endpoint(&endpoint, req, gateway)),
         Admitted::Client(endpoint, client, _) => {
             let family = endpoint.family();
             dispatch(endpoint, req, gateway, client, log).map_err(|error| Reply::error_in(family, &error))
@@ -357,7 +368,9 @@ fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Adm
         return Err(Reply::error_in(family_of(req), &error));
     }
     let (pool_prefix, path) = split_pool_prefix(req.path());
-    let Some(endpoint) = Endpoint::from_path(path) else {
+    // The public page is no route at all while it is off, as an unknown path.
+    let public = gateway.config.raw.status.public;
+    let Some(endpoint) = Endpoint::from_path(path).filter(|e| public || *e != Endpoint::Stats) else {
         return Err(Reply::error(&ApiError::not_found(format!(
             "no route for {} {path}; the API is under /v1 (chat/completions, completions, embeddings, models, responses, messages)",
             req.method
@@ -448,9 +461,11 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
-fn open_endpoint(endpoint: &Endpoint, gateway: &Gateway) -> Reply {
+fn open_endpoint(endpoint: &Endpoint, req: &Req, gateway: &Gateway) -> Reply {
     match endpoint {
         Endpoint::Health => health(gateway),
+        Endpoint::AdminPage => page::admin(),
+        Endpoint::Stats => stats::handle(req, gateway),
         // What Ollama itself answers, so native clients' connection probes pass.
         _ => Reply::Full {
             status: 200,
@@ -505,7 +520,12 @@ fn dispatch(
         Endpoint::Native(path, route) | Endpoint::Gin(path, route) => {
             native::handle(req, &path, route, gateway, client, log)
         }
-        Endpoint::V1Root | Endpoint::Root | Endpoint::Health | Endpoint::Admin(_) => Ok(v1_root()),
+        Endpoint::V1Root
+        | Endpoint::Root
+        | Endpoint::Health
+        | Endpoint::Admin(_)
+        | Endpoint::AdminPage
+        | Endpoint::Stats => Ok(v1_root()),
     }
 }
 
@@ -692,6 +712,18 @@ mod tests {
         assert_eq!(route(&gateway, "POST", "/v1/chat/completions", Some(ADMIN), "{}").0, 403);
     }
 
+    #[test]
+    fn the_pages_need_no_token_and_stats_is_a_route_only_when_public() {
+        let off = gateway("");
+        assert_eq!(route(&off, "GET", "/admin", None, "").0, 200);
+        assert_eq!(route(&off, "POST", "/admin", None, "").0, 405);
+        let (status, answer) = route(&off, "GET", "/stats", None, "");
+        assert_eq!((status, &answer["error"]["type"]), (404, &json!("not_found_error")), "{answer}");
+        let on = gateway("[status]\npublic = true\n");
+        assert_eq!(route(&on, "GET", "/stats", None, "").0, 200);
+        assert_eq!(route(&on, "GET", "/stats/", None, "").0, 200);
+    }
+
     /// A body refused before it reaches its handler (413, 408, 503) is answered in the
     /// envelope of the endpoint it was sent to, as every other error of that endpoint.
     #[test]
@@ -766,6 +798,11 @@ mod tests {
             ("//admin/api//status/", Some(Admin(admin::Route::Status))),
             ("/admin/api/keys/0a1b/enable", Some(Admin(admin::Route::Disable("0a1b".into(), false)))),
             ("/admin/api/keys/0a1b", None),
+            ("/admin", Some(AdminPage)),
+            ("//admin/", Some(AdminPage)),
+            ("/v1/admin", None),
+            ("/stats", Some(Stats)),
+            ("/v1/stats", None),
         ];
         for (path, want) in cases {
             assert_eq!(Endpoint::from_path(path), want, "{path}");
@@ -872,5 +909,6 @@ mod tests {
             assert!(Endpoint::from_path(path).unwrap().needs_token(), "{path}");
         }
         assert!(!Endpoint::Root.needs_token() && !Endpoint::Health.needs_token());
+        assert!(!Endpoint::AdminPage.needs_token() && !Endpoint::Stats.needs_token());
     }
 }

@@ -93,6 +93,8 @@ struct KeyStatus {
     slots_in_use: u32,
     slot_limit: u32,
     usage: Option<f64>,
+    requests_per_minute: Vec<u32>,
+    failures_per_minute: Vec<u32>,
 }
 
 /// One row of the usage answer (and of `usage --json`).
@@ -245,6 +247,42 @@ fn the_status_lists_every_key_of_keys_txt_with_its_state() {
     assert_eq!((c.requests, c.successes, c.failures, c.prompt_tokens, c.completion_tokens), (2, 2, 0, 6, 10));
     assert!(c.last_used.is_some() && a.model_locks.is_empty() && c.slots_in_use == 0);
     assert!([a, b, c].iter().all(|k| !k.disabled && k.health == k.state && k.usage.is_none()));
+    assert_logs_clean(&gateway.logs());
+}
+
+#[test]
+fn each_keys_attempts_of_the_last_hour_are_counted_per_minute() {
+    let fake = Fake::start(|recorded| match key_of(recorded) {
+        KEY_A => FakeReply::error(401, "unauthorized"),
+        _ => FakeReply::ok(chat_answer("ok")),
+    });
+    let url = &fake.url;
+    let gateway = Gateway::start(&tokens(), &format!("{url}|{KEY_A}\n{url}|{KEY_B}\n"));
+    let fresh = keys_of(&gateway);
+    assert!(
+        fresh.iter().all(|k| k.requests_per_minute == [0; 60] && k.failures_per_minute == [0; 60]),
+        "{fresh:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(chat_as(&gateway, TOKEN, "m").status, 200);
+    }
+    let keys = keys_of(&gateway);
+    let sum = |minutes: &[u32]| minutes.iter().map(|n| u64::from(*n)).sum::<u64>();
+    let seen: Vec<(usize, u64, u64)> = keys
+        .iter()
+        .map(|k| (k.requests_per_minute.len(), sum(&k.requests_per_minute), sum(&k.failures_per_minute)))
+        .collect();
+    // KEY_A was tried once and refused (then known invalid); KEY_B served all three.
+    eqnice!(vec![(60, 1, 1), (60, 3, 0)], seen);
+    for key in &keys {
+        assert_eq!(
+            (sum(&key.requests_per_minute), sum(&key.failures_per_minute)),
+            (key.requests, key.failures)
+        );
+        // The current minute is last: the attempts are in it, or in the one before when the
+        // test crossed a minute.
+        assert_eq!(sum(&key.requests_per_minute[58..]), key.requests, "{key:?}");
+    }
     assert_logs_clean(&gateway.logs());
 }
 

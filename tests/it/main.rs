@@ -57,6 +57,8 @@ mod admin;
 // Other gateways' clients: Ollama's web search API, the Gin proxy's /sys routes and error
 // shape, a token in the body's api_key.
 mod compat;
+// The status page (`/admin`) in headless Chromium, its headers, and the public `/stats`.
+mod page;
 // Bugs found in review, each pinned by the test that would have caught it.
 mod regression;
 // Strict HTTP/1.1 framing: ambiguous or malformed requests get 400 and a closed connection.

@@ -4,8 +4,8 @@
 //!
 //! This file runs the gateway and holds the assertion macros; `sse` reads streams off a raw
 //! socket, `wire` decodes what the gateway writes for the chat API and `named` what it
-//! writes for the Responses and Messages APIs. Nothing here knows about Ollama: the
-//! fake upstream lives in `fake`.
+//! writes for the Responses and Messages APIs, and `webdriver` drives a headless Chromium.
+//! Nothing here knows about Ollama: the fake upstream lives in `fake`.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -63,6 +63,7 @@ macro_rules! eqjson {
 
 pub mod named;
 pub mod sse;
+pub mod webdriver;
 pub mod wire;
 
 pub use sse::{Named, SseConn};
