@@ -342,7 +342,7 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
     let pools = parsed.pools();
     let mut out =
         format!("{}: {} upstreams in {} pools\n", keys_path.display(), parsed.entries.len(), pools.len());
-    let url_width = parsed.entries.iter().map(|e| e.base_url.len()).max().unwrap_or(0);
+    let url_width = parsed.entries.iter().map(|e| e.shown_url().len()).max().unwrap_or(0);
     for pool in &pools {
         out.push_str(&format!("[{pool}]\n"));
         for entry in parsed.entries.iter().filter(|e| e.pool == *pool) {
@@ -350,7 +350,7 @@ fn show_keys(config_path: &Path) -> Result<(), CliError> {
             let row = format!(
                 "  line {:<4} {key:<12} {:<url_width$}  {}",
                 entry.line,
-                entry.base_url,
+                entry.shown_url(),
                 show_options(&entry.options)
             );
             out.push_str(row.trim_end());

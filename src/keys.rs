@@ -84,13 +84,42 @@ impl KeyEntry {
     /// A masked description for logs and the CLI, like `abcd…wxyz @ https://ollama.com`
     /// or `(no key) @ http://127.0.0.1:11434`; the line's `name=` instead of the key when
     /// it has one, like `paid-1 @ https://ollama.com`.
+    /// The URL is shown without a `user:password@` part, which is a credential too.
     pub fn label(&self) -> String {
+        let who = self.name_or_mask().unwrap_or_else(|| "(no key)".to_string());
+        format!("{who} @ {}", self.shown_url())
+    }
+
+    /// The line's `name=`, else the masked key; `None` for a keyless upstream.
+    pub fn name_or_mask(&self) -> Option<String> {
         match (&self.options.name, &self.key) {
-            (Some(name), _) => format!("{name} @ {}", self.base_url),
-            (None, Some(key)) => format!("{} @ {}", key.mask(), self.base_url),
-            (None, None) => format!("(no key) @ {}", self.base_url),
+            (Some(name), _) => Some(name.clone()),
+            (None, Some(key)) => Some(key.mask()),
+            (None, None) => None,
         }
     }
+
+    /// The base URL without any `user:password@` in it.
+    pub fn shown_url(&self) -> String {
+        match self.base_url.split_once("://") {
+            Some((scheme, rest)) => {
+                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                format!("{scheme}://{}{path}", host_of(authority))
+            }
+            None => self.base_url.clone(),
+        }
+    }
+
+    /// The host (and port) of the base URL, without scheme, path or user part.
+    pub fn host(&self) -> &str {
+        let rest = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, rest)| rest);
+        host_of(rest.split(['/', '?', '#']).next().unwrap_or(rest))
+    }
+}
+
+/// An authority without its `user:password@`.
+fn host_of(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
 /// A line that could not be used, with what is wrong and what was expected.
@@ -1010,6 +1039,26 @@ mod tests {
         assert!(!mask_if_key(key).contains("SECRET"), "{}", mask_if_key(key));
         for shown in ["keys.txt", "exported-keys.txt", "/tmp/0123456789abcdef0123456789abcdef.txt"] {
             assert_eq!(mask_if_key(shown), shown);
+        }
+    }
+
+    #[test]
+    fn labels_and_hosts_never_show_a_url_credential() {
+        let entry = |url: &str| KeyEntry {
+            pool: "default".into(),
+            base_url: url.into(),
+            key: None,
+            line: 1,
+            options: KeyOptions::default(),
+        };
+        let secret = entry("http://user:hunter2pass@10.0.0.5:11434/ollama");
+        assert_eq!(secret.label(), "(no key) @ http://10.0.0.5:11434/ollama");
+        assert_eq!(secret.shown_url(), "http://10.0.0.5:11434/ollama");
+        assert_eq!(secret.host(), "10.0.0.5:11434");
+        for (url, host) in
+            [("https://ollama.com", "ollama.com"), ("https://openrouter.ai/api/v1", "openrouter.ai")]
+        {
+            assert_eq!((entry(url).shown_url().as_str(), entry(url).host()), (url, host));
         }
     }
 

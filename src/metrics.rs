@@ -109,18 +109,7 @@ const STATES: [(Health, &str); 4] = [
 /// else, for a keyless upstream, its URL without any `user:password@`. The URL is left out
 /// of keyed labels: a pool's keys mostly share one, and it would only lengthen every series.
 pub fn key_label(entry: &KeyEntry) -> String {
-    match (&entry.options.name, &entry.key) {
-        (Some(name), _) => name.clone(),
-        (None, Some(key)) => key.mask(),
-        (None, None) => match entry.base_url.split_once("://") {
-            Some((scheme, rest)) => {
-                let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-                let host = authority.rsplit('@').next().unwrap_or(authority);
-                format!("{scheme}://{host}{path}")
-            }
-            None => entry.base_url.clone(),
-        },
-    }
+    entry.name_or_mask().unwrap_or_else(|| entry.shown_url())
 }
 
 /// `name` when it is the name of one of `tokens`, for the `token` label: anything else (no

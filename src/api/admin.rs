@@ -193,7 +193,7 @@ fn key_status(gateway: &Gateway, pool: &Pool, index: usize, now: u64) -> Value {
     json!({
         "id": id,
         "label": label(entry),
-        "host": host(&entry.base_url),
+        "host": entry.host(),
         "line": entry.line,
         "state": if state.disabled { "disabled" } else { health_word(state.state) },
         "health": health_word(state.state),
@@ -227,18 +227,7 @@ fn health_word(health: Health) -> &'static str {
 
 /// The key as the admin API names it: its `name=`, else its masked form.
 fn label(entry: &KeyEntry) -> String {
-    match (&entry.options.name, &entry.key) {
-        (Some(name), _) => name.clone(),
-        (None, Some(key)) => key.mask(),
-        (None, None) => "(no key)".to_string(),
-    }
-}
-
-/// The host (and port) of a base URL, without its scheme, path or any user part.
-fn host(base_url: &str) -> &str {
-    let rest = base_url.split_once("://").map_or(base_url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+    entry.name_or_mask().unwrap_or_else(|| "(no key)".to_string())
 }
 
 /// The pool and index of the first key with `id`.
@@ -300,7 +289,7 @@ fn check(gateway: &Gateway, client: Client<'_>) -> Result<Reply, ApiError> {
                 "id": id,
                 "pool": entry.pool,
                 "label": label(entry),
-                "host": host(&entry.base_url),
+                "host": entry.host(),
                 "line": entry.line,
                 "state": if state.disabled { "disabled" } else { health_word(state.state) },
                 "usable": usable,
@@ -414,20 +403,6 @@ mod tests {
         }
         assert_eq!(Route::Status.methods(), ["GET", "HEAD"]);
         assert_eq!(Route::Reload.methods(), ["POST"]);
-    }
-
-    #[test]
-    fn hosts_lose_scheme_path_and_user() {
-        let cases = [
-            ("https://ollama.com", "ollama.com"),
-            ("http://10.0.0.5:11434", "10.0.0.5:11434"),
-            ("https://openrouter.ai/api/v1", "openrouter.ai"),
-            ("https://user:secret@example.com/x", "example.com"),
-            ("example.com", "example.com"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(host(url), want, "{url}");
-        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! so a gateway at capacity can still be watched. With `[metrics] enabled = false` there is
 //! no such route: [`wanted`] says no and the router answers 404.
 
+use crate::api;
 use crate::auth::{self, Caller, Scope};
 use crate::cidr;
 use crate::error::ApiError;
@@ -110,13 +111,20 @@ fn may_scrape(
     log: &mut LogFields,
 ) -> Result<(), ApiError> {
     let config = &gateway.config;
-    if peer.is_some_and(|peer| cidr::any_contains(&config.raw.metrics.allow_from, peer)) {
+    if let Some(refusal) = api::locked_out(gateway, peer) {
+        return Err(refusal);
+    }
+    // A request a proxy forwarded, while no proxy is trusted, comes from the proxy's address
+    // (loopback, often) for all the gateway knows: the client behind it is not let in.
+    let proxied = config.raw.trusted_proxies.is_empty()
+        && (req.header("x-forwarded-for").is_some() || req.header("forwarded").is_some());
+    if !proxied && peer.is_some_and(|peer| cidr::any_contains(&config.raw.metrics.allow_from, peer)) {
         return Ok(());
     }
     let from = peer.map_or_else(|| "an unknown address".to_string(), |peer| peer.to_string());
     let presented = auth::presented_token(|name| req.header(name));
     // Never anonymous: `allow_anonymous` opens the API, not the gateway's own numbers.
-    let token = match auth::authenticate(&config.tokens, presented, false) {
+    let token = match api::door(gateway, presented, peer, false) {
         Ok(Caller::Token(token)) => token,
         Err(error) if presented.is_some() => return Err(error),
         _ => {

@@ -352,8 +352,7 @@ pub fn client_addr(req: &Req, gateway: &Gateway) -> Option<IpAddr> {
 
 fn admit<'g>(req: &Req, gateway: &'g Gateway, log: &mut LogFields) -> Result<Admitted<'g>, Reply> {
     let from = client_addr(req, gateway);
-    // Before anything else, on every route: a locked-out address learns nothing more.
-    if let Some(refusal) = from.and_then(|addr| gateway.limits.lockout.refusal(addr, Instant::now())) {
+    if let Some(refusal) = locked_out(gateway, from) {
         return Err(Reply::error_in(family_of(req), &refusal));
     }
     if req.url.len() > MAX_URL_BYTES {
@@ -441,9 +440,16 @@ fn admit_client<'g>(
             retry_after: None,
         }),
     });
-    // Counted last, so that only a request that may go on takes a place in its limits.
+    // Counted last, so that only a request that may go on takes a place in its limits. A
+    // day's tokens spent bar the API, not the operator's own routes.
     let permit = client.and_then(|client| match client.limits {
-        Some(limits) => gateway.limits.admit(client.name, limits, Instant::now()).map(|p| (client, p)),
+        Some(limits) => {
+            if !matches!(endpoint, Endpoint::Admin(_)) {
+                let used = || gateway.usage.tokens_today(client.name);
+                limits::check_daily(client.name, limits, used, crate::keystate::now())?;
+            }
+            gateway.limits.admit(client.name, limits, Instant::now()).map(|p| (client, p))
+        }
         None => Ok((client, Permit::default())),
     });
     match permit {
@@ -583,12 +589,7 @@ fn authorize<'g>(
     from: Option<IpAddr>,
     log: &mut LogFields,
 ) -> Result<Client<'g>, ApiError> {
-    let config = &gateway.config;
-    let caller = auth::authenticate(&config.tokens, presented, config.raw.allow_anonymous);
-    if let (Err(_), Some(_), Some(addr)) = (&caller, presented, from) {
-        gateway.limits.lockout.wrong_token(addr, Instant::now());
-    }
-    let client = match caller? {
+    let client = match door(gateway, presented, from, gateway.config.raw.allow_anonymous)? {
         Caller::Token(token) => Client {
             pool: &token.pool,
             pools: &token.pools,
@@ -607,12 +608,33 @@ fn authorize<'g>(
         },
     };
     log.token = Some(client.name.to_string());
-    if let Some(limits) = client.limits {
-        let now = crate::keystate::now();
-        limits::check_access(client.name, limits, from, now)?;
-        limits::check_daily(client.name, limits, || gateway.usage.tokens_today(client.name), now)?;
-    }
     Ok(client)
+}
+
+/// The checks a token meets whatever it calls (the API, the admin API, `/metrics`): it is
+/// one of the config's (a wrong one counts against the address it came from, toward the
+/// lock-out), it has not expired, and it comes from an address its `ips` allow. Without a
+/// token, anonymous when `anonymous` allows.
+pub(crate) fn door<'g>(
+    gateway: &'g Gateway,
+    presented: Option<&str>,
+    from: Option<IpAddr>,
+    anonymous: bool,
+) -> Result<Caller<'g>, ApiError> {
+    let caller = auth::authenticate(&gateway.config.tokens, presented, anonymous);
+    if let (Err(_), Some(_), Some(addr)) = (&caller, presented, from) {
+        gateway.limits.lockout.wrong_token(addr, Instant::now());
+    }
+    if let Ok(Caller::Token(token)) = &caller {
+        limits::check_access(&token.name, &token.limits, from, crate::keystate::now())?;
+    }
+    caller
+}
+
+/// The 429 of an address locked out after wrong tokens, checked before anything else on
+/// every route: a locked-out address learns nothing more.
+pub(crate) fn locked_out(gateway: &Gateway, from: Option<IpAddr>) -> Option<ApiError> {
+    from.and_then(|addr| gateway.limits.lockout.refusal(addr, Instant::now()))
 }
 
 #[cfg(test)]

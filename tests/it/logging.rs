@@ -143,6 +143,34 @@ fn check_and_keys_at_trace_print_no_key() {
     assert!(fake.count() >= 2 * (LEVELS.len() + 1), "check probed both keys each time");
 }
 
+/// A password in an upstream URL (`http://user:password@host`) is a secret too: no log line,
+/// `check` or `keys` output shows it.
+#[test]
+fn a_password_in_an_upstream_url_is_never_shown() {
+    let fake = Fake::start(healthy);
+    let password = "hunter2-url-password";
+    let url = fake.url.replacen("http://", &format!("http://gateway:{password}@"), 1);
+    let dir = TempDir::new();
+    dir.write_config(
+        &format!("log_format = \"json\"\n{}", token_entry("alice", CLIENT, "default")),
+        &format!("{url}|{KEY_SERVES}\n"),
+    );
+    let check = run_cli_logging(&["check", "--config", "config.toml"], dir.path(), "debug");
+    let keys = run_cli_logging(&["keys", "--config", "config.toml"], dir.path(), "debug");
+    for (what, output) in [("check", format!("{check:?}")), ("keys", format!("{keys:?}"))] {
+        assert!(!output.contains(password), "{what} shows the URL's password: {output}");
+    }
+    let gateway = Gateway::resume_logging(dir, "debug");
+    let reply = gateway.post_raw(
+        "/v1/chat/completions",
+        &[("authorization", &format!("Bearer {CLIENT}"))],
+        chat_body("m", false).to_string().as_bytes(),
+    );
+    eqnice!(200, reply.status, "{}", reply.text);
+    wait_until(PATIENCE, "the request line", || gateway.logs().contains("/v1/chat/completions"));
+    assert!(!gateway.logs().contains(password), "a log line shows the URL's password: {}", gateway.logs());
+}
+
 /// `log_format = "json"`: every line `serve` writes, from start-up through warnings and
 /// request lines to the stop, is one JSON object with time, level, target and message; a
 /// request line has its fields, typed; and no key or token is in any of them.

@@ -159,6 +159,39 @@ fn behind_a_trusted_proxy_on_loopback_a_scrape_goes_by_the_forwarded_address() {
 }
 
 #[test]
+fn wrong_tokens_on_metrics_count_toward_the_lock_out_and_token_limits_hold_there() {
+    let fake = Fake::start(healthy);
+    let expired = "sk-test-ops-expired-0123456789";
+    let config = format!(
+        "{}[[tokens]]\nname = \"old-ops\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\nexpires = \"2020-01-01T00:00:00Z\"\n",
+        config("[metrics]\nallow_from = []"),
+        sha256_hex(expired)
+    );
+    let gateway = Gateway::start(&config, &format!("{}|{KEY_A}\n", fake.url));
+    let old = format!("Bearer {expired}");
+    let error = assert_envelope(&scrape(&gateway, &[("Authorization", &old)]), 403);
+    assert!(error.message.contains("expired"), "an expired admin token does not scrape: {error:?}");
+    for _ in 0..20 {
+        assert_envelope(&scrape(&gateway, &[("Authorization", "Bearer sk-a-guess-0000000000")]), 401);
+    }
+    let admin = format!("Bearer {ADMIN}");
+    assert_envelope(&scrape(&gateway, &[("Authorization", &admin)]), 429);
+    let bearer = format!("Bearer {TOKEN}");
+    let models = gateway.raw("GET", "/v1/models", &[("Authorization", &bearer)], b"");
+    eqnice!(429, models.status, "guesses on /metrics lock the address out of every route: {}", models.text);
+}
+
+#[test]
+fn a_forwarded_request_is_not_loopback_while_no_proxy_is_trusted() {
+    let fake = Fake::start(healthy);
+    let gateway = Gateway::start(&config(""), &format!("{}|{KEY_A}\n", fake.url));
+    // A proxy on this host forwarding a client from elsewhere, with trusted_proxies unset.
+    assert_envelope(&scrape(&gateway, &[("X-Forwarded-For", "203.0.113.5")]), 401);
+    assert_envelope(&scrape(&gateway, &[("Forwarded", "for=203.0.113.5")]), 401);
+    eqnice!(200, scrape(&gateway, &[]).status, "loopback itself still scrapes");
+}
+
+#[test]
 fn outside_allow_from_a_scrape_needs_an_admin_token() {
     let fake = Fake::start(healthy);
     let gateway = Gateway::start(
