@@ -534,9 +534,10 @@ fn token_limit<'de, D: Deserializer<'de>>(d: D, max: u64, key: &str) -> Result<O
     }
     Ok(Some(value as u32))
 }
-/// Up to 100,000 requests a minute: the sliding window keeps each start for a minute.
+/// Up to 10,000 requests a minute: the sliding window keeps each start for a minute (16
+/// bytes each, so at most 160 KB a token).
 fn rpm<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    token_limit(d, 100_000, "rpm")
+    token_limit(d, 10_000, "rpm")
 }
 fn token_max_concurrent<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     token_limit(d, 100_000, "max_concurrent")

@@ -180,6 +180,9 @@ pub enum Over {
 impl Window {
     /// Starts a request at `now`, unless that would pass `rpm` or `max_concurrent`.
     pub fn start(&mut self, rpm: Option<u32>, max_concurrent: Option<u32>, now: Instant) -> Result<(), Over> {
+        // Callers read the clock before they take the lock, so two may come in out of
+        // order: the starts stay sorted, which expiring them from the front relies on.
+        let now = self.started.back().map_or(now, |&last| now.max(last));
         while self.started.front().is_some_and(|&at| now.saturating_duration_since(at) >= RPM_WINDOW) {
             self.started.pop_front();
         }

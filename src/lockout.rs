@@ -39,7 +39,8 @@ impl Default for Lockout {
 impl Lockout {
     /// The 429 for a request from `addr` when that address is locked out at `now`.
     pub fn refusal(&self, addr: IpAddr, now: Instant) -> Option<ApiError> {
-        let left = self.lock().locked(addr, now)?;
+        let left = self.lock().locked(block_of(addr), now)?;
+        let addr = shown_block(addr);
         // Round up: a client that waits exactly Retry-After must find the lock gone.
         let secs = left.as_millis().div_ceil(1000).max(1) as u64;
         Some(ApiError {
@@ -57,7 +58,8 @@ impl Lockout {
 
     /// Counts a wrong token from `addr` at `now`, and logs when that locks the address out.
     pub fn wrong_token(&self, addr: IpAddr, now: Instant) {
-        if self.lock().fail(addr, now) {
+        if self.lock().fail(block_of(addr), now) {
+            let addr = shown_block(addr);
             log::warn!(
                 "{addr}: {MAX_FAILURES} wrong tokens within {} s; refusing every request from it for {} s",
                 FAILURE_WINDOW.as_secs(),
@@ -70,6 +72,30 @@ impl Lockout {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
+
+/// The block an address is locked out by: an IPv4 address itself, an IPv6 one its /64,
+/// since one IPv6 client is handed a whole /64 to pick addresses from.
+fn block_of(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// [`block_of`] as written in messages: `2001:db8::/64`, or the IPv4 address.
+fn shown_block(addr: IpAddr) -> String {
+    match block_of(addr) {
+        IpAddr::V6(block) => format!("{block}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// How many of the oldest addresses a full table looks through for one that is not locked
+/// out, to forget it rather than a lock.
+const EVICTION_LOOK: usize = 64;
 
 /// What is known of one address.
 #[derive(Debug, Clone, Copy)]
@@ -134,8 +160,16 @@ impl Table {
             true => self.touch(addr),
             false => {
                 if self.entries.len() >= self.capacity {
-                    if let Some((_, oldest)) = self.order.pop_first() {
-                        self.entries.remove(&oldest);
+                    // The oldest address not locked out goes, so a flood of new addresses
+                    // does not free the locked ones; when all are locked, the oldest.
+                    let entries = &self.entries;
+                    let unlocked = self.order.values().take(EVICTION_LOOK).find(|old| {
+                        entries
+                            .get(*old)
+                            .is_none_or(|entry| entry.locked_until.is_none_or(|until| until <= now))
+                    });
+                    if let Some(forgotten) = unlocked.or_else(|| self.order.values().next()).copied() {
+                        self.remove(forgotten);
                     }
                 }
                 let seq = self.take_seq();
@@ -243,7 +277,27 @@ mod tests {
             table.fail(addr(n), t0 + secs(7));
         }
         assert_eq!((table.len(), table.order.len()), (3, 3), "bounded, the order index too");
-        assert!(table.locked(addr(1), t0 + secs(8)).is_none(), "a flood pushes even a lock out");
+        assert!(table.locked(addr(1), t0 + secs(8)).is_some(), "a flood of new addresses keeps the lock");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_locked_out_by_its_slash_64() {
+        let (lockout, t0) = (Lockout::default(), Instant::now());
+        let in_block = |n: u16| IpAddr::from([0x2001, 0xdb8, 0, 7, 0, 0, 0, n]);
+        for n in 0..MAX_FAILURES as u16 {
+            lockout.wrong_token(in_block(n), t0);
+        }
+        let refusal = lockout.refusal(in_block(999), t0).expect("another address of the /64 is locked out");
+        assert!(refusal.message.contains("2001:db8:0:7::/64"), "{}", refusal.message);
+        assert!(
+            lockout.refusal(IpAddr::from([0x2001, 0xdb8, 0, 8, 0, 0, 0, 1]), t0).is_none(),
+            "the next /64 is not"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("an address");
+        for _ in 0..MAX_FAILURES {
+            lockout.wrong_token(mapped, t0);
+        }
+        assert!(lockout.refusal("192.0.2.1".parse().expect("an address"), t0).is_some(), "mapped is IPv4");
     }
 
     #[test]
