@@ -39,6 +39,15 @@ impl Cidr {
                  /prefix, such as \"10.0.0.0/8\", \"192.168.1.7\" or \"fd00::/8\""
             )
         })?;
+        if let IpAddr::V6(v6) = network {
+            // Client addresses written so are matched as IPv4: a block written so never would.
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Err(format!(
+                    "'{text}' is an IPv4 address written as IPv6; write it as IPv4, such as \"{v4}\" \
+                     (its prefix less 96 bits)"
+                ));
+            }
+        }
         let max = max_prefix(network);
         let prefix = match prefix {
             None => max,
@@ -184,6 +193,7 @@ mod tests {
             ("10.1.2.3/8", "did you mean \"10.0.0.0/8\""),
             ("192.168.1.0/16", "did you mean \"192.168.0.0/16\""),
             ("fd00::1/8", "did you mean \"fd00::/8\""),
+            ("::ffff:10.0.0.0/104", "write it as IPv4, such as \"10.0.0.0\""),
         ];
         for (text, needle) in cases {
             let err = Cidr::parse(text).expect_err(text);

@@ -41,6 +41,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// 10 s); the next change it notices, or SIGHUP, starts it again.
 const SETTLE_TRIES: u32 = 20;
 
+/// A state file is written at most once in this many times the time its last write took.
+const SAVE_SHARE: u32 = 20;
+
 /// How long a stop waits for requests (streams) in flight before it exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -265,6 +268,8 @@ fn housekeeper(live: &Live, signals: &Signals) {
     let mut seen = Seen::now(&live.current());
     let mut last_files_check = Instant::now();
     let mut reload = Settling::default();
+    // When the state file was last written, and how long that took.
+    let mut last_save = (Instant::now(), Duration::ZERO);
     loop {
         thread::sleep(TICK);
         if signals.stop.load(Ordering::Acquire) {
@@ -278,9 +283,13 @@ fn housekeeper(live: &Live, signals: &Signals) {
                 reload.start(live);
             }
             merge_state_file(live, &mut seen);
-            let (keys, usage) = (live.lasting.store.take_dirty(), live.lasting.usage.take_dirty());
-            if keys || usage {
+            // A big state file (90 days of usage) is written no more than a twentieth of
+            // the time, so saving it never takes the machine.
+            let due = last_save.0.elapsed() >= last_save.1 * SAVE_SHARE;
+            if due && (live.lasting.store.take_dirty() | live.lasting.usage.take_dirty()) {
+                let started = Instant::now();
                 live.save_states();
+                last_save = (Instant::now(), started.elapsed());
                 seen.state = modified(&live.current().config.state_file);
             }
         }

@@ -108,7 +108,7 @@ impl Usage {
             for row in rows {
                 // A row with a date that does not read is dropped, not the file.
                 if let Some(day) = utc::parse_date(&row.date) {
-                    add(&mut days, day, &row.token, &row.model, &row.counts());
+                    add(&mut days, day, (&row.token, &row.model), &row.counts(), true);
                 }
             }
             // A file is held to the window strictly: a day after today is a clock gone wrong.
@@ -156,7 +156,7 @@ impl Usage {
         if !days.contains_key(&today) {
             prune(&mut days, today);
         }
-        add(&mut days, today, token, model, &counts);
+        add(&mut days, today, (token, model), &counts, status < 400);
         drop(days);
         self.dirty.store(true, Ordering::Release);
     }
@@ -229,11 +229,22 @@ fn today(now: u64) -> u64 {
 }
 
 /// Adds `counts` to `token`'s use of `model` on `day`, within the model bounds.
-fn add(days: &mut BTreeMap<u64, Day>, day: u64, token: &str, model: &str, counts: &Counts) {
+/// Adds `counts` to a day's row of `token` and `model`. A model name new to the day takes
+/// a place only when `may_name` (the request succeeded, or the row was read back).
+fn add(
+    days: &mut BTreeMap<u64, Day>,
+    day: u64,
+    (token, model): (&str, &str),
+    counts: &Counts,
+    may_name: bool,
+) {
     let models = days.entry(day).or_default();
     let named = models.len() - usize::from(models.contains_key(OTHER));
     let fits = model.len() <= MAX_MODEL_BYTES && !model.chars().any(char::is_control);
-    let model = match fits && (models.contains_key(model) || named < MAX_MODELS_PER_DAY) {
+    // A name no request has yet been served for today takes a place only with a success:
+    // made-up names fail upstream, so they cannot fill the day's places.
+    let new_name_earned = may_name && named < MAX_MODELS_PER_DAY;
+    let model = match fits && (models.contains_key(model) || new_name_earned) {
         true => model,
         false => OTHER,
     };
@@ -373,6 +384,17 @@ mod tests {
         usage.record_at(NOW, Some("alice"), Some("new"), 200, None);
         usage.record_at(NOW, Some("alice"), Some(&"x".repeat(MAX_MODEL_BYTES + 1)), 200, None);
         usage.record_at(NOW, Some("alice"), Some("evil\u{1b}[2J"), 200, None);
+        // A name that failed (a made-up one the upstream does not know) takes no place.
+        let fresh = Usage::default();
+        fresh.record_at(NOW, Some("mallory"), Some("no-such-model"), 404, None);
+        fresh.record_at(NOW, Some("alice"), Some("llama3.2"), 200, None);
+        fresh.record_at(NOW, Some("alice"), Some("llama3.2"), 502, None);
+        let names: Vec<(String, u64)> =
+            fresh.rows_at(NOW, 1).into_iter().map(|r| (r.model, r.errors)).collect();
+        assert!(
+            names.contains(&(OTHER.to_string(), 1)) && names.contains(&("llama3.2".to_string(), 1)),
+            "{names:?}"
+        );
         let rows = usage.rows_at(NOW, 1);
         let models: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.model.as_str()).collect();
         assert_eq!(models.len(), MAX_MODELS_PER_DAY + 1, "200 names and (other)");
