@@ -538,7 +538,8 @@ fn usage_is_counted_per_token_model_and_day_kept_across_a_restart_and_printed_by
     let expected = vec![
         row("alice", "llama3.2", [2, 0, 6, 10]),
         row("alice", "qwen3:8b", [1, 0, 3, 2]),
-        row("bob", "missing-model", [1, 1, 0, 0]),
+        // A model no request succeeded for today is counted, but not by its name.
+        row("bob", "(other)", [1, 1, 0, 0]),
     ];
     eqnice!(expected, rows);
     assert_eq!(date.len(), 10, "a UTC date");
@@ -574,7 +575,7 @@ fn usage_is_counted_per_token_model_and_day_kept_across_a_restart_and_printed_by
             vec!["DATE", "TOKEN", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION"],
             vec![&date, "alice", "llama3.2", "2", "0", "6", "10"],
             vec![&date, "alice", "qwen3:8b", "1", "0", "3", "2"],
-            vec![&date, "bob", "missing-model", "1", "1", "0", "0"],
+            vec![&date, "bob", "(other)", "1", "1", "0", "0"],
             vec!["total", "alice", "3", "0", "9", "12"],
             vec!["total", "bob", "1", "1", "0", "0"],
         ],
