@@ -58,6 +58,8 @@ pub struct Live {
     /// Held while a reload applies its files, so two (the housekeeper's and the admin
     /// API's) never number the same generation.
     reloading: Mutex<()>,
+    /// The files the last reload applied (none before the first reload).
+    applied: Mutex<Option<Files>>,
     /// The modification times of config.toml and keys.txt when a reload last started.
     files_seen: Mutex<Stamps>,
     /// Requests taken by the server and not finished.
@@ -93,6 +95,7 @@ impl Live {
             config_path: config_path.to_path_buf(),
             generation: AtomicU64::new(1),
             reloading: Mutex::new(()),
+            applied: Mutex::new(None),
             files_seen: Mutex::new(stamps),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
@@ -127,6 +130,7 @@ impl Live {
         let gateway = Arc::new(gateway);
         *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&gateway);
         self.generation.store(number, Ordering::Release);
+        *self.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(files.clone());
         // A reload is a chance for a key set aside as invalid to prove it works again (the
         // operator may have fixed the account): probe those, off the housekeeper's thread.
         thread::Builder::new()
@@ -323,12 +327,18 @@ impl Settling {
         if at.elapsed() < SETTLE {
             return;
         }
-        if live.generation.load(Ordering::Acquire) != self.generation {
-            // Another reload (the admin API's) applied meanwhile, from a read made after
-            // this one's first: what this one would apply is served already.
-            log::debug!("reload: the files were reloaded meanwhile; nothing more to do");
-            self.read = None;
-            return;
+        let generation = live.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            // Another reload (the admin API's) applied meanwhile. When it applied what this
+            // one read, that is served already; else this one goes on, over it.
+            let applied = live.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if applied.as_ref() == Some(before) {
+                log::debug!("reload: the files were reloaded meanwhile; nothing more to do");
+                self.read = None;
+                return;
+            }
+            drop(applied);
+            self.generation = generation;
         }
         let now = read_files(live);
         if now == *before {
