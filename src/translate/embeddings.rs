@@ -138,8 +138,8 @@ pub fn base64_f32_le(vector: &[f64]) -> String {
     base64(&bytes)
 }
 
-/// Standard base64 (RFC 4648 §4, with `=` padding).
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 (RFC 4648 §4, with `=` padding); the status page's CSP hashes use it too.
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
