@@ -412,7 +412,8 @@ impl Shared {
     fn gauges(&self) -> api::metrics::Gauges {
         api::metrics::Gauges {
             in_flight: self.live.in_flight.load(Ordering::Acquire),
-            queued: self.workers.lock().waiting,
+            // The one count of requests waiting for a worker, the admin API's too.
+            queued: self.live.queued.load(Ordering::Acquire),
         }
     }
 
