@@ -379,7 +379,7 @@ fn show_usage(config_path: &Path, days: u64, as_json: bool) -> Result<(), CliErr
     // Only the config is read, not keys.txt: a bad key line does not hide what was used.
     let files = Files::read(config_path);
     let (raw, _) = files.raw_config()?;
-    let path = config_path.parent().unwrap_or(Path::new("")).join(&raw.state_file);
+    let path = files.state_file(&raw);
     let rows = match statefile::load(&path) {
         Loaded::Read(saved) => Usage::new(saved.usage).rows(days),
         Loaded::Fresh => Vec::new(),

@@ -693,6 +693,11 @@ impl Files {
         files
     }
 
+    /// The state file `raw` names, beside the config file (as relative paths are).
+    pub fn state_file(&self, raw: &RawConfig) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new("")).join(&raw.state_file)
+    }
+
     /// The config as written, and its text.
     pub fn raw_config(&self) -> Result<(RawConfig, &str), ConfigError> {
         let bytes = self.config.as_ref().map_err(|why| ConfigError::new(&self.path, why.clone()))?;
@@ -787,7 +792,7 @@ impl Config {
     pub fn from_files(files: &Files) -> Result<Config, ConfigError> {
         let (raw, text) = files.raw_config()?;
         let (keys_file, parsed) = files.keys(&raw.upstream.base_url)?;
-        let state_file = files.path.parent().unwrap_or(Path::new("")).join(&raw.state_file);
+        let state_file = files.state_file(&raw);
         Config::resolve(&files.path, raw, keys_file.to_path_buf(), state_file, parsed, text)
     }
 
